@@ -1,0 +1,41 @@
+# Two entry points (see README): `make demo` runs the main job end to end, `make test` runs the tests.
+# Both create .venv and install what they need on a fresh machine.
+PYTHON ?= python3.11
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: demo test test-fast bench lint clean down
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/fleet up
+
+down: $(STAMP)
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/fleet down
+
+test: $(STAMP)
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Skips the slow end-to-end tests that start real servers.
+test-fast: $(STAMP)
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m pytest -m 'not slow' $(PYTEST_ARGS)
+
+bench: $(STAMP)
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/fleet bench
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+clean:
+	rm -rf $(VENV) .fleet build *.egg-info
