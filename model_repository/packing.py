@@ -1,0 +1,115 @@
+"""Lays out a Triton model repository from a generated (or registered) set of user models.
+
+Two layouts: **packs** (many members of one architecture in one Python-backend model, the default) and
+**dedicated** (one Triton model per user model, for models too big to share a process). Each Triton model
+directory carries a config for every compute family and a members.json the pack runtime reads.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from model_repository.manifest import Architecture, Manifest, ModelEntry
+from model_repository.triton_config import FAMILIES, PackSettings, dedicated_config, pack_config
+
+PACK_RUNTIME = Path(__file__).resolve().parents[1] / "triton" / "backends" / "pack" / "model.py"
+MEMBERS_FILE = "members.json"
+VERSION = "1"
+
+
+@dataclass(frozen=True)
+class PackPlan:
+    """Which members go into which Triton model."""
+
+    name: str
+    architecture: Architecture
+    members: tuple[ModelEntry, ...]
+    dedicated: bool = False
+
+
+def plan_packs(models: Iterable[ModelEntry], pack_size: int, prefix: str = "") -> list[PackPlan]:
+    """Group members by architecture, in id order, into packs of at most `pack_size`."""
+    if pack_size < 1:
+        raise ValueError("pack size must be at least 1")
+    by_arch: dict[str, list[ModelEntry]] = defaultdict(list)
+    for entry in sorted(models, key=lambda m: m.id):
+        by_arch[entry.architecture].append(entry)
+    plans = []
+    for arch in sorted(by_arch):
+        entries = by_arch[arch]
+        for k in range(0, len(entries), pack_size):
+            plans.append(PackPlan(f"{prefix}{arch}-pack-{k // pack_size:04d}", arch,  # type: ignore[arg-type]
+                                  tuple(entries[k:k + pack_size])))
+    return plans
+
+
+def plan_dedicated(models: Iterable[ModelEntry]) -> list[PackPlan]:
+    return [PackPlan(m.id, m.architecture, (m,), dedicated=True) for m in sorted(models, key=lambda m: m.id)]
+
+
+def _place_file(source: Path, target: Path) -> None:
+    """Hard-link when possible (generated repositories share artifacts), else copy."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if target.exists():
+        target.unlink()
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copyfile(source, target)
+
+
+def members_document(plan: PackPlan, file_of: Callable[[ModelEntry], str]) -> dict:
+    return {
+        "pack": plan.name,
+        "architecture": plan.architecture,
+        "members": {
+            m.id: {"file": file_of(m), "sha256": m.sha256, "bytes": m.bytes,
+                   "inputs": [i.model_dump(mode="json") for i in m.inputs],
+                   "outputs": [o.model_dump(mode="json") for o in m.outputs]}
+            for m in plan.members
+        },
+    }
+
+
+def write_triton_model(plan: PackPlan, source_dir: Path, repository: Path, settings: PackSettings) -> Path:
+    """Write one Triton model directory (config per family, runtime, members) under `repository`."""
+    model_dir = Path(repository) / plan.name
+    version_dir = model_dir / VERSION
+    version_dir.mkdir(parents=True, exist_ok=True)
+    (model_dir / "configs").mkdir(exist_ok=True)
+    if plan.dedicated:
+        entry = plan.members[0]
+        _place_file(Path(source_dir) / entry.file, version_dir / "model.pt")
+        document = members_document(plan, lambda m: "model.pt")
+        configs = {f: dedicated_config(plan.name, entry, f, settings) for f in FAMILIES}
+    else:
+        for entry in plan.members:
+            _place_file(Path(source_dir) / entry.file, version_dir / "members" / f"{entry.id}.pt")
+        document = members_document(plan, lambda m: f"members/{m.id}.pt")
+        outputs = max(len(m.outputs) for m in plan.members)
+        configs = {f: pack_config(plan.name, plan.architecture, f, outputs, settings) for f in FAMILIES}
+    shutil.copyfile(PACK_RUNTIME, version_dir / "model.py")
+    (version_dir / MEMBERS_FILE).write_text(json.dumps(document, indent=1, sort_keys=True) + "\n")
+    (model_dir / "config.pbtxt").write_text(configs["cpu"])
+    for family in ("gpu", "inf2"):
+        (model_dir / "configs" / f"{family}.pbtxt").write_text(configs[family])
+    return model_dir
+
+
+def build_repository(manifest_dir: Path, repository: Path, pack_size: int = 100, dedicated: bool = False,
+                     settings: PackSettings | None = None,
+                     on_progress: Callable[[int], None] | None = None) -> list[PackPlan]:
+    """Lay out a whole repository from a manifest directory; returns the plans written."""
+    manifest = Manifest.read(manifest_dir)
+    plans = plan_dedicated(manifest.models) if dedicated else plan_packs(manifest.models, pack_size)
+    Path(repository).mkdir(parents=True, exist_ok=True)
+    for plan in plans:
+        write_triton_model(plan, Path(manifest_dir), Path(repository), settings or PackSettings())
+        if on_progress:
+            on_progress(len(plan.members))
+    return plans
