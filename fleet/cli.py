@@ -1,12 +1,187 @@
 """The `fleet` command: one entry point whose subcommands delegate to the room that owns the work."""
 from __future__ import annotations
 
+import logging
+import signal
+import time
+from pathlib import Path
+
 import click
+from tqdm import tqdm
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
-def main() -> None:
-    """Serve thousands of unique PyTorch models on NVIDIA Triton."""
+def _progress(total: int, unit: str, desc: str, unit_scale: bool = False) -> tqdm:
+    return tqdm(total=total, unit=unit, desc=desc, unit_scale=unit_scale, dynamic_ncols=True)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option("-v", "--verbose", is_flag=True, help="Log debug details.")
+def main(verbose: bool) -> None:
+    """Serve thousands of unique PyTorch models on NVIDIA Triton.
+
+    Typical flow: generate -> pack -> upload (S3) -> sync (each server) -> serve.
+    `make demo` runs all of it, plus the control plane and a load test.
+    """
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+@main.command()
+@click.option("--models", "count", type=click.IntRange(1), default=1000, show_default=True,
+              help="How many unique models to write.")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Output folder.")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Same seed and count give byte-identical artifacts and manifest.")
+@click.option("--workers", type=click.IntRange(1), default=None, help="Processes (default: cores).")
+def generate(count: int, out: Path, seed: int, workers: int | None) -> None:
+    """Write N unique TorchScript models (MLP, CNN, EmbeddingBag text) and OUT/manifest.json."""
+    from model_repository.generator import generate as run
+
+    with _progress(count, "model", "generate") as bar:
+        manifest = run(count, out, seed=seed, workers=workers, on_progress=bar.update)
+    kinds = {a: sum(m.architecture == a for m in manifest.models) for a in ("mlp", "cnn", "text")}
+    click.echo(f"wrote {len(manifest.models)} models to {out} ({kinds}); manifest {out / 'manifest.json'}")
+
+
+@main.command()
+@click.option("--models", "models_dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              required=True, help="Folder with manifest.json (from `fleet generate`).")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Triton repository folder.")
+@click.option("--pack-size", type=click.IntRange(1), default=100, show_default=True,
+              help="Members per pack (one Triton model, one stub process).")
+@click.option("--dedicated", is_flag=True, help="One Triton model per user model (for big models).")
+@click.option("--max-resident-mib", type=click.IntRange(1), default=256, show_default=True,
+              help="LRU budget per pack instance.")
+@click.option("--queue-delay-us", type=click.IntRange(0), default=500, show_default=True,
+              help="Dynamic batching delay; 0 disables dynamic batching.")
+def pack(models_dir: Path, out: Path, pack_size: int, dedicated: bool, max_resident_mib: int,
+         queue_delay_us: int) -> None:
+    """Lay out a Triton repository: packs (default) or dedicated models, configs for cpu/gpu/inf2."""
+    from model_repository.manifest import Manifest
+    from model_repository.packing import build_repository
+    from model_repository.triton_config import PackSettings
+
+    settings = PackSettings(max_resident_bytes=max_resident_mib * 2**20,
+                            max_queue_delay_us=queue_delay_us, dynamic_batching=queue_delay_us > 0)
+    total = len(Manifest.read(models_dir).models)
+    with _progress(total, "model", "pack") as bar:
+        plans = build_repository(models_dir, out, pack_size=pack_size, dedicated=dedicated,
+                                 settings=settings, on_progress=bar.update)
+    click.echo(f"wrote {len(plans)} Triton models for {total} user models to {out}")
+
+
+@main.command()
+@click.argument("repository", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("uri")
+@click.option("--endpoint-url", envvar="AWS_ENDPOINT_URL_S3", help="Any S3 endpoint (default: AWS).")
+def upload(repository: Path, uri: str, endpoint_url: str | None) -> None:
+    """Put a Triton repository into S3 (URI: s3://BUCKET/PREFIX); only changed files move."""
+    from model_repository.s3_sync import SyncError, local_index, s3_client
+    from model_repository.s3_sync import upload as run
+
+    total = sum(m["size"] for m in local_index(repository).values())
+    try:
+        with _progress(total, "B", "upload", unit_scale=True) as bar:
+            changed = run(repository, uri, s3_client(endpoint_url), on_progress=bar.update)
+    except SyncError as error:
+        raise click.ClickException(str(error)) from None
+    click.echo(f"uploaded {len(changed)} changed files to {uri}")
+
+
+@main.command()
+@click.argument("uri")
+@click.argument("repository", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--endpoint-url", envvar="AWS_ENDPOINT_URL_S3", help="Any S3 endpoint (default: AWS).")
+@click.option("--interval", type=click.FloatRange(0), default=0, show_default=True,
+              help="Seconds between syncs; 0 syncs once and exits (a sidecar uses e.g. 30).")
+def sync(uri: str, repository: Path, endpoint_url: str | None, interval: float) -> None:
+    """Bring a local repository in step with S3: incremental, verified, atomic per model."""
+    from model_repository.s3_sync import SyncError, s3_client
+    from model_repository.s3_sync import sync as run
+
+    client = s3_client(endpoint_url)
+    stop = {"now": False}
+    signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
+    while True:
+        try:
+            with tqdm(unit="B", unit_scale=True, desc="sync", dynamic_ncols=True) as bar:
+                report = run(uri, repository, client, on_progress=bar.update)
+            click.echo(f"synced {len(report.downloaded)} files ({report.bytes} B); changed models: "
+                       f"{sorted(report.changed_models) or 'none'}; removed: "
+                       f"{sorted(report.removed_models) or 'none'}")
+            for path, reason in report.refused.items():
+                click.echo(f"REFUSED {path}: {reason}", err=True)
+        except SyncError as error:
+            if not interval:
+                raise click.ClickException(str(error)) from None
+            click.echo(f"sync failed, will retry: {error}", err=True)
+        if not interval:
+            if not report.ok:
+                raise SystemExit(1)
+            return
+        deadline = time.monotonic() + interval
+        while time.monotonic() < deadline and not stop["now"]:
+            time.sleep(0.5)
+        if stop["now"]:
+            return
+
+
+@main.command()
+@click.argument("repository", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--family", type=click.Choice(["cpu", "gpu", "inf2"]), default="cpu", show_default=True,
+              help="Which config each model uses (--model-config-name).")
+@click.option("--load", "load", multiple=True, help="Model to load at start (repeatable, or 'all').")
+@click.option("--http-port", type=int, default=8000, show_default=True)
+@click.option("--grpc-port", type=int, default=8001, show_default=True)
+@click.option("--metrics-port", type=int, default=8002, show_default=True)
+@click.option("--admin-key", envvar="FLEET_TRITON_ADMIN_KEY",
+              help="Require header triton-admin-key on the repository API (load/unload).")
+def serve(repository: Path, family: str, load: tuple[str, ...], http_port: int, grpc_port: int,
+          metrics_port: int, admin_key: str | None) -> None:
+    """Run the real tritonserver on 127.0.0.1 (explicit model control) until Ctrl-C."""
+    from fleet.triton_server import TritonServer, TritonServerError
+
+    names = tuple(sorted(p.name for p in repository.iterdir() if (p / "config.pbtxt").exists())) \
+        if "all" in load else load
+    server = TritonServer(repository, family=family, admin_key=admin_key, http_port=http_port,
+                          grpc_port=grpc_port, metrics_port=metrics_port,
+                          log_path=repository.resolve().parent / "tritonserver.log")
+    try:
+        server.start()
+        with _progress(len(names), "model", "load") as bar:
+            for name in names:
+                server.load(name)
+                bar.update(1)
+    except TritonServerError as error:
+        server.stop()
+        raise click.ClickException(str(error)) from None
+    click.echo(f"tritonserver ready: HTTP {server.http_url}  gRPC {server.grpc_url}  "
+               f"metrics {server.metrics_url}  log {server.log_path}\nCtrl-C stops it.")
+    try:
+        signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+        while server.process and server.process.poll() is None:
+            time.sleep(1)
+        click.echo(f"tritonserver exited with {server.process.returncode}; see {server.log_path}", err=True)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()
+
+
+@main.command(name="compile")
+@click.argument("repository", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--family", type=click.Choice(["inf2"]), required=True)
+@click.option("--static-batch", type=click.IntRange(1), default=8, show_default=True,
+              help="Batch size each member is traced at (Neuron runs static shapes).")
+def compile_(repository: Path, family: str, static_batch: int) -> None:
+    """Compile pack members for Inferentia2 with torch_neuronx.trace (needs the Neuron SDK)."""
+    from model_repository.neuron_compile import NeuronUnavailable, compile_repository
+
+    try:
+        count = compile_repository(repository, static_batch=static_batch)
+    except NeuronUnavailable as error:
+        raise click.ClickException(str(error)) from None
+    click.echo(f"compiled {count} members for {family}")
 
 
 if __name__ == "__main__":

@@ -53,6 +53,7 @@ class Member:
     sha256: str
     inputs: list[InputSpec]
     output_names: list[str]
+    static_batch: int | None = None  # Neuron artifacts run one compiled batch size
 
 
 @dataclass
@@ -100,6 +101,7 @@ def _parse_members(version_dir: Path, family: str) -> dict[str, Member]:
                               value_range=tuple(i["value_range"]) if i.get("value_range") else None)
                     for i in entry["inputs"]],
             output_names=[o["name"] for o in entry["outputs"]],
+            static_batch=artifact.get("static_batch") if artifact else None,
         )
     return members
 
@@ -306,11 +308,7 @@ class TritonPythonModel:
             started = time.perf_counter()
             batch = [np.concatenate([arrays[i] for _, arrays in items]) if len(items) > 1 else items[0][1][i]
                      for i in range(len(member.inputs))]
-            with torch.inference_mode():
-                outputs = module(*[torch.from_numpy(a).to(self.device) for a in batch])
-            if not isinstance(outputs, (tuple, list)):
-                outputs = (outputs,)
-            outputs = [o.detach().cpu().numpy() for o in outputs]
+            outputs = self._forward(module, batch, member.static_batch)
             counters.compute_us += (time.perf_counter() - started) * 1e6
         except RequestError as error:
             for index, _ in items:
@@ -330,6 +328,23 @@ class TritonPythonModel:
                 pb_utils.Tensor(name, np.ascontiguousarray(out[offset:offset + rows]))
                 for name, out in zip(member.output_names, outputs)])
             offset += rows
+
+    def _forward(self, module, batch: list[np.ndarray], static_batch: int | None) -> list[np.ndarray]:
+        torch = self.torch
+        rows = batch[0].shape[0]
+        step = static_batch or rows
+        chunks: list[list[np.ndarray]] = []
+        with torch.inference_mode():
+            for start in range(0, rows, step):
+                part = [a[start:start + step] for a in batch]
+                pad = step - part[0].shape[0] if static_batch else 0
+                if pad:
+                    part = [np.concatenate([a, np.repeat(a[-1:], pad, axis=0)]) for a in part]
+                result = module(*[torch.from_numpy(a).to(self.device) for a in part])
+                if not isinstance(result, (tuple, list)):
+                    result = (result,)
+                chunks.append([r.detach().cpu().numpy()[:step - pad] for r in result])
+        return [np.concatenate(parts) if len(parts) > 1 else parts[0] for parts in zip(*chunks)]
 
     def finalize(self) -> None:
         self._flush_metrics(force=True)
