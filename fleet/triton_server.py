@@ -132,7 +132,8 @@ class TritonServer:
         return env
 
     def start(self) -> TritonServer:
-        self.log_path = Path(self.log_path or Path(self.repository).resolve().parent / f"triton-{self.http_port}.log")
+        default_log = Path(self.repository).resolve().parent / f"triton-{self.http_port}.log"
+        self.log_path = Path(self.log_path or default_log)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log_file = open(self.log_path, "ab")  # noqa: SIM115  owned by the child for its lifetime
         log.info("starting tritonserver (%s) on %s, log %s", self.family, self.http_url, self.log_path)

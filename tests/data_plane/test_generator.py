@@ -30,7 +30,8 @@ def test_three_architectures_with_different_input_signatures(generated_models):
 
 def test_same_arguments_give_a_byte_identical_manifest_in_another_folder(generated_models, tmp_path):
     again = generate(60, tmp_path / "again", seed=7)
-    assert (tmp_path / "again" / "manifest.json").read_bytes() == (generated_models / "manifest.json").read_bytes()
+    original = (generated_models / "manifest.json").read_bytes()
+    assert (tmp_path / "again" / "manifest.json").read_bytes() == original
     assert again.models[5].sha256 == Manifest.read(generated_models).models[5].sha256
 
 

@@ -302,7 +302,6 @@ class TritonPythonModel:
         """One forward pass for every request to this member in the batch."""
         member = self.members[ident]
         counters = self.buffer.pending[ident]
-        torch = self.torch
         try:
             module = self._resident(ident).module
             started = time.perf_counter()
@@ -326,7 +325,7 @@ class TritonPythonModel:
             rows = arrays[0].shape[0]
             responses[index] = pb_utils.InferenceResponse(output_tensors=[
                 pb_utils.Tensor(name, np.ascontiguousarray(out[offset:offset + rows]))
-                for name, out in zip(member.output_names, outputs)])
+                for name, out in zip(member.output_names, outputs, strict=False)])
             offset += rows
 
     def _forward(self, module, batch: list[np.ndarray], static_batch: int | None) -> list[np.ndarray]:
@@ -344,7 +343,7 @@ class TritonPythonModel:
                 if not isinstance(result, (tuple, list)):
                     result = (result,)
                 chunks.append([r.detach().cpu().numpy()[:step - pad] for r in result])
-        return [np.concatenate(parts) if len(parts) > 1 else parts[0] for parts in zip(*chunks)]
+        return [np.concatenate(parts) if len(parts) > 1 else parts[0] for parts in zip(*chunks, strict=False)]
 
     def finalize(self) -> None:
         self._flush_metrics(force=True)
