@@ -9,6 +9,8 @@ from pathlib import Path
 import click
 from tqdm import tqdm
 
+from adfilter.cli import adfilter as adfilter_commands
+
 
 def _progress(total: int, unit: str, desc: str, unit_scale: bool = False) -> tqdm:
     return tqdm(total=total, unit=unit, desc=desc, unit_scale=unit_scale, dynamic_ncols=True)
@@ -183,6 +185,36 @@ def compile_(repository: Path, family: str, static_batch: int) -> None:
         raise click.ClickException(str(error)) from None
     click.echo(f"compiled {count} members for {family}")
 
+
+main.add_command(adfilter_commands)
+
+@main.command(name="up")
+@click.option("--models", type=click.IntRange(1), default=1000, show_default=True)
+@click.option("--loadtest-seconds", type=click.IntRange(1), default=20, show_default=True)
+@click.option("--users", type=click.IntRange(1), default=16, show_default=True)
+def up_command(models: int, loadtest_seconds: int, users: int) -> None:
+    """Start the local stack (S3, 2 tritonservers, control plane), register models, load-test it."""
+    from fleet.stack import print_summary, up
+
+    print_summary(up(models=models, loadtest_seconds=loadtest_seconds, users=users))
+
+
+@main.command(name="down")
+def down_command() -> None:
+    """Stop everything `fleet up` started."""
+    from fleet.stack import down
+
+    stopped = down()
+    click.echo(f"stopped: {', '.join(stopped)}" if stopped else "nothing was running")
+
+
+def _register_room_commands() -> None:
+    from control_plane.server import control_plane
+
+    main.add_command(control_plane)
+
+
+_register_room_commands()
 
 if __name__ == "__main__":
     main()

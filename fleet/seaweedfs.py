@@ -86,7 +86,7 @@ class SeaweedS3:
         ]
 
     def start(self) -> SeaweedS3:
-        self.data_dir = Path(self.data_dir)
+        self.data_dir = Path(self.data_dir).resolve()
         (self.data_dir / "data").mkdir(parents=True, exist_ok=True)
         log_file = open(self.data_dir / "weed.log", "ab")  # noqa: SIM115  owned by the child
         self.process = subprocess.Popen(self.command(), stdout=log_file, stderr=subprocess.STDOUT,

@@ -28,7 +28,7 @@ class TensorSpec(BaseModel):
 class ModelEntry(BaseModel):
     model_config = ConfigDict(extra="forbid")
     id: str
-    architecture: Architecture
+    architecture: Architecture | Literal["custom"]
     file: str = Field(description="artifact path relative to the manifest's directory")
     sha256: str
     bytes: int

@@ -14,8 +14,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from model_repository.manifest import Architecture, Manifest, ModelEntry
-from model_repository.triton_config import FAMILIES, PackSettings, dedicated_config, pack_config
+from model_repository.manifest import Manifest, ModelEntry
+from model_repository.triton_config import FAMILIES, PackSettings, dedicated_config, pack_config, pack_inputs_for
 
 PACK_RUNTIME = Path(__file__).resolve().parents[1] / "triton" / "backends" / "pack" / "model.py"
 MEMBERS_FILE = "members.json"
@@ -27,7 +27,7 @@ class PackPlan:
     """Which members go into which Triton model."""
 
     name: str
-    architecture: Architecture
+    architecture: str
     members: tuple[ModelEntry, ...]
     dedicated: bool = False
 
@@ -43,7 +43,7 @@ def plan_packs(models: Iterable[ModelEntry], pack_size: int, prefix: str = "") -
     for arch in sorted(by_arch):
         entries = by_arch[arch]
         for k in range(0, len(entries), pack_size):
-            plans.append(PackPlan(f"{prefix}{arch}-pack-{k // pack_size:04d}", arch,  # type: ignore[arg-type]
+            plans.append(PackPlan(f"{prefix}{arch}-pack-{k // pack_size:04d}", arch,
                                   tuple(entries[k:k + pack_size])))
     return plans
 
@@ -91,8 +91,10 @@ def write_triton_model(plan: PackPlan, source_dir: Path, repository: Path, setti
         for entry in plan.members:
             _place_file(Path(source_dir) / entry.file, version_dir / "members" / f"{entry.id}.pt")
         document = members_document(plan, lambda m: f"members/{m.id}.pt")
-        outputs = max(len(m.outputs) for m in plan.members)
-        configs = {f: pack_config(plan.name, plan.architecture, f, outputs, settings) for f in FAMILIES}
+        first = plan.members[0]
+        inputs = pack_inputs_for(first)
+        configs = {f: pack_config(plan.name, inputs, len(first.outputs), f, settings,
+                                  output_rank=len(first.outputs[0].shape)) for f in FAMILIES}
     shutil.copyfile(PACK_RUNTIME, version_dir / "model.py")
     (version_dir / MEMBERS_FILE).write_text(json.dumps(document, indent=1, sort_keys=True) + "\n")
     (model_dir / "config.pbtxt").write_text(configs["cpu"])

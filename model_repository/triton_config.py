@@ -12,7 +12,7 @@ from typing import Literal
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as pb
 
-from model_repository.manifest import Architecture, ModelEntry, TensorSpec
+from model_repository.manifest import Architecture, ModelEntry, TensorSpec  # noqa: F401
 
 Family = Literal["cpu", "gpu", "inf2"]
 FAMILIES: tuple[Family, ...] = ("cpu", "gpu", "inf2")
@@ -77,14 +77,29 @@ def _common(config: pb.ModelConfig, family: Family, settings: PackSettings) -> N
         config.parameters[key].string_value = value
 
 
-def pack_config(name: str, architecture: Architecture, family: Family, outputs: int,
-                settings: PackSettings) -> str:
-    """A pack: many members of one architecture behind one Python-backend model."""
+def pack_inputs_for(entry: ModelEntry) -> list[tuple[str, str, list[int]]]:
+    """The pack-level inputs a member needs: generated architectures have a tuned shape, any other
+    signature keeps each input's dtype and rank with free sizes."""
+    if entry.architecture in PACK_INPUTS:
+        dtype, dims = PACK_INPUTS[entry.architecture]  # type: ignore[index]
+        return [("INPUT__0", dtype, dims)]
+    return [(s.name, s.dtype, [-1] * (len(s.shape) - 1)) for s in entry.inputs]
+
+
+def pack_kind(entry: ModelEntry) -> str:
+    """Members of one pack share this: input names, dtypes and ranks, and output names and ranks."""
+    ins = "_".join(f"{s.dtype.lower()}r{len(s.shape)}" for s in entry.inputs)
+    return f"{ins}-o{len(entry.outputs)}"
+
+
+def pack_config(name: str, inputs: list[tuple[str, str, list[int]]], outputs: int, family: Family,
+                settings: PackSettings, output_rank: int = 2) -> str:
+    """A pack: many members with the same input structure behind one Python-backend model."""
     config = pb.ModelConfig(name=name)
-    dtype, dims = PACK_INPUTS[architecture]
-    _tensor(config.input, "INPUT__0", dtype, dims)
+    for input_name, dtype, dims in inputs:
+        _tensor(config.input, input_name, dtype, dims)
     for k in range(outputs):
-        _tensor(config.output, f"OUTPUT__{k}", "FP32", [-1])
+        _tensor(config.output, f"OUTPUT__{k}", "FP32", [-1] * (output_rank - 1))
     _common(config, family, settings)
     return text_format.MessageToString(config)
 

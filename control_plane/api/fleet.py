@@ -1,0 +1,112 @@
+"""/api/v1 servers, placements and deployments: the fleet the models are placed on."""
+from __future__ import annotations
+
+from apiflask import APIBlueprint
+from flask import current_app
+from sqlalchemy import select
+
+from control_plane.db import AuditEntry, Deployment, Pack, Placement, Server
+from control_plane.errors import ApiError, not_found
+from control_plane.schemas import DeploymentIn, DeploymentOut, Message, PlacementList, ServerIn, ServerList, ServerOut
+from control_plane.views import placement_out, server_out
+
+bp = APIBlueprint("fleet", __name__, url_prefix="/api/v1", tag="fleet")
+
+
+def _state():
+    return current_app.extensions["fleet"]
+
+
+@bp.post("/servers")
+@bp.input(ServerIn, arg_name="body")
+@bp.output(ServerOut, status_code=201)
+@bp.doc(summary="Add a Triton server (endpoint, compute family, memory capacity)", responses=[201, 409])
+def add_server(body: ServerIn):
+    state = _state()
+    with state.sessions.begin() as session:
+        if session.get(Server, body.name) is not None:
+            raise ApiError(409, "name_taken", f"server '{body.name}' already exists; DELETE it first")
+        server = Server(name=body.name, family=body.family, http_url=body.http_url, grpc_url=body.grpc_url,
+                        capacity_bytes=body.capacity_bytes, repository_path=body.repository_path,
+                        healthy=True)
+        session.add(server)
+        session.add(AuditEntry(action="server.add", subject=body.name, detail={"family": body.family}))
+        session.flush()
+        result = server_out(session, server)
+    state.reconciler.nudge()
+    return result, 201
+
+
+@bp.get("/servers")
+@bp.output(ServerList)
+@bp.doc(summary="Servers with their health and placed packs")
+def list_servers():
+    with _state().sessions() as session:
+        return {"items": [server_out(session, s) for s in session.scalars(select(Server).order_by(Server.name))]}
+
+
+@bp.get("/servers/<string:name>")
+@bp.output(ServerOut)
+@bp.doc(responses=[200, 404])
+def get_server(name: str):
+    with _state().sessions() as session:
+        server = session.get(Server, name)
+        if server is None:
+            raise not_found("server", name)
+        return server_out(session, server)
+
+
+@bp.delete("/servers/<string:name>")
+@bp.output(Message)
+@bp.doc(summary="Remove a server; its packs are placed elsewhere", responses=[200, 404])
+def delete_server(name: str):
+    state = _state()
+    with state.sessions.begin() as session:
+        server = session.get(Server, name)
+        if server is None:
+            raise not_found("server", name)
+        session.execute(Placement.__table__.delete().where(Placement.server == name))
+        session.delete(server)
+        session.add(AuditEntry(action="server.remove", subject=name))
+    state.reconciler.nudge()
+    return {"message": f"server '{name}' removed"}
+
+
+@bp.get("/placements")
+@bp.output(PlacementList)
+@bp.doc(summary="Which pack is on which server, and its load state")
+def list_placements():
+    with _state().sessions() as session:
+        rows = session.execute(select(Placement, Pack).join(Pack, Pack.name == Placement.pack)
+                               .order_by(Placement.pack)).all()
+        return {"items": [placement_out(session, p, pack) for p, pack in rows]}
+
+
+@bp.post("/deployments")
+@bp.input(DeploymentIn, arg_name="body")
+@bp.output(DeploymentOut, status_code=202)
+@bp.doc(summary="Deploy the fleet to a target (local, eks, ecs)", responses=[202, 422, 503])
+def create_deployment(body: DeploymentIn):
+    state = _state()
+    with state.sessions.begin() as session:
+        deployment = Deployment(target=body.target, spec=body.model_dump(mode="json"), status="pending")
+        session.add(deployment)
+        session.flush()
+        deployment_id = deployment.id
+    state.deployments.start(deployment_id)
+    with state.sessions() as session:
+        d = session.get(Deployment, deployment_id)
+        return ({"id": d.id, "target": d.target, "status": d.status, "spec": d.spec, "error": d.error,
+                 "created_at": d.created_at}, 202)
+
+
+@bp.get("/deployments/<int:deployment_id>")
+@bp.output(DeploymentOut)
+@bp.doc(responses=[200, 404])
+def get_deployment(deployment_id: int):
+    with _state().sessions() as session:
+        d = session.get(Deployment, deployment_id)
+        if d is None:
+            raise not_found("deployment", str(deployment_id))
+        return {"id": d.id, "target": d.target, "status": d.status, "spec": d.spec, "error": d.error,
+                "created_at": d.created_at}

@@ -1,0 +1,187 @@
+"""/api/v1/models: register (upload or S3 URI), list, get, delete, versions, load and unload."""
+from __future__ import annotations
+
+import json
+
+from apiflask import APIBlueprint
+from apiflask.fields import File, String
+from apiflask.validators import Regexp
+from flask import current_app
+from marshmallow import Schema as MSchema
+from pydantic import ValidationError
+from sqlalchemy import select
+
+from control_plane.db import Model, ModelVersion
+from control_plane.errors import ApiError, not_found
+from control_plane.schemas import (
+    NAME_PATTERN,
+    Message,
+    ModelListQuery,
+    ModelOut,
+    ModelPage,
+    RegisterFromS3,
+    Signature,
+    VersionList,
+    VersionOut,
+)
+from control_plane.views import endpoints_by_pack, model_out, model_status
+
+bp = APIBlueprint("models", __name__, url_prefix="/api/v1/models", tag="models")
+
+
+class UploadForm(MSchema):
+    name = String(required=True, validate=Regexp(NAME_PATTERN),
+                  metadata={"description": "lower-case letters, digits, '.', '_' and '-'; no path separators"})
+    signature = String(required=True, metadata={"description": 'JSON: {"inputs": [...], "outputs": [...]}'})
+    family = String(load_default="cpu", metadata={"description": "cpu | gpu | inf2"})
+    artifact = File(required=True, metadata={"description": "TorchScript file (torch.jit.save)"})
+
+
+class VersionForm(MSchema):
+    signature = String(required=True)
+    artifact = File(required=True)
+
+
+def _signature(raw: str) -> Signature:
+    try:
+        return Signature.model_validate(json.loads(raw))
+    except json.JSONDecodeError as error:
+        raise ApiError(400, "malformed_json", f"'signature' is not valid JSON: {error}") from None
+    except ValidationError as error:
+        raise ApiError(422, "invalid_signature", "'signature' does not match the schema",
+                       json.loads(error.json(include_url=False))) from None
+
+
+def _family(raw: str) -> str:
+    if raw not in ("cpu", "gpu", "inf2"):
+        raise ApiError(422, "invalid_family", f"family '{raw}' is not one of cpu, gpu, inf2")
+    return raw
+
+
+def _state():
+    return current_app.extensions["fleet"]
+
+
+def _render(name: str) -> dict:
+    state = _state()
+    with state.sessions() as session:
+        model = session.get(Model, name)
+        if model is None:
+            raise not_found("model", name)
+        version = session.get(ModelVersion, (name, model.current_version))
+        return model_out(model, version, endpoints_by_pack(session))
+
+
+@bp.post("")
+@bp.input(UploadForm, location="form_and_files", arg_name="form")
+@bp.output(ModelOut, status_code=201, description="registered (200 if the same content was already)")
+@bp.doc(summary="Register a model by uploading its TorchScript artifact", responses=[200, 201, 400, 409,
+                                                                                     413, 422, 503])
+def register(form):
+    state = _state()
+    data = form["artifact"].read()
+    registered = state.registry.register(form["name"], data, _signature(form["signature"]),
+                                         _family(form.get("family", "cpu")))
+    state.reconciler.nudge()
+    return _render(form["name"]), 201 if registered.created else 200
+
+
+@bp.post("/from-s3")
+@bp.input(RegisterFromS3, arg_name="body")
+@bp.output(ModelOut, status_code=201)
+@bp.doc(summary="Register a model whose artifact is already in the configured bucket",
+        responses=[200, 201, 400, 409, 413, 422, 503])
+def register_from_s3(body: RegisterFromS3):
+    state = _state()
+    data = state.registry.fetch_s3_uri(body.s3_uri)
+    registered = state.registry.register(body.name, data, body.signature, body.family)
+    state.reconciler.nudge()
+    return _render(body.name), 201 if registered.created else 200
+
+
+@bp.get("")
+@bp.input(ModelListQuery, location="query", arg_name="query")
+@bp.output(ModelPage)
+@bp.doc(summary="List models, with paging and filters")
+def list_models(query: ModelListQuery):
+    with _state().sessions() as session:
+        statement = select(Model, ModelVersion).join(
+            ModelVersion, (ModelVersion.model == Model.name) & (ModelVersion.version == Model.current_version))
+        if query.family:
+            statement = statement.where(Model.family == query.family)
+        if query.pack:
+            statement = statement.where(Model.pack == query.pack)
+        if query.name_prefix:
+            statement = statement.where(Model.name.startswith(query.name_prefix, autoescape=True))
+        served = endpoints_by_pack(session)
+        rows = session.execute(statement.order_by(Model.name)).all()
+        if query.status:
+            rows = [(m, v) for m, v in rows if model_status(m, served)[0] == query.status]
+        start = (query.page - 1) * query.per_page
+        items = [model_out(m, v, served) for m, v in rows[start:start + query.per_page]]
+        return {"items": items, "page": query.page, "per_page": query.per_page, "total": len(rows)}
+
+
+@bp.get("/<string:name>")
+@bp.output(ModelOut)
+@bp.doc(summary="A model, its status and where it is served", responses=[200, 404])
+def get_model(name: str):
+    return _render(name)
+
+
+@bp.delete("/<string:name>")
+@bp.output(Message)
+@bp.doc(summary="Delete a model: it leaves its pack, its artifacts leave S3", responses=[200, 404])
+def delete_model(name: str):
+    state = _state()
+    state.registry.delete(name)
+    state.reconciler.nudge()
+    return {"message": f"model '{name}' deleted"}
+
+
+@bp.get("/<string:name>/versions")
+@bp.output(VersionList)
+@bp.doc(summary="Versions of a model", responses=[200, 404])
+def list_versions(name: str):
+    with _state().sessions() as session:
+        if session.get(Model, name) is None:
+            raise not_found("model", name)
+        versions = session.scalars(select(ModelVersion).where(ModelVersion.model == name)
+                                   .order_by(ModelVersion.version))
+        return {"items": [{"model": v.model, "version": v.version, "sha256": v.sha256, "bytes": v.bytes,
+                           "created_at": v.created_at} for v in versions]}
+
+
+@bp.post("/<string:name>/versions")
+@bp.input(VersionForm, location="form_and_files", arg_name="form")
+@bp.output(VersionOut, status_code=201)
+@bp.doc(summary="Upload a new version; it becomes current and its pack reloads",
+        responses=[200, 201, 404, 413, 422])
+def add_version(name: str, form):
+    state = _state()
+    registered = state.registry.add_version(name, form["artifact"].read(), _signature(form["signature"]))
+    state.reconciler.nudge()
+    v = registered.version
+    return ({"model": v.model, "version": v.version, "sha256": v.sha256, "bytes": v.bytes,
+             "created_at": v.created_at}, 201 if registered.created else 200)
+
+
+@bp.post("/<string:name>/load")
+@bp.output(ModelOut, status_code=202)
+@bp.doc(summary="Declare the model servable; the reconciler loads its pack", responses=[202, 404])
+def load(name: str):
+    state = _state()
+    state.registry.set_desired(name, "loaded")
+    state.reconciler.nudge()
+    return _render(name)
+
+
+@bp.post("/<string:name>/unload")
+@bp.output(ModelOut, status_code=202)
+@bp.doc(summary="Declare the model not servable; it leaves its pack's loaded members",
+        responses=[202, 404])
+def unload(name: str):
+    state = _state()
+    state.registry.set_desired(name, "unloaded")
+    state.reconciler.nudge()
+    return _render(name)

@@ -1,0 +1,57 @@
+"""Runs deployments to a target in the background and records the outcome in the registry."""
+from __future__ import annotations
+
+import logging
+import threading
+
+from sqlalchemy.orm import sessionmaker
+
+from control_plane.db import AuditEntry, Deployment
+from control_plane.settings import Settings
+from control_plane.targets.base import DeploymentSpec, TargetError
+
+log = logging.getLogger(__name__)
+
+
+def make_target(name: str, settings: Settings):
+    """The deployment target by name; cloud targets import their SDK clients only when asked for."""
+    if name == "eks":
+        from control_plane.targets.eks import EksTarget
+
+        return EksTarget()
+    if name == "ecs":
+        from control_plane.targets.ecs import EcsTarget
+
+        return EcsTarget()
+    return None  # local: servers are started by `fleet up` and registered through /servers
+
+
+class DeploymentRunner:
+    def __init__(self, sessions: sessionmaker, settings: Settings):
+        self.sessions, self.settings = sessions, settings
+
+    def start(self, deployment_id: int) -> None:
+        threading.Thread(target=self._run, args=(deployment_id,), daemon=True,
+                         name=f"deployment-{deployment_id}").start()
+
+    def _run(self, deployment_id: int) -> None:
+        with self.sessions() as session:
+            deployment = session.get(Deployment, deployment_id)
+            spec = dict(deployment.spec)
+        status, error = "succeeded", None
+        try:
+            target = make_target(spec["target"], self.settings)
+            if target is not None:
+                target.deploy(DeploymentSpec(repository_uri=self.settings.repository_uri,
+                                             replicas=spec["replicas"], image_tag=spec["image_tag"],
+                                             region=spec.get("region")))
+        except (TargetError, ImportError) as problem:
+            status, error = "failed", str(problem)
+        except Exception as problem:  # noqa: BLE001  recorded for the user; the API stays up
+            log.exception("deployment %s failed", deployment_id)
+            status, error = "failed", f"{type(problem).__name__}: {problem}"
+        with self.sessions.begin() as session:
+            deployment = session.get(Deployment, deployment_id)
+            deployment.status, deployment.error = status, error
+            session.add(AuditEntry(action="deployment." + status, subject=str(deployment_id),
+                                   detail={"error": error}))

@@ -1,0 +1,92 @@
+"""Runs load tests for the control plane: locust, headless, against the models it serves.
+
+The local target runs locust as a subprocess on this machine; the EKS and ECS targets take the same
+definition (LoadTestSpec) and run master and workers inside the cloud (see control_plane/targets).
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import subprocess
+import sys
+import tempfile
+import threading
+from datetime import UTC, datetime
+from pathlib import Path
+
+from sqlalchemy.orm import sessionmaker
+
+from control_plane.db import AuditEntry, LoadTest
+from control_plane.settings import Settings
+
+log = logging.getLogger(__name__)
+REPO_ROOT = Path(__file__).resolve().parents[1]
+LOCUSTFILE = REPO_ROOT / "loadtest" / "triton_models.py"
+
+
+def parse_stats_csv(text: str) -> list[dict]:
+    """Rows of locust's *_stats.csv as {name, requests, failures, rps, p50_ms, p90_ms, p99_ms}."""
+    rows = []
+    for row in csv.DictReader(io.StringIO(text)):
+        rows.append({"name": row["Name"], "requests": int(row["Request Count"]),
+                     "failures": int(row["Failure Count"]), "rps": float(row["Requests/s"]),
+                     "p50_ms": float(row["50%"] or 0), "p90_ms": float(row["90%"] or 0),
+                     "p99_ms": float(row["99%"] or 0)})
+    return rows
+
+
+class LoadTestRunner:
+    def __init__(self, sessions: sessionmaker, settings: Settings, catalogue):
+        self.sessions, self.settings, self.catalogue = sessions, settings, catalogue
+
+    def start(self, loadtest_id: int) -> None:
+        threading.Thread(target=self._run, args=(loadtest_id,), daemon=True,
+                         name=f"loadtest-{loadtest_id}").start()
+
+    def _run(self, loadtest_id: int) -> None:
+        with self.sessions.begin() as session:
+            test = session.get(LoadTest, loadtest_id)
+            test.status = "running"
+            spec = dict(test.spec)
+        try:
+            results = self._run_local(spec) if spec["target"] == "local" else None
+            if results is None:
+                raise RuntimeError(f"load tests on target '{spec['target']}' run through a deployment of that "
+                                   "target; see docs/eks.md and docs/ecs.md")
+            status, error = "succeeded", None
+        except Exception as problem:  # noqa: BLE001  recorded on the load test, the API stays up
+            log.exception("load test %s failed", loadtest_id)
+            results, status, error = None, "failed", str(problem)
+        with self.sessions.begin() as session:
+            test = session.get(LoadTest, loadtest_id)
+            test.status, test.results, test.error = status, results, error
+            test.finished_at = datetime.now(UTC)
+            session.add(AuditEntry(action=f"loadtest.{status}", subject=str(loadtest_id)))
+
+    def _run_local(self, spec: dict) -> dict:
+        catalogue = self.catalogue()
+        if not catalogue:
+            raise RuntimeError("no servable models: register models and wait until they are servable")
+        with tempfile.TemporaryDirectory(prefix="fleet-loadtest-") as tmp:
+            models_file = Path(tmp) / "catalogue.json"
+            models_file.write_text(json.dumps({"items": catalogue}))
+            prefix = Path(tmp) / "run"
+            command = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless",
+                       "-u", str(spec["users"]), "-r", str(spec["spawn_rate"]), "-t", f"{spec['duration_s']}s",
+                       "--csv", str(prefix), "--host", catalogue[0]["server"], "--only-summary",
+                       "--models-from", str(models_file), "--mix", spec["mix"], "--zipf-s", str(spec["zipf_s"])]
+            if spec.get("processes", 1) > 1:
+                command += ["--processes", str(spec["processes"])]
+            completed = subprocess.run(command, capture_output=True, text=True, cwd=REPO_ROOT,
+                                       timeout=spec["duration_s"] + 120)
+            stats_path = Path(f"{prefix}_stats.csv")
+            if not stats_path.exists():
+                raise RuntimeError(f"locust exited with {completed.returncode} without results: "
+                                   f"{completed.stderr.strip().splitlines()[-5:]}")
+            rows = parse_stats_csv(stats_path.read_text())
+        aggregated = next((r for r in rows if r["name"] == "Aggregated"), None)
+        return {"aggregated": aggregated, "models_hit": sum(1 for r in rows if r["name"] != "Aggregated"),
+                "rows": [r for r in rows if r["name"] != "Aggregated"][:2000], "locust_exit_code":
+                completed.returncode}

@@ -1,0 +1,41 @@
+"""Serves the control plane under waitress, a production WSGI server (no Flask dev server)."""
+from __future__ import annotations
+
+import logging
+import signal
+
+import click
+
+
+@click.group(name="control-plane")
+def control_plane() -> None:
+    """Run the REST admin API (registry, placement, loads, load tests)."""
+
+
+@control_plane.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=int, default=8080, show_default=True)
+@click.option("--threads", type=int, default=8, show_default=True)
+def serve(host: str, port: int, threads: int) -> None:
+    """Serve the API; settings come from FLEET_* variables (see control_plane/settings.py)."""
+    from waitress.server import create_server
+
+    from control_plane.app import create_app
+
+    app = create_app()
+    state = app.extensions["fleet"]
+    server = create_server(app, host=host, port=port, threads=threads, max_request_body_size=
+                           state.settings.max_upload_bytes + 2**20)
+    logging.getLogger(__name__).info("control plane on http://%s:%d (docs /docs)", host, port)
+
+    def shutdown(*_: object) -> None:
+        state.reconciler.stop()
+        state.validator.close()
+        server.close()
+        raise SystemExit(0)
+
+    signal.signal(signal.SIGTERM, shutdown)
+    try:
+        server.run()
+    except KeyboardInterrupt:
+        shutdown()
