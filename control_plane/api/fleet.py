@@ -1,6 +1,7 @@
 """/api/v1 servers, placements and deployments: the fleet the models are placed on."""
 from __future__ import annotations
 
+import requests
 from apiflask import APIBlueprint
 from flask import current_app
 from sqlalchemy import select
@@ -20,9 +21,17 @@ def _state():
 @bp.post("/servers")
 @bp.input(ServerIn, arg_name="body")
 @bp.output(ServerOut, status_code=201)
-@bp.doc(summary="Add a Triton server (endpoint, compute family, memory capacity)", responses=[201, 409])
+@bp.doc(summary="Add a Triton server (endpoint, compute family, memory capacity)", responses=[201, 409, 503])
 def add_server(body: ServerIn):
     state = _state()
+    try:
+        ready = requests.get(f"{body.http_url}/v2/health/ready", timeout=3).status_code == 200
+    except requests.RequestException:
+        ready = False
+    if not ready:
+        raise ApiError(503, "server_unreachable",
+                       f"no ready Triton server answers at {body.http_url}/v2/health/ready; start it (or fix "
+                       "http_url) and add it again. Nothing was recorded.")
     with state.sessions.begin() as session:
         if session.get(Server, body.name) is not None:
             raise ApiError(409, "name_taken", f"server '{body.name}' already exists; DELETE it first")

@@ -1,0 +1,85 @@
+"""A real control plane (waitress, SQLite, SeaweedFS) in front of two real tritonservers."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import requests
+
+from fleet.triton_server import TritonServer, free_port
+
+ADMIN_KEY = "cp-test-admin-key"
+TOKEN = "cp-test-token"
+
+
+@dataclass
+class ControlPlane:
+    url: str
+    env: dict
+    log: Path
+    process: subprocess.Popen | None = None
+
+    def start(self) -> ControlPlane:
+        port = int(self.url.rsplit(":", 1)[1])
+        with open(self.log, "ab") as log_file:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "fleet.cli", "control-plane", "serve", "--port", str(port)],
+                env=self.env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            assert self.process.poll() is None, self.log.read_text()[-3000:]
+            try:
+                if requests.get(f"{self.url}/readyz", timeout=1).status_code == 200:
+                    return self
+            except requests.RequestException:
+                pass
+            time.sleep(0.3)
+        raise AssertionError(f"control plane not ready: {self.log.read_text()[-3000:]}")
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            os.killpg(self.process.pid, 15)
+            try:
+                self.process.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, 9)
+                self.process.wait()
+
+    def api(self, token: str | None = TOKEN) -> requests.Session:
+        session = requests.Session()
+        if token:
+            session.headers["Authorization"] = f"Bearer {token}"
+        return session
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory, seaweed):
+    """SeaweedFS + two tritonservers + the control plane; the servers are registered through the API."""
+    root = tmp_path_factory.mktemp("cp")
+    servers = {}
+    for name in ("triton-a", "triton-b"):
+        repo = root / name / "repository"
+        repo.mkdir(parents=True)
+        servers[name] = (TritonServer(repo, admin_key=ADMIN_KEY).start(), repo)
+    env = {**os.environ, **seaweed.environment(), "FLEET_API_TOKEN": TOKEN, "FLEET_TRITON_ADMIN_KEY": ADMIN_KEY,
+           "FLEET_DATABASE_URL": f"sqlite:///{root / 'registry.db'}", "FLEET_WORK_DIR": str(root / "work"),
+           "FLEET_REPOSITORY_URI": f"s3://models/cp-{uuid.uuid4().hex[:8]}",
+           "FLEET_S3_ENDPOINT_URL": seaweed.endpoint_url, "FLEET_MAX_UPLOAD_BYTES": str(2**20),
+           "FLEET_RECONCILE_INTERVAL_S": "0.5", "FLEET_SERVER_DEAD_AFTER_S": "3", "FLEET_PACK_SIZE": "10"}
+    cp = ControlPlane(f"http://127.0.0.1:{free_port()}", env, root / "control-plane.log").start()
+    api = cp.api()
+    for name, (server, repo) in servers.items():
+        response = api.post(f"{cp.url}/api/v1/servers", json={
+            "name": name, "family": "cpu", "http_url": server.http_url, "grpc_url": server.grpc_url,
+            "capacity_bytes": 8 * 2**30, "repository_path": str(repo)})
+        assert response.status_code == 201, response.text
+    yield {"cp": cp, "servers": servers, "root": root, "seaweed": seaweed}
+    cp.stop()
+    for server, _ in servers.values():
+        server.stop()
