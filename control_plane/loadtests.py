@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import logging
+import os
 import subprocess
 import sys
 import tempfile
@@ -69,17 +69,21 @@ class LoadTestRunner:
         catalogue = self.catalogue()
         if not catalogue:
             raise RuntimeError("no servable models: register models and wait until they are servable")
+        if not self.settings.public_url:
+            raise RuntimeError("the control plane does not know its own URL (FLEET_PUBLIC_URL) for locust "
+                               "to read the model catalogue from")
         with tempfile.TemporaryDirectory(prefix="fleet-loadtest-") as tmp:
-            models_file = Path(tmp) / "catalogue.json"
-            models_file.write_text(json.dumps({"items": catalogue}))
             prefix = Path(tmp) / "run"
             command = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless",
                        "-u", str(spec["users"]), "-r", str(spec["spawn_rate"]), "-t", f"{spec['duration_s']}s",
                        "--csv", str(prefix), "--host", catalogue[0]["server"], "--only-summary",
-                       "--models-from", str(models_file), "--mix", spec["mix"], "--zipf-s", str(spec["zipf_s"])]
+                       "--models-from", self.settings.public_url, "--mix", spec["mix"],
+                       "--zipf-s", str(spec["zipf_s"])]
             if spec.get("processes", 1) > 1:
                 command += ["--processes", str(spec["processes"])]
-            completed = subprocess.run(command, capture_output=True, text=True, cwd=REPO_ROOT,
+            # The token travels in the environment, not on a command line that `ps` shows.
+            env = {**os.environ, "FLEET_API_TOKEN": self.settings.api_token}
+            completed = subprocess.run(command, capture_output=True, text=True, cwd=REPO_ROOT, env=env,
                                        timeout=spec["duration_s"] + 120)
             stats_path = Path(f"{prefix}_stats.csv")
             if not stats_path.exists():

@@ -21,8 +21,12 @@ def serve(host: str, port: int, threads: int) -> None:
     from waitress.server import create_server
 
     from control_plane.app import create_app
+    from control_plane.settings import Settings
 
-    app = create_app()
+    settings = Settings.from_env()
+    if settings.public_url is None:
+        settings.public_url = f"http://{host}:{port}"
+    app = create_app(settings)
     state = app.extensions["fleet"]
     server = create_server(app, host=host, port=port, threads=threads, max_request_body_size=
                            state.settings.max_upload_bytes + 2**20)

@@ -22,6 +22,7 @@ class Settings(BaseModel):
     reconcile_interval_s: float = 1.0
     server_dead_after_s: float = 5.0
     validation_workers: int = 2
+    public_url: str | None = Field(None, description="how load generators reach this API (set by serve)")
 
     @property
     def bucket(self) -> str:
