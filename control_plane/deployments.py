@@ -20,9 +20,15 @@ def make_target(name: str, settings: Settings):
 
         return EksTarget()
     if name == "ecs":
-        from control_plane.targets.ecs import EcsTarget
+        import os
 
-        return EcsTarget()
+        from control_plane.targets.ecs import EcsConfig, EcsTarget
+
+        registry = os.environ.get("FLEET_ECS_IMAGE_REGISTRY")
+        if not registry:
+            raise TargetError("set FLEET_ECS_IMAGE_REGISTRY to the ECR registry that holds the "
+                              "triton-fleet/server-cpu and triton-fleet/loadtest images (docs/ecs.md)")
+        return EcsTarget(EcsConfig(image_registry=registry, region=os.environ.get("AWS_REGION")))
     return None  # local: servers are started by `fleet up` and registered through /servers
 
 

@@ -213,6 +213,20 @@ def test_many_models_become_servable_across_both_servers(stack, generated_models
     assert listed["page"] == 2 and len(listed["items"]) == 5 and listed["total"] >= 30
 
 
+def test_a_load_test_started_through_the_api_reaches_many_models_without_failures(stack):
+    api = stack["cp"].api()
+    started = api.post(f"{stack['cp'].url}/api/v1/loadtests",
+                       json={"users": 8, "spawn_rate": 8, "duration_s": 6, "mix": "uniform"})
+    assert started.status_code == 202 and started.json()["status"] in ("pending", "running")
+    test = wait_for(lambda: (t := get(stack, f"/loadtests/{started.json()['id']}").json())["status"]
+                    not in ("pending", "running") and t, timeout_s=120)
+    assert test["status"] == "succeeded", test["error"]
+    aggregated = test["results"]["aggregated"]
+    servable_count = get(stack, "/models", params={"status": "servable"}).json()["total"]
+    assert aggregated["requests"] > 100 and aggregated["failures"] == 0
+    assert test["results"]["models_hit"] >= min(20, servable_count)
+
+
 def test_a_killed_server_s_packs_become_servable_on_the_other(stack, generated_models):
     entries = Manifest.read(generated_models).models[10:40]
     victim = servable(stack, entries[0].id)["endpoints"][0]["server"]
