@@ -212,6 +212,10 @@ def _register_room_commands() -> None:
     from control_plane.server import control_plane
 
     main.add_command(control_plane)
+    from loadtest.cli import loadtest, report
+
+    main.add_command(loadtest)
+    main.add_command(report)
 
 
 _register_room_commands()

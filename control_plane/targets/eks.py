@@ -13,8 +13,10 @@ k8s/modules/control-plane/rbac.yaml). Validated against an API emulator only (do
 """
 from __future__ import annotations
 
+import os
 import secrets
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -29,9 +31,10 @@ from control_plane.targets.base import (
     Progress,
     ServerEndpoint,
     TargetError,
+    TargetName,
 )
 from control_plane.targets.eks_client import Cluster, api_error, load_api_client
-from control_plane.targets.eks_locust import parse_stats_csv, stats_csv_from_log
+from control_plane.targets.eks_locust import result_from_log
 from control_plane.targets.eks_manifests import (
     ALL_OVERLAY,
     COMPONENT_LABEL,
@@ -94,14 +97,30 @@ class EksSettings:
     loadtest_overhead_s: float = 900.0
     poll_s: float = 5.0
 
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> EksSettings:
+        """Settings from FLEET_EKS_* variables, for callers that build EksTarget() without arguments
+        (the CLI, the control plane). Unset variables keep the defaults."""
+        env = os.environ if environ is None else environ
+        defaults = cls()
+        return cls(
+            namespace=env.get("FLEET_EKS_NAMESPACE", defaults.namespace),
+            manifests=Path(env.get("FLEET_EKS_MANIFESTS", defaults.manifests)),
+            registry=env.get("FLEET_EKS_REGISTRY") or None,
+            roles=Roles(env.get("FLEET_EKS_REPOSITORY_ROLE_ARN") or None,
+                        env.get("FLEET_EKS_CONTROL_PLANE_ROLE_ARN") or None),
+            autoscaling=env.get("FLEET_EKS_AUTOSCALING", "true").lower() not in ("0", "false", "no"),
+            kube_context=env.get("FLEET_EKS_CONTEXT") or None,
+        )
+
 
 class EksTarget:
     """Triton fleet on an EKS cluster (any conformant Kubernetes 1.30+ with the same node groups)."""
 
-    name = "eks"
+    name: TargetName = "eks"
 
     def __init__(self, settings: EksSettings | None = None, api_client: ApiClient | None = None) -> None:
-        self.settings = settings or EksSettings()
+        self.settings = settings or EksSettings.from_env()
         self._api_client = api_client
 
     @cached_property
@@ -215,7 +234,9 @@ class EksTarget:
         """Replace any previous locust Jobs, run master + workers, and parse the master's stats."""
         report = progress or _quiet
         run_id = f"{int(time.time())}-{secrets.token_hex(3)}"
-        objects = loadtest_objects(render(self.settings.manifests), spec, run_id, self.settings.registry)
+        deadline_s = spec.duration_s + self.settings.loadtest_overhead_s
+        objects = loadtest_objects(render(self.settings.manifests), spec, run_id, self.settings.registry,
+                                   int(deadline_s))
         gone_wait = self._waiting(self.settings.rollout_timeout_s)
         for name in ("locust-master", "locust-worker"):
             if self.cluster.delete("batch/v1", "Job", name, self.settings.namespace):
@@ -226,14 +247,16 @@ class EksTarget:
         report(f"locust run {run_id}: {spec.workers} worker(s), {spec.users} users for {spec.duration_s}s "
                f"against {spec.host}")
         run_pods = f"{LOADTEST_RUN_LABEL}={run_id}"
-        waiting = self._waiting(spec.duration_s + self.settings.loadtest_overhead_s)
-        outcome = wait_for_job(self.cluster, "locust-master", run_pods, waiting, report)
-        self.cluster.delete("batch/v1", "Job", "locust-worker", self.settings.namespace)
+        waiting = self._waiting(deadline_s)
+        try:
+            outcome = wait_for_job(self.cluster, "locust-master", run_pods, waiting, report)
+        finally:  # workers are useless without their master; the master Job stays for inspection
+            self.cluster.delete("batch/v1", "Job", "locust-worker", self.settings.namespace)
         log = self._master_log(run_pods)
         if outcome == "Failed":
             tail = "\n".join(log.splitlines()[-20:])
             raise TargetError(f"the locust master failed; the last lines of its log:\n{tail}")
-        result = parse_stats_csv(stats_csv_from_log(log))
+        result = result_from_log(log)
         report(f"locust run {run_id}: {result.aggregated.requests} requests, "
                f"{result.aggregated.rps:.0f} rps, p99 {result.aggregated.p99_ms:.0f} ms")
         return result

@@ -52,7 +52,10 @@ def api_error(error: ApiException, action: str) -> TargetError:
             "Role in k8s/modules/control-plane/rbac.yaml."
         )
     if error.status == 422:
-        return TargetError(f"the cluster rejected the object while trying to {action}: {message}")
+        hint = ("; some fields cannot change in place (a StatefulSet's selector, serviceName or volume "
+                "claims): delete it with `kubectl delete --cascade=orphan` and deploy again"
+                if "Forbidden" in message or "immutable" in message else "")
+        return TargetError(f"the cluster rejected the object while trying to {action}: {message}{hint}")
     return TargetError(f"failed to {action}: HTTP {error.status}: {message}")
 
 
@@ -115,8 +118,9 @@ class Cluster:
             ) from None
 
     def apply(self, obj: dict[str, Any]) -> None:
-        """Server-side apply: the API server merges our fields and keeps those others own (HPA replicas
-        excepted, which deploy sets on purpose, hence force)."""
+        """Server-side apply (as `kubectl apply --server-side --force-conflicts`): the API server keeps
+        fields other managers own, and force takes back the ones we declare (spec.replicas after the
+        autoscaler moved it, a hand edit), because the deployment spec is the declared state."""
         resource = self.resource(obj["apiVersion"], obj["kind"])
         name = obj["metadata"]["name"]
         namespace = obj["metadata"].get("namespace") if resource.namespaced else None

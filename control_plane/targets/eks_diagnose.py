@@ -16,7 +16,12 @@ from kubernetes.client import ApiException, CoreV1Event, V1ContainerStatus, V1No
 from control_plane.targets.eks_client import Cluster, api_error
 
 IMAGE_PULL_REASONS = frozenset({"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull"})
-FATAL_WAITING_REASONS = frozenset({"CrashLoopBackOff", "CreateContainerConfigError", "CreateContainerError"})
+CANNOT_START = {
+    "CreateContainerConfigError": "a Secret or ConfigMap key it reads is missing (docs/eks.md, \"Secrets\")",
+    "CreateContainerError": "the container runtime refused it",
+}
+# A crash or two can be transient (credentials still propagating); this many restarts is not.
+CRASH_RESTARTS = 3
 
 
 @dataclass(frozen=True)
@@ -77,26 +82,25 @@ def _container_problem(cluster: Cluster, pod: V1Pod) -> PodProblem | None:
     name = pod.metadata.name
     for container in statuses:
         waiting = container.state.waiting if container.state else None
-        if waiting is None or (waiting.reason not in IMAGE_PULL_REASONS
-                               and waiting.reason not in FATAL_WAITING_REASONS):
-            continue
-        detail = _latest_warning(cluster, name) or waiting.message or waiting.reason
-        if waiting.reason in IMAGE_PULL_REASONS:
+        reason = waiting.reason if waiting else None
+        if reason in IMAGE_PULL_REASONS:
+            detail = _latest_warning(cluster, name) or waiting.message or reason
             return PodProblem(name, f"pod {name}: container {container.name} cannot pull image "
-                                    f"{container.image} ({waiting.reason}: {detail}). Push the image to "
-                                    "your registry (docs/eks.md, step 5), check its name and tag, and that "
-                                    "the node role may pull from ECR (AmazonEC2ContainerRegistryReadOnly).",
+                                    f"{container.image} ({reason}: {detail}). Push the image to your "
+                                    "registry (docs/eks.md, step 6), check its name and tag, and that the "
+                                    "node role may pull from ECR (AmazonEC2ContainerRegistryReadOnly).",
                               fatal=True)
-        if waiting.reason == "CrashLoopBackOff":
+        if reason == "CrashLoopBackOff" and container.restart_count >= CRASH_RESTARTS:
             last = container.last_state.terminated if container.last_state else None
             exit_info = f"; last exit code {last.exit_code} ({last.reason})" if last else ""
             return PodProblem(name, f"pod {name}: container {container.name} keeps crashing "
-                                    f"({container.restart_count} restarts{exit_info}). See "
-                                    f"`kubectl -n {pod.metadata.namespace} logs {name} -c {container.name} "
-                                    "--previous`.", fatal=True)
-        return PodProblem(name, f"pod {name}: container {container.name} cannot start ({waiting.reason}: "
-                                f"{detail}). A Secret or ConfigMap it reads is probably missing (docs/eks.md, "
-                                "\"Secrets\").", fatal=True)
+                                    f"({container.restart_count} restarts{exit_info}). See `kubectl -n "
+                                    f"{pod.metadata.namespace} logs {name} -c {container.name} --previous`.",
+                              fatal=True)
+        if reason in CANNOT_START:
+            detail = _latest_warning(cluster, name) or waiting.message or reason
+            return PodProblem(name, f"pod {name}: container {container.name} cannot start ({reason}: "
+                                    f"{detail}): {CANNOT_START[reason]}.", fatal=True)
     return None
 
 
@@ -113,8 +117,8 @@ def _latest_warning(cluster: Cluster, pod_name: str) -> str | None:
 
 
 def _scheduling_problem(pod: V1Pod, nodes: Callable[[], list[V1Node]], grace_s: float) -> PodProblem | None:
-    condition = next((c for c in (pod.status.conditions or []) if c.type == "PodScheduled"), None) \
-        if pod.status else None
+    conditions = (pod.status.conditions or []) if pod.status else []
+    condition = next((c for c in conditions if c.type == "PodScheduled"), None)
     if condition is None or condition.status != "False" or condition.reason != "Unschedulable":
         return None
     since = condition.last_transition_time or datetime.now(UTC)

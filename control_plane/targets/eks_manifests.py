@@ -92,9 +92,9 @@ def statefulset_name(family: ComputeFamily) -> str:
 
 def parse_repository_uri(uri: str) -> tuple[str, str]:
     """(bucket, prefix) of s3://bucket/prefix, the only repository kind pods can sync from."""
-    if not uri.startswith("s3://") or "/" not in uri[5:] or not uri[5:].split("/", 1)[1].strip("/"):
+    bucket, _, prefix = uri.removeprefix("s3://").partition("/")
+    if not uri.startswith("s3://") or not bucket or not prefix.strip("/"):
         raise TargetError(f"repository_uri must be s3://BUCKET/PREFIX on EKS (pods sync from S3), got {uri!r}")
-    bucket, prefix = uri[5:].split("/", 1)
     return bucket, prefix.strip("/")
 
 
@@ -108,7 +108,8 @@ def retag(objects: Iterable[Manifest], registry: str | None, tag: str | None) ->
             name, _, current = image.partition(":")
             if registry:
                 name = f"{registry.rstrip('/')}/{name}"
-            container["image"] = f"{name}:{tag or current}" if (tag or current) else name
+            version = tag or current
+            container["image"] = f"{name}:{version}" if version else name
 
 
 def deployment_objects(rendered: list[Manifest], spec: DeploymentSpec, namespace: str,
@@ -172,14 +173,15 @@ def _set_roles(objects: list[Manifest], roles: Roles) -> None:
         if f":{EXAMPLE_ACCOUNT}:" in annotations.get(ROLE_ARN_ANNOTATION, ""):
             raise TargetError(
                 f"ServiceAccount {name} still has the example IAM role {annotations[ROLE_ARN_ANNOTATION]}: "
-                "create the role (docs/eks.md, step 4) and pass its ARN to the EKS target "
+                "create the role (docs/eks.md, step 5) and pass its ARN to the EKS target "
                 "(EksSettings(roles=Roles(repository_read=..., control_plane=...)))"
             )
 
 
-def loadtest_objects(rendered: list[Manifest], spec: LoadTestSpec, run_id: str,
-                     registry: str | None) -> list[Manifest]:
-    """The locust master Service and the two Jobs, unsuspended and set up for one run."""
+def loadtest_objects(rendered: list[Manifest], spec: LoadTestSpec, run_id: str, registry: str | None,
+                     deadline_s: int) -> list[Manifest]:
+    """The locust master Service and the two Jobs, unsuspended and set up for one run that Kubernetes
+    stops after `deadline_s` whatever happens (a worker that never reaches its master, say)."""
     objects = [copy.deepcopy(obj) for obj in rendered if labels(obj).get(INSTANCE_LABEL) == "locust"]
     jobs = {obj["metadata"]["name"]: obj for obj in objects if obj["kind"] == "Job"}
     if set(jobs) != {"locust-master", "locust-worker"}:
@@ -190,6 +192,7 @@ def loadtest_objects(rendered: list[Manifest], spec: LoadTestSpec, run_id: str,
                   "LOCUST_RUN_TIME": f"{spec.duration_s}s", "LOCUST_EXPECT_WORKERS": str(spec.workers)}
     for job, env in ((jobs["locust-master"], master_env), (jobs["locust-worker"], common)):
         job["spec"]["suspend"] = False
+        job["spec"]["activeDeadlineSeconds"] = deadline_s
         job["spec"]["template"]["metadata"]["labels"][LOADTEST_RUN_LABEL] = run_id
         for container in containers(job):
             set_env(container, env)

@@ -1,0 +1,65 @@
+"""The eksctl cluster and the IAM policy agree with what the manifests expect of them."""
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import yaml
+
+from control_plane.targets.eks_manifests import K8S_ROOT
+
+CLUSTER_FILE = K8S_ROOT / "cluster" / "eksctl-cluster.yaml"
+Manifest = dict[str, Any]
+
+
+def node_groups() -> dict[str, Manifest]:
+    config = yaml.safe_load(CLUSTER_FILE.read_text())
+    return {group["name"]: group for group in config["managedNodeGroups"]}
+
+
+def test_cluster_has_irsa_enforced_network_policies_and_ebs() -> None:
+    config = yaml.safe_load(CLUSTER_FILE.read_text())
+    assert config["kind"] == "ClusterConfig" and config["apiVersion"] == "eksctl.io/v1alpha5"
+    assert config["iam"]["withOIDC"] is True
+    addons = {addon["name"]: addon for addon in config["addons"]}
+    assert json.loads(addons["vpc-cni"]["configurationValues"]) == {"enableNetworkPolicy": "true"}
+    assert "aws-ebs-csi-driver" in addons
+    assert set(node_groups()) == {"system", "graviton", "g4dn", "inf2"}
+    assert node_groups()["system"]["instanceType"].startswith(("m7g.", "m6i."))
+
+
+def test_every_server_family_has_a_node_group_it_can_schedule_on(all_manifests: list[Manifest]) -> None:
+    groups = {group["instanceType"]: group for group in node_groups().values()}
+    for sts in (o for o in all_manifests if o["kind"] == "StatefulSet" and o["metadata"]["name"].startswith("triton-")):
+        pod = sts["spec"]["template"]["spec"]
+        group = groups[pod["nodeSelector"]["node.kubernetes.io/instance-type"]]
+        tolerated = {(t["key"], t["effect"]) for t in pod.get("tolerations", [])}
+        taints = {(t["key"], t["effect"]) for t in group.get("taints", [])}
+        assert taints == tolerated, sts["metadata"]["name"]
+
+
+def test_accelerator_groups_are_tainted_for_their_device_plugins() -> None:
+    assert node_groups()["g4dn"]["taints"] == [{"key": "nvidia.com/gpu", "value": "true", "effect": "NoSchedule"}]
+    assert node_groups()["inf2"]["taints"] == [
+        {"key": "aws.amazon.com/neuron", "value": "true", "effect": "NoSchedule"}]
+    text = CLUSTER_FILE.read_text()
+    assert "NVIDIA device plugin" in text and "nvdp/nvidia-device-plugin" in text
+    assert "Neuron device plugin" in text and "neuron-helm-chart" in text
+
+
+def test_workloads_pinned_to_the_system_group_name_it(all_manifests: list[Manifest]) -> None:
+    pinned = {o["spec"]["template"]["spec"]["nodeSelector"].get("eks.amazonaws.com/nodegroup")
+              for o in all_manifests if o["kind"] in ("StatefulSet", "Job")
+              and "eks.amazonaws.com/nodegroup" in o["spec"]["template"]["spec"].get("nodeSelector", {})}
+    assert pinned == {"system"}
+
+
+def test_repository_read_policy_allows_only_reading_the_repository_prefix() -> None:
+    policy = json.loads((K8S_ROOT / "iam" / "repository-read-policy.json").read_text())
+    statements = {s["Action"]: s for s in policy["Statement"]}
+    assert set(statements) == {"s3:GetObject", "s3:ListBucket"}
+    assert all(s["Effect"] == "Allow" for s in statements.values())
+    assert statements["s3:GetObject"]["Resource"] == "arn:aws:s3:::REPOSITORY_BUCKET/REPOSITORY_PREFIX/*"
+    listing = statements["s3:ListBucket"]
+    assert listing["Resource"] == "arn:aws:s3:::REPOSITORY_BUCKET"
+    assert listing["Condition"] == {"StringLike": {"s3:prefix": ["REPOSITORY_PREFIX", "REPOSITORY_PREFIX/*"]}}
