@@ -24,7 +24,7 @@ from control_plane.targets.base import (
     TargetError,
     TargetName,
 )
-from control_plane.targets.ecs_aws import GuardedClient, aws_errors, make_clients
+from control_plane.targets.ecs_aws import GuardedClient, aws_errors, make_client
 from control_plane.targets.ecs_loadtest import LoadTestPlace, LoadTestRun
 from control_plane.targets.ecs_stack import delete_stack, deploy_stack, describe_stack, stack_outputs
 from control_plane.targets.ecs_tasks import private_ip, ready_tasks, wait_until_ready
@@ -102,11 +102,11 @@ class EcsTarget:
         self.config = config
         self._session = session
         self._region = config.region
-        self._clients: dict[str, GuardedClient] | None = None
+        self._clients: dict[str, GuardedClient] = {}
 
     def _client(self, service: str) -> GuardedClient:
-        if self._clients is None:
-            self._clients = make_clients(self._region, self.config.endpoint_url, self._session)
+        if service not in self._clients:
+            self._clients[service] = make_client(service, self._region, self.config.endpoint_url, self._session)
         return self._clients[service]
 
     def _outputs(self) -> dict[str, str]:
@@ -120,7 +120,7 @@ class EcsTarget:
         progress = progress or _quiet
         parameters = stack_parameters(self.config, spec)
         if spec.region and spec.region != self._region:
-            self._region, self._clients = spec.region, None
+            self._region, self._clients = spec.region, {}
         try:
             body = template_body(self.config.template)
         except ValueError as error:

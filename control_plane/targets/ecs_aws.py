@@ -77,14 +77,12 @@ class GuardedClient:
         return call
 
 
-def make_clients(region: str | None, endpoint_url: str | None,
-                 session: boto3.Session | None = None) -> dict[str, GuardedClient]:
-    """The clients the ECS target uses, all in one region (and one endpoint, for moto in tests)."""
+def make_client(service: str, region: str | None, endpoint_url: str | None,
+                session: boto3.Session | None = None) -> GuardedClient:
+    """A guarded client; `endpoint_url` points every service at one AWS-compatible endpoint (moto)."""
     session = session or boto3.Session(region_name=region)
     config = Config(retries={"mode": "adaptive", "max_attempts": 8})
-    return {name: GuardedClient(session.client(name, region_name=region, endpoint_url=endpoint_url,
-                                               config=config))
-            for name in ("cloudformation", "ecs", "s3", "application-autoscaling")}
+    return GuardedClient(session.client(service, region_name=region, endpoint_url=endpoint_url, config=config))
 
 
 @contextmanager

@@ -2,15 +2,13 @@
 
 Why a shell script per task: ECS overrides may replace a container's command but not its entry point, so
 the load-test task definition's entry point is `/bin/sh -c` and each run passes one script. The master's
-script runs locust headless, then uploads every CSV locust wrote to s3://RESULTS_BUCKET/RESULTS_PREFIX,
-even when locust failed, so a broken run still leaves evidence. Why two phases: workers need the master's
+script runs locust headless, then uploads what the run wrote (locust's CSVs and the locustfile's
+PREFIX_run.json, which `fleet report` reads) to s3://RESULTS_BUCKET/RESULTS_PREFIX, even when locust
+failed, so a broken run still leaves evidence. Why two phases: workers need the master's
 address, which exists only once ECS has attached the master task's ENI.
 """
 from __future__ import annotations
 
-import csv
-import io
-import math
 import shlex
 import time
 import uuid
@@ -18,8 +16,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from control_plane.targets.base import LoadTestResult, LoadTestSpec, LoadTestStat, Progress, TargetError
+from control_plane.targets.base import LoadTestResult, LoadTestSpec, Progress, TargetError
 from control_plane.targets.ecs_tasks import describe_tasks, private_ip, stop_summary
+from loadtest.results import ResultsError
+from loadtest.results import parse_stats_csv as parse_locust_csv
 
 LOCUST_CONTAINER = "locust"
 CSV_BASENAME = "adfilter"  # locust --csv DIR/adfilter writes adfilter_stats.csv, adfilter_failures.csv ...
@@ -27,8 +27,9 @@ _RUN_TASK_MAX = 10  # run_task starts at most 10 tasks per call
 _UPLOAD = """import pathlib, sys, boto3
 folder, bucket, prefix = sys.argv[1:4]
 s3 = boto3.client("s3")
-for path in sorted(pathlib.Path(folder).glob("*.csv")):
-    s3.upload_file(str(path), bucket, prefix + path.name)
+for path in sorted(pathlib.Path(folder).iterdir()):
+    if path.suffix in (".csv", ".json"):
+        s3.upload_file(str(path), bucket, prefix + path.name)
 """
 
 
@@ -43,8 +44,9 @@ class LocustCommands:
     results_dir: str = "/tmp/loadtest"
 
     def master(self) -> str:
-        locust = ["locust", "-f", self.spec.locustfile, "--master", "--master-bind-port", str(self.master_port),
-                  "--headless", "--expect-workers", str(self.spec.workers),
+        locust = ["locust", "-f", self.spec.locustfile, "--master",
+                  "--master-bind-port", str(self.master_port), "--headless",
+                  "--expect-workers", str(self.spec.workers),
                   "--expect-workers-max-wait", str(self.workers_max_wait_s),
                   "--users", str(self.spec.users), "--spawn-rate", str(self.spec.spawn_rate),
                   "--run-time", f"{self.spec.duration_s}s", "--host", self.host,
@@ -58,18 +60,6 @@ class LocustCommands:
     def worker(self, master_ip: str) -> str:
         return "exec " + shlex.join(["locust", "-f", self.spec.locustfile, "--worker", "--master-host",
                                      master_ip, "--master-port", str(self.master_port)])
-
-
-def _number(value: str) -> float:
-    return math.nan if value in ("", "N/A") else float(value)
-
-
-def parse_stats_csv(text: str) -> list[LoadTestStat]:
-    """Rows of locust's *_stats.csv; percentiles of a name without requests are NaN."""
-    return [LoadTestStat(name=row["Name"], requests=int(row["Request Count"]),
-                         failures=int(row["Failure Count"]), rps=_number(row["Requests/s"]),
-                         p50_ms=_number(row["50%"]), p90_ms=_number(row["90%"]), p99_ms=_number(row["99%"]))
-            for row in csv.DictReader(io.StringIO(text))]
 
 
 @dataclass(frozen=True)
@@ -108,7 +98,8 @@ class LoadTestRun:
                                  extra_env={"RESULTS_BUCKET": self._place.results_bucket,
                                             "RESULTS_PREFIX": self.results_prefix})[0]
             master_ip = self._wait_for_address(master)
-            self._progress(f"locust master {self.run_id} at {master_ip}; starting {self._spec.workers} workers")
+            self._progress(f"locust master {self.run_id} at {master_ip}; "
+                           f"starting {self._spec.workers} workers")
             self._start(self._commands.worker(master_ip), count=self._spec.workers, extra_env={})
             run_s = self._start_timeout_s + self._spec.duration_s + self._grace_s
             stopped = self._wait(master, lambda task: task.get("lastStatus") == "STOPPED", run_s, "finish")
@@ -124,8 +115,8 @@ class LoadTestRun:
                 cluster=self._place.cluster, taskDefinition=self._place.task_definition,
                 count=min(_RUN_TASK_MAX, count - batch), group=f"loadtest:{self.run_id}",
                 startedBy="triton-fleet-loadtest",
-                networkConfiguration={"awsvpcConfiguration": {"subnets": self._place.subnets,
-                                                              "securityGroups": [self._place.security_group]}},
+                networkConfiguration={"awsvpcConfiguration": {
+                    "subnets": self._place.subnets, "securityGroups": [self._place.security_group]}},
                 overrides={"containerOverrides": [{"name": LOCUST_CONTAINER, "command": [command],
                                                    "environment": environment}]})
             if started.get("failures"):
@@ -156,9 +147,13 @@ class LoadTestRun:
             if task.get("lastStatus") == "STOPPED":
                 raise TargetError(f"locust master stopped before it could {goal}: {stop_summary(task)}")
             if time.monotonic() >= deadline:
+                hint = ("with no free capacity the capacity provider must launch an instance first: raise "
+                        "EcsConfig.task_start_timeout_s or MaxInstances"
+                        if status in ("PROVISIONING", "PENDING", "ACTIVATING") else
+                        "locust may still wait for its workers or be stuck: read the loadtest/locust log "
+                        "streams")
                 raise TargetError(f"locust master did not {goal} within {timeout_s:.0f}s (last status "
-                                  f"{status}); with no free capacity the capacity provider must launch an "
-                                  "instance first: raise the timeout or MaxInstances")
+                                  f"{status}); {hint}")
             time.sleep(self._poll_s)
 
     def _stop_all(self) -> None:
@@ -185,4 +180,7 @@ class LoadTestRun:
                               "the master could not upload its CSVs (check that the loadtest image has "
                               "python3 with boto3 and the task role may write loadtests/*)") from error
         self._progress(f"collected s3://{self._place.results_bucket}/{key}")
-        return LoadTestResult(stats=parse_stats_csv(text), stats_csv=text)
+        try:  # the parser local and eks runs use, so reports treat every target alike
+            return parse_locust_csv(text, f"s3://{self._place.results_bucket}/{key}")
+        except ResultsError as error:
+            raise TargetError(f"{error}; read the loadtest/locust log stream of the master") from None

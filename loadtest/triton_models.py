@@ -1,0 +1,99 @@
+"""Locust load over thousands of user models served in packs by Triton (KServe v2 gRPC).
+
+    locust -f loadtest/triton_models.py --host 127.0.0.1:8001 \
+        --models-from generated/models/manifest.json --pack-size 100 --mix zipf --zipf-s 1.1
+    locust -f loadtest/triton_models.py --host 127.0.0.1:8001 \
+        --models-from http://127.0.0.1:5000 --token "$FLEET_API_TOKEN" --mix uniform
+
+Each request goes to a pack (the Triton model) and names its member with the request parameter
+``model_id``; statistics are per member (or pack/member, or pack: ``--name-by``). Works headless
+(``--headless --csv PREFIX --html FILE``), with ``--processes N`` and as ``--master`` / ``--worker``:
+every load-generating process builds its own workload when the test starts, from the master's options.
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import os
+from pathlib import Path
+
+from locust import User, events, task
+from locust.env import Environment
+from locust.exception import StopUser
+
+from loadtest.catalogue import CatalogueError, load_catalogue
+from loadtest.locust_grpc import ClientPool, pacing, runs_load, send, stop_run, worker_seed
+from loadtest.mix import MIXES, MixError
+from loadtest.workload import NAME_BY, Workload, build_workload
+
+_workload: Workload | None = None
+_user_numbers = itertools.count()
+
+
+@events.init_command_line_parser.add_listener
+def _arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--models-from", default="", env_var="LOCUST_MODELS_FROM",
+                        help="Control-plane URL (http[s]://...) or a manifest.json (or its folder).")
+    parser.add_argument("--token", default=os.environ.get("FLEET_API_TOKEN", ""), is_secret=True,
+                        help="Control-plane API token (default: $FLEET_API_TOKEN).")
+    parser.add_argument("--pack-size", type=int, default=100, env_var="LOCUST_PACK_SIZE",
+                        help="With a manifest: the --pack-size the repository was built with.")
+    parser.add_argument("--mix", choices=MIXES, default="zipf", env_var="LOCUST_MIX",
+                        help="Traffic over models: uniform, zipf (1/rank^s) or file (--weights-file).")
+    parser.add_argument("--zipf-s", type=float, default=1.1, env_var="LOCUST_ZIPF_S",
+                        help="Zipf exponent: higher is more skewed.")
+    parser.add_argument("--weights-file", default="", env_var="LOCUST_WEIGHTS_FILE",
+                        help="CSV 'id,weight' for --mix file.")
+    parser.add_argument("--mix-seed", type=int, default=0, env_var="LOCUST_MIX_SEED",
+                        help="Seed of zipf ranks, inputs and draws.")
+    parser.add_argument("--batch-size", type=int, default=1, env_var="LOCUST_BATCH_SIZE",
+                        help="Rows per request.")
+    parser.add_argument("--name-by", choices=NAME_BY, default="member", env_var="LOCUST_NAME_BY",
+                        help="Request name in statistics.")
+
+
+@events.test_start.add_listener
+def _build_workload(environment: Environment, **_: object) -> None:
+    """Load the catalogue and pre-build every request once per load-generating process."""
+    global _workload
+    if not runs_load(environment):
+        return
+    options = environment.parsed_options
+    if not options.models_from:
+        stop_run(environment, "--models-from is required: a control-plane URL or a manifest.json")
+        return
+    try:
+        models = load_catalogue(options.models_from, options.pack_size, options.token or None)
+        _workload = build_workload(models, options.mix, options.zipf_s,
+                                   Path(options.weights_file) if options.weights_file else None,
+                                   options.mix_seed, options.batch_size, options.name_by)
+    except (CatalogueError, MixError, ValueError) as error:
+        stop_run(environment, f"cannot build the workload: {error}")
+
+
+class TritonModelsUser(User):
+    """Sends one inference after another to models drawn from the mix (closed loop unless paced)."""
+
+    def __init__(self, environment: Environment) -> None:
+        super().__init__(environment)
+        options = environment.parsed_options
+        self._pace = pacing(options.rps_per_user)
+        self._timeout_s = options.request_timeout
+        self._clients = ClientPool()
+        seed = worker_seed(environment, options.mix_seed, next(_user_numbers))
+        self._sampler = _workload.sampler(seed) if _workload else None
+
+    def wait_time(self) -> float:
+        return self._pace(self)
+
+    @task
+    def infer(self) -> None:
+        if self._sampler is None:  # the workload failed to build; stop_run is shutting the run down
+            raise StopUser()
+        target = _workload.targets[self._sampler.next()]
+        client = self._clients.get(target.model.server or self.host)
+        send(self.environment, client, target.model.pack, target.inputs, target.parameters, target.name,
+             self._timeout_s)
+
+    def on_stop(self) -> None:
+        self._clients.close()
