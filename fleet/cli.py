@@ -208,6 +208,43 @@ def down_command() -> None:
     click.echo(f"stopped: {', '.join(stopped)}" if stopped else "nothing was running")
 
 
+@main.command()
+@click.option("--target", type=click.Choice(["eks", "ecs"]), required=True)
+@click.option("--repository", required=True, help="s3://BUCKET/PREFIX the servers sync from.")
+@click.option("--replicas", default="cpu=1", show_default=True,
+              help="Servers per family, e.g. cpu=2,gpu=1,inf2=1 (ECS runs cpu only).")
+@click.option("--image-tag", default="0.1.0", show_default=True)
+@click.option("--region", default=None, help="AWS region (default: the credential chain's).")
+@click.option("--teardown", is_flag=True, help="Remove what a previous deploy created instead.")
+def deploy(target: str, repository: str, replicas: str, image_tag: str, region: str | None,
+           teardown: bool) -> None:
+    """Deploy the fleet to EKS or ECS and wait until it is ready (FLEET_EKS_* / FLEET_ECS_* settings)."""
+    from control_plane.deployments import make_target
+    from control_plane.settings import Settings
+    from control_plane.targets.base import DeploymentSpec, TargetError
+
+    try:
+        counts = {k: int(v) for k, v in (part.split("=", 1) for part in replicas.split(",") if part)}
+    except ValueError:
+        raise click.BadParameter("use FAMILY=COUNT pairs, e.g. cpu=2,gpu=1", param_hint="--replicas") from None
+    unknown = set(counts) - {"cpu", "gpu", "inf2"}
+    if unknown:
+        raise click.BadParameter(f"unknown families {sorted(unknown)}; use cpu, gpu, inf2",
+                                 param_hint="--replicas")
+    try:
+        runner = make_target(target, Settings.from_env(repository_uri=repository))
+        if teardown:
+            runner.teardown(progress=click.echo)
+            click.echo(f"{target}: torn down")
+            return
+        runner.deploy(DeploymentSpec(repository_uri=repository, replicas=counts, image_tag=image_tag,
+                                     region=region), progress=click.echo)
+        for server in runner.discover_servers():
+            click.echo(f"{server.name:30} {server.family:5} grpc {server.grpc_url}")
+    except TargetError as error:
+        raise click.ClickException(str(error)) from None
+
+
 def _register_room_commands() -> None:
     from control_plane.server import control_plane
 
