@@ -5,14 +5,13 @@ definition (LoadTestSpec) and run master and workers inside the cloud (see contr
 """
 from __future__ import annotations
 
-import csv
-import io
 import logging
 import os
 import subprocess
 import sys
 import tempfile
 import threading
+from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -20,21 +19,18 @@ from sqlalchemy.orm import sessionmaker
 
 from control_plane.db import AuditEntry, LoadTest
 from control_plane.settings import Settings
+from control_plane.targets.base import LoadTestResult
+from loadtest.results import parse_stats_csv
 
 log = logging.getLogger(__name__)
 REPO_ROOT = Path(__file__).resolve().parents[1]
 LOCUSTFILE = REPO_ROOT / "loadtest" / "triton_models.py"
 
 
-def parse_stats_csv(text: str) -> list[dict]:
-    """Rows of locust's *_stats.csv as {name, requests, failures, rps, p50_ms, p90_ms, p99_ms}."""
-    rows = []
-    for row in csv.DictReader(io.StringIO(text)):
-        rows.append({"name": row["Name"], "requests": int(row["Request Count"]),
-                     "failures": int(row["Failure Count"]), "rps": float(row["Requests/s"]),
-                     "p50_ms": float(row["50%"] or 0), "p90_ms": float(row["90%"] or 0),
-                     "p99_ms": float(row["99%"] or 0)})
-    return rows
+def summarize(result: LoadTestResult) -> dict:
+    """What the registry keeps of a run: the aggregate, how many models it reached, per-model rows."""
+    rows = [asdict(stat) for stat in result.stats if stat.name != "Aggregated"]
+    return {"aggregated": asdict(result.aggregated), "models_hit": len(rows), "rows": rows[:2000]}
 
 
 class LoadTestRunner:
@@ -77,10 +73,7 @@ class LoadTestRunner:
             spawn_rate=spec["spawn_rate"], duration_s=spec["duration_s"], workers=spec.get("processes", 1),
             env={"LOCUST_MIX": spec["mix"], "LOCUST_ZIPF_S": str(spec["zipf_s"]),
                  "LOCUST_MODELS_FROM": self.settings.public_url or ""}))
-        rows = parse_stats_csv(result.stats_csv)
-        return {"aggregated": next((r for r in rows if r["name"] == "Aggregated"), None),
-                "models_hit": sum(1 for r in rows if r["name"] != "Aggregated"),
-                "rows": [r for r in rows if r["name"] != "Aggregated"][:2000]}
+        return summarize(result)
 
     def _run_local(self, spec: dict) -> dict:
         catalogue = self.catalogue()
@@ -106,8 +99,5 @@ class LoadTestRunner:
             if not stats_path.exists():
                 raise RuntimeError(f"locust exited with {completed.returncode} without results: "
                                    f"{completed.stderr.strip().splitlines()[-5:]}")
-            rows = parse_stats_csv(stats_path.read_text())
-        aggregated = next((r for r in rows if r["name"] == "Aggregated"), None)
-        return {"aggregated": aggregated, "models_hit": sum(1 for r in rows if r["name"] != "Aggregated"),
-                "rows": [r for r in rows if r["name"] != "Aggregated"][:2000], "locust_exit_code":
-                completed.returncode}
+            summary = summarize(parse_stats_csv(stats_path.read_text(), str(stats_path)))
+        return {**summary, "locust_exit_code": completed.returncode}
