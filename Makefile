@@ -5,6 +5,9 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
+# Never put the working directory on sys.path: the top-level folder triton/ would then import as a
+# namespace package named `triton`, which torch mistakes for OpenAI Triton (torch._dynamo breaks).
+export PYTHONSAFEPATH := 1
 
 .PHONY: demo test test-fast bench lint clean down
 
@@ -25,11 +28,11 @@ down: $(STAMP)
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/fleet down
 
 test: $(STAMP)
-	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m pytest $(PYTEST_ARGS)
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/pytest $(PYTEST_ARGS)
 
 # Skips the slow end-to-end tests that start real servers.
 test-fast: $(STAMP)
-	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m pytest -m 'not slow' $(PYTEST_ARGS)
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/pytest -m 'not slow' $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/fleet bench

@@ -92,7 +92,7 @@ class LoadTestRunner:
             if spec.get("processes", 1) > 1:
                 command += ["--processes", str(spec["processes"])]
             # The token travels in the environment, not on a command line that `ps` shows.
-            env = {**os.environ, "FLEET_API_TOKEN": self.settings.api_token}
+            env = {**os.environ, "FLEET_API_TOKEN": self.settings.api_token, "PYTHONSAFEPATH": "1"}
             completed = subprocess.run(command, capture_output=True, text=True, cwd=REPO_ROOT, env=env,
                                        timeout=spec["duration_s"] + 120)
             stats_path = Path(f"{prefix}_stats.csv")

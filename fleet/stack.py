@@ -129,7 +129,9 @@ def up(models: int = 1000, loadtest_seconds: int = 20, users: int = 16, seed: in
     env = {**os.environ, **s3.environment(), "FLEET_API_TOKEN": token, "FLEET_TRITON_ADMIN_KEY": admin_key,
            "FLEET_DATABASE_URL": f"sqlite:///{(STATE_DIR / 'registry.db').resolve()}",
            "FLEET_REPOSITORY_URI": f"s3://{BUCKET}/repository", "FLEET_S3_ENDPOINT_URL": s3.endpoint_url,
-           "FLEET_WORK_DIR": str((STATE_DIR / "control-plane").resolve())}
+           "FLEET_WORK_DIR": str((STATE_DIR / "control-plane").resolve()),
+           # keeps the repository root off sys.path (see Makefile)
+           "PYTHONSAFEPATH": "1"}
     log = STATE_DIR / "control-plane.log"
     with open(log, "ab") as log_file:
         cp = subprocess.Popen([sys.executable, "-m", "fleet.cli", "control-plane", "serve", "--port", str(port)],

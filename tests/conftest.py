@@ -1,12 +1,17 @@
 """Shared fixtures: real servers on 127.0.0.1, each stopped by the fixture that started it."""
 from __future__ import annotations
 
+import os
 import uuid
 from pathlib import Path
 
 import pytest
 
 from fleet.seaweedfs import SeaweedS3
+
+# Subprocesses the tests start (`python -m locust`, `python -m fleet.cli`) must not put the repository
+# root on sys.path: its triton/ folder would import as a `triton` namespace package and break torch.
+os.environ.setdefault("PYTHONSAFEPATH", "1")
 
 
 @pytest.fixture(scope="session")
