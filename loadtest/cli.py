@@ -11,6 +11,7 @@ from pathlib import Path
 import click
 
 from loadtest.mix import MIXES
+from loadtest.sweep import LOCUSTFILES
 
 
 def _echo_result(summary: dict) -> None:
@@ -92,6 +93,45 @@ def adfilter_peak(host: str, concurrency: int, rate: float | None, duration: flo
                   **result.summary()})
 
 
+@loadtest.command("sweep")
+@click.option("--workload", type=click.Choice(sorted(LOCUSTFILES)), default="models", show_default=True,
+              help="models: loadtest/triton_models.py; adfilter: loadtest/bid_requests.py.")
+@click.option("--host", required=True, help="Triton gRPC address, host:port.")
+@click.option("--users", "users_text", default="4,8,16,32", show_default=True,
+              help="Comma-separated locust user counts, one run each, in rising order.")
+@click.option("--seconds", type=click.IntRange(5), default=20, show_default=True, help="Length of each run.")
+@click.option("--processes", type=click.IntRange(1), default=1, show_default=True,
+              help="locust --processes (add some when one locust process is the bottleneck).")
+@click.option("--instance-type", required=True, help="Price the runs as this instance type (loadtest/prices.yaml).")
+@click.option("--slo-p99-ms", type=click.FloatRange(min=0, min_open=True), default=50.0, show_default=True)
+@click.option("--prices", "prices_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              default=None, help="Price file (default: loadtest/prices.yaml).")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Folder for each run's CSVs and the report.")
+@click.argument("locust_args", nargs=-1, type=click.UNPROCESSED)
+def sweep(workload: str, host: str, users_text: str, seconds: int, processes: int, instance_type: str,
+          slo_p99_ms: float, prices_path: Path | None, out: Path, locust_args: tuple[str, ...]) -> None:
+    """Run locust at rising user counts, then write the report (latency vs load, cost per million).
+
+    Arguments after `--` go to the locustfile, e.g. `-- --models-from http://127.0.0.1:8080 --mix zipf`.
+    """
+    from loadtest.analysis import Slo
+    from loadtest.prices import DEFAULT_PRICES, PriceFileError, load_prices
+    from loadtest.report import recommendation_text
+    from loadtest.sweep import SweepError, SweepPlan, describe, parse_users, run_sweep
+
+    try:
+        prices = load_prices(prices_path or DEFAULT_PRICES)
+        plan = SweepPlan(workload, host, parse_users(users_text), seconds, instance_type, tuple(locust_args),
+                         processes)
+        _, files = run_sweep(plan, out, prices, Slo(slo_p99_ms), f"Load sweep: {workload} on {instance_type}",
+                             on_point=lambda users, run: click.echo(describe(users, run)))
+    except (PriceFileError, SweepError, ValueError) as error:
+        raise click.ClickException(str(error)) from None
+    click.echo(f"wrote {files.markdown}, {files.html} and {len(files.figures)} figures")
+    click.echo(recommendation_text(files.analysis).replace("**", ""))
+
+
 @click.command("report")
 @click.option("--run", "runs", multiple=True, required=True, metavar="STATS_CSV:INSTANCE_TYPE:LOAD",
               help="A locust *_stats.csv, the instance type to price it as, and its offered load. Repeat.")
@@ -127,7 +167,7 @@ def report(runs: tuple[str, ...], slo_p99_ms: float, max_failure_ratio: float, p
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
-    """Load-test commands, before they are registered in `fleet`."""
+    """Load-test commands (the same ones `fleet loadtest` and `fleet report` run)."""
 
 
 main.add_command(loadtest)

@@ -14,9 +14,12 @@ import pytest
 
 from control_plane.targets.base import LoadTestResult
 from fleet.triton_server import TritonServer
+from loadtest.analysis import Slo
 from loadtest.catalogue import load_catalogue
+from loadtest.prices import DEFAULT_PRICES, load_prices
 from loadtest.raw_driver import DriverResult, run_models
 from loadtest.results import parse_stats_csv
+from loadtest.sweep import SweepPlan, run_sweep
 from loadtest.workload import build_workload
 from model_repository.generator import generate
 from model_repository.packing import build_repository
@@ -129,3 +132,15 @@ def test_a_missing_catalogue_stops_locust_with_an_error(fleet: Fleet, tmp_path: 
                "--host", fleet.server.grpc_url, "--models-from", str(tmp_path / "nowhere")]
     done = subprocess.run(command, capture_output=True, text=True, timeout=60)
     assert done.returncode != 0 and "no manifest.json" in done.stdout + done.stderr
+
+
+def test_a_sweep_runs_each_user_count_and_reports_cost_per_million(fleet: Fleet, tmp_path: Path) -> None:
+    plan = SweepPlan("models", fleet.server.grpc_url, (4, 2), 5, "c7g.xlarge",
+                     ("--models-from", str(fleet.models_dir / "manifest.json"), "--pack-size", str(PACK_SIZE)))
+    runs, files = run_sweep(plan, tmp_path / "sweep", load_prices(DEFAULT_PRICES), Slo(p99_ms=5_000), "sweep")
+    assert [run.offered_load for run in runs] == [2.0, 4.0], "points run in order of rising load"
+    assert all(run.stat.failures == 0 and run.stat.requests > 0 for run in runs)
+    report = files.markdown.read_text()
+    assert "c7g.xlarge" in report and "cost per" in report.lower()
+    assert len(files.figures) == 2 and all(figure.stat().st_size > 1000 for figure in files.figures)
+    assert files.analysis.recommendation is not None
