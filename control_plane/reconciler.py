@@ -1,10 +1,13 @@
 """Brings the fleet to the declared state, one step per tick, in one background thread.
 
-Each tick: check server health; build and publish packs whose membership changed; place packs that have
-no healthy server (by family and free memory); sync and (re)load placements that are behind. Loads run
-one at a time per pack by construction (a single reconciler thread per control plane), so two loads of
-the same pack never race. A server that stops answering for `server_dead_after_s` loses its placements,
-and the next tick places those packs elsewhere.
+Each tick: check server health; probe loaded packs' stubs; build and publish packs whose membership
+changed; place packs that have no healthy server (by family and free memory); sync and (re)load
+placements that are behind. Loads run one at a time per pack by construction (a single reconciler thread
+per control plane), so two loads of the same pack never race. A server that stops answering for
+`server_dead_after_s` loses its placements, and the next tick places those packs elsewhere. A pack whose
+stub process died (Triton keeps reporting it ready but answers every request with "Stub process ... is
+not healthy") or that its server no longer has loaded fails the stub probe, and is unloaded and loaded
+again in place.
 """
 from __future__ import annotations
 
@@ -26,6 +29,10 @@ from model_repository.s3_sync import sync
 log = logging.getLogger(__name__)
 STUB_BASE_BYTES = 250 * 2**20  # a pack's stub with torch imported, measured 150-220 MB PSS
 MEMBER_OVERHEAD = 3  # resident tensors plus TorchScript graph per artifact byte
+# The stub probe names a member no pack can hold (model names start with a letter or digit): a live stub
+# answers "model '__fleet_probe__' is not in pack ..." without running any model.
+PROBE_MEMBER = "__fleet_probe__"
+PROBE_MAX_ELEMENTS = 2**16
 
 
 class Reconciler:
@@ -36,6 +43,7 @@ class Reconciler:
         self._thread: threading.Thread | None = None
         self.http = requests.Session()
         self.last_tick_error: str | None = None
+        self._last_probe = float("-inf")
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="reconciler", daemon=True)
@@ -63,6 +71,7 @@ class Reconciler:
 
     def tick(self) -> None:
         self.check_health()
+        self.probe_packs()
         self.build_changed_packs()
         self.place_packs()
         self.load_placements()
@@ -95,6 +104,75 @@ class Reconciler:
                     session.add(AuditEntry(action="server.dead", subject=server.name,
                                            detail={"reason": problem, "placements_dropped": moved.rowcount}))
                     log.warning("server %s is dead (%s); its packs will be re-placed", server.name, problem)
+
+    # ---- stub probe ----------------------------------------------------------------------------
+    def probe_packs(self) -> None:
+        """Reload loaded packs whose stub no longer answers (killed, crashed) or that the server lost.
+
+        Triton's model readiness stays 200 after a Python-backend stub dies, so readiness cannot tell;
+        an inference request for PROBE_MEMBER reaches the stub and is refused by the pack runtime itself.
+        """
+        interval = self.settings.stub_probe_interval_s
+        if interval <= 0 or time.monotonic() - self._last_probe < interval:
+            return
+        self._last_probe = time.monotonic()
+        with self.sessions() as session:
+            rows = session.execute(select(Placement, Server).join(Server, Server.name == Placement.server)
+                                   .where(Server.healthy.is_(True), Placement.state == "loaded")).all()
+            work = []
+            for placement, server in rows:
+                signature = session.scalar(
+                    select(ModelVersion.signature)
+                    .join(Model, (Model.name == ModelVersion.model) & (Model.current_version == ModelVersion.version))
+                    .where(Model.pack == placement.pack).limit(1))
+                if signature:
+                    work.append((placement.pack, server.name, server.http_url, signature["inputs"]))
+        for pack, server, http_url, inputs in work:
+            problem = self._probe(http_url, pack, inputs)
+            if problem is None:
+                continue
+            # A load of an unchanged model is a no-op in Triton, so the dead instance is unloaded first.
+            if self._repository_call(http_url, pack, "unload") is None:
+                self._wait_unloaded(http_url, pack)
+            with self.sessions.begin() as session:
+                placement = session.get(Placement, (pack, server))
+                if placement is None or placement.state != "loaded":
+                    continue
+                placement.state, placement.loaded_generation = "pending", -1
+                placement.error = f"stub probe failed, reloading: {problem}"
+                session.add(AuditEntry(action="pack.unhealthy", subject=pack,
+                                       detail={"server": server, "reason": problem}))
+            log.warning("pack %s on %s failed its stub probe (%s); reloading it", pack, server, problem)
+
+    def _wait_unloaded(self, http_url: str, pack: str, timeout_s: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            try:
+                if self.http.get(f"{http_url}/v2/models/{pack}/ready", timeout=2.0).status_code != 200:
+                    return
+            except requests.RequestException:
+                return
+            time.sleep(0.1)
+
+    def _probe(self, http_url: str, pack: str, inputs: list[dict]) -> str | None:
+        """None if the pack's stub answered (or the probe is inconclusive); else what went wrong."""
+        tensors = []
+        for spec in inputs:
+            shape = [1] + [d if d > 0 else 1 for d in spec["shape"][1:]]
+            count = 1
+            for d in shape:
+                count *= d
+            if count > PROBE_MAX_ELEMENTS:
+                return None
+            tensors.append({"name": spec["name"], "datatype": spec["dtype"], "shape": shape, "data": [0] * count})
+        try:
+            response = self.http.post(f"{http_url}/v2/models/{pack}/infer", timeout=5.0,
+                                      json={"inputs": tensors, "parameters": {"model_id": PROBE_MEMBER}})
+        except requests.RequestException:
+            return None  # unreachable or busy: the health check decides about the server
+        if f"'{PROBE_MEMBER}' is not in pack" in response.text:
+            return None
+        return f"HTTP {response.status_code}: {response.text[:300]}"
 
     # ---- build ---------------------------------------------------------------------------------
     def build_changed_packs(self) -> None:

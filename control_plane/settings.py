@@ -21,6 +21,8 @@ class Settings(BaseModel):
     pack_size: int = 100
     reconcile_interval_s: float = 1.0
     server_dead_after_s: float = 5.0
+    stub_probe_interval_s: float = Field(5.0, description="how often each loaded pack's stub is probed; a "
+                                         "pack whose stub does not answer is reloaded (0: never)")
     validation_workers: int = 2
     public_url: str | None = Field(None, description="how load generators reach this API (set by serve)")
 
