@@ -126,11 +126,20 @@ class Registry:
                 session.add(AuditEntry(action="model.register", subject=name,
                                        detail={"sha256": sha, "bytes": len(data), "pack": model.pack}))
         except ApiError:
+            # A concurrent registration took the name with other content: the object written above
+            # belongs to nothing unless an existing version holds the same key.
+            if not self._key_in_use(key):
+                self._delete_object(key)
             raise
         except Exception:
             self._delete_object(key)
             raise
         return Registered(model, version, created=True)
+
+    def _key_in_use(self, key: str) -> bool:
+        with self.sessions() as session:
+            return session.scalar(select(func.count()).select_from(ModelVersion)
+                                  .where(ModelVersion.s3_key == key)) > 0
 
     def _existing(self, name: str, sha: str, signature: Signature,
                   session: Session | None = None) -> Registered | None:

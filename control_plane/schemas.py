@@ -111,7 +111,7 @@ class ServerIn(BaseModel):
     family: Family
     http_url: str = Field(pattern=r"^https?://[^/\s]+$")
     grpc_url: str = Field(pattern=r"^[^/\s]+:[0-9]+$")
-    capacity_bytes: int = Field(ge=64 * 2**20)
+    capacity_bytes: int = Field(ge=64 * 2**20, le=2**63 - 1)  # stored as a SQL BIGINT
     repository_path: str | None = Field(None, description="local servers only: where to sync packs")
 
 

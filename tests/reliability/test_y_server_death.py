@@ -1,0 +1,94 @@
+"""A tritonserver killed with SIGKILL under load: how long its models fail, and that nothing else does.
+
+The client follows the documented contract: it asks GET /api/v1/models/{id} where a model is served and
+asks again after a failed request. Runs after the other stack tests (test_y_*) and restarts the killed
+server at the end, so the stack is whole again for test_z_*.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+
+import pytest
+from tritonclient.utils import InferenceServerException
+
+from model_repository.generator import example_inputs
+from model_repository.manifest import Manifest
+
+from .conftest import api, infer, register, servable, url, wait_for
+
+pytestmark = pytest.mark.slow
+
+
+class Client(threading.Thread):
+    """Sends one request every ~20 ms to one model, re-resolving its endpoint after each failure."""
+
+    def __init__(self, stack, name: str, x):
+        super().__init__(daemon=True)
+        self.stack, self.name, self.x = stack, name, x
+        self.outcomes: list[tuple[float, bool, str]] = []
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        where = None
+        while not self.stop.is_set():
+            try:
+                if where is None:
+                    body = servable(self.stack, self.name)
+                    if body is None:
+                        raise InferenceServerException("not servable yet")
+                    where = (body["endpoints"][0]["grpc_url"], body["pack"], body["endpoints"][0]["server"])
+                infer(where[0], where[1], self.name, self.x, timeout_s=5)
+                self.outcomes.append((time.monotonic(), True, where[2]))
+            except InferenceServerException as error:
+                self.outcomes.append((time.monotonic(), False, str(error)[:80]))
+                where = None
+            time.sleep(0.02)
+
+
+def test_a_server_killed_under_load_fails_its_models_for_a_bounded_window(stack, generated_models):
+    models = Manifest.read(generated_models).models
+    entries = [m for m in models if m.architecture == "mlp"][:2] + [m for m in models if m.architecture == "text"][:2]
+    names = [f"death-{e.id}" for e in entries]
+    for entry, name in zip(entries, names, strict=True):
+        assert register(stack, entry, generated_models, name=name).status_code in (200, 201)
+    placed = {name: wait_for(lambda name=name: servable(stack, name))["endpoints"][0]["server"] for name in names}
+    victim_name = names[0]
+    victim = placed[victim_name]
+    clients = [Client(stack, name, example_inputs(entry, batch=1, seed=1)[0])
+               for entry, name in zip(entries, names, strict=True)]
+    for client in clients:
+        client.start()
+    time.sleep(2)
+    server, _ = stack["servers"][victim]
+    killed_at = time.monotonic()
+    os.killpg(server.process.pid, signal.SIGKILL)
+    server.process.wait()
+    try:
+        on_victim = [c for c in clients if placed[c.name] == victim]
+        wait_for(lambda: all(any(ok and t > killed_at and where != victim for t, ok, where in c.outcomes)
+                             for c in on_victim), timeout_s=120, interval_s=0.2)
+        time.sleep(2)
+    finally:
+        for client in clients:
+            client.stop.set()
+            client.join(timeout=30)
+        server.start()  # the same ports: the control plane sees it recover, and test_z_* finds it whole
+    report = []
+    for client in clients:
+        after = [(t, ok) for t, ok, _ in client.outcomes if t > killed_at]
+        failed = [t for t, ok in after if not ok]
+        recovered = next((t for t, ok in after if ok and (not failed or t > failed[0])), None)
+        window = (recovered - killed_at) if failed and recovered else 0.0
+        report.append((client.name, placed[client.name], len(after), len(failed), window))
+        assert recovered is not None or not failed, f"{client.name} never recovered"
+        if placed[client.name] != victim:
+            assert failed == [], f"{client.name} on the surviving server failed {len(failed)} requests"
+        else:
+            assert window < 60
+    assert any(server_name == victim and failures for _, server_name, _, failures, _ in report)
+    wait_for(lambda: api(stack).get(url(stack, f"/servers/{victim}")).json()["healthy"], timeout_s=60)
+    lines = "; ".join(f"{n} (on {s}): {f}/{a} failed, window {w:.1f} s" for n, s, a, f, w in report)
+    print(f"\nserver SIGKILL under load: {lines}")
