@@ -112,6 +112,10 @@ def read_remote_index(client, location: S3Location) -> dict[str, dict] | None:
         if error.response["Error"]["Code"] in ("NoSuchKey", "404"):
             return None
         raise _explain(error, location) from None
+    except BotoCoreError as error:  # connection refused, DNS, timeouts: after botocore's own retries
+        raise SyncError(f"cannot reach S3 for {location} at {client.meta.endpoint_url} ({error}); nothing was "
+                        "changed locally: check the endpoint (--endpoint-url) and the network, then sync again") \
+            from None
     return json.loads(body)["files"]
 
 

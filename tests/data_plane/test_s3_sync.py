@@ -85,3 +85,59 @@ def test_wrong_credentials_are_explained(repository, seaweed, s3_uri):
 def test_a_uri_that_is_not_s3_is_rejected(uri):
     with pytest.raises(SyncError, match="not an S3 URI"):
         S3Location.parse(uri)
+
+
+def test_a_truncated_object_is_refused_and_its_model_keeps_the_last_good_version(
+        repository, seaweed, s3_uri, tmp_path):
+    client = seaweed.client()
+    location = S3Location.parse(s3_uri)
+    upload(repository, s3_uri, client)
+    sync(s3_uri, tmp_path / "server", client)
+    member = next((repository / "mlp-pack-0000" / "1" / "members").iterdir())
+    relative = f"mlp-pack-0000/1/members/{member.name}"
+    good = (tmp_path / "server" / relative).read_bytes()
+    member.write_bytes(good + b"new weights")
+    upload(repository, s3_uri, client)
+    # The upload of the new object was cut short: S3 holds its first half, the index the full file's sha256.
+    client.put_object(Bucket=location.bucket, Key=location.key(relative), Body=member.read_bytes()[:len(good) // 2])
+    report = sync(s3_uri, tmp_path / "server", client)
+    assert "does not match" in report.refused[relative] and "partially written" in report.refused[relative]
+    assert "mlp-pack-0000" not in report.changed_models
+    assert (tmp_path / "server" / relative).read_bytes() == good
+
+
+def test_an_s3_outage_during_sync_leaves_every_model_whole(generated_models, tmp_path):
+    """S3 dies after the first file of a sync arrives: the models it could not finish keep their last good
+    version (no half-written model), and the next sync against a dead endpoint says what is wrong."""
+    from fleet.seaweedfs import SeaweedS3
+
+    repository = tmp_path / "repo"
+    build_repository(generated_models, repository, pack_size=10)
+    with SeaweedS3(tmp_path / "s3") as s3:
+        s3.create_bucket("outage")
+        client, uri = s3.client(), "s3://outage/repo"
+        upload(repository, uri, client)
+        sync(uri, tmp_path / "server", client)
+        before = local_index(tmp_path / "server")
+        for member in sorted(repository.glob("*-pack-*/1/members/*"))[:12]:
+            member.write_bytes(member.read_bytes() + b"v2")
+        changed = upload(repository, uri, client)
+        assert len(changed) == 12
+
+        def stop_s3_after_the_first_file(_bytes: int) -> None:
+            s3.stop()
+
+        report = sync(uri, tmp_path / "server", client, on_progress=stop_s3_after_the_first_file)
+    assert not report.ok and report.refused, "files that could not be fetched are reported"
+    after = local_index(tmp_path / "server")
+    assert set(after) == set(before), "no file appeared or vanished"
+    for model in {path.split("/", 1)[0] for path in before}:
+        files = [path for path in before if path.startswith(f"{model}/")]
+        updated = [path for path in files if after[path]["sha256"] != before[path]["sha256"]]
+        if model in report.changed_models:
+            assert set(updated) == {p for p in changed if p.startswith(f"{model}/")}, f"{model} is whole"
+        else:
+            assert updated == [], f"{model} keeps its last good version"
+    with pytest.raises(SyncError, match="cannot reach S3 .* nothing was changed locally"):
+        sync(uri, tmp_path / "server", client)
+    assert local_index(tmp_path / "server") == after
