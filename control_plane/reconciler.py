@@ -24,7 +24,7 @@ from control_plane.db import AuditEntry, Model, ModelVersion, Pack, Placement, S
 from control_plane.repository import RepositoryBuilder
 from control_plane.settings import Settings
 from fleet.triton_server import ADMIN_HEADER
-from model_repository.s3_sync import sync
+from model_repository.s3_sync import SyncError, sync
 
 log = logging.getLogger(__name__)
 STUB_BASE_BYTES = 250 * 2**20  # a pack's stub with torch imported, measured 150-220 MB PSS
@@ -237,13 +237,22 @@ class Reconciler:
                 .where(Server.healthy.is_(True), Placement.loaded_generation < Pack.built_generation)).all()
             work = [(p.pack, p.server, pack.built_generation, s.http_url, s.repository_path,
                      self._has_members(session, p.pack)) for p, pack, s in work]
-        synced: set[str] = set()
+        sync_problems: dict[str, dict[str, str]] = {}  # server -> pack -> what the sync could not do
         for pack, server, generation, http_url, repository_path, has_members in work:
-            if repository_path and server not in synced:
-                report = sync(self.settings.repository_uri, repository_path, self.builder.registry.s3)
-                synced.add(server)
-                if report.refused:
-                    log.error("sync to %s refused %s", server, report.refused)
+            if repository_path and server not in sync_problems:
+                sync_problems[server] = self._sync_server(server, repository_path)
+            problem = sync_problems.get(server, {}).get(pack) or sync_problems.get(server, {}).get("*")
+            if problem:
+                # The server keeps its last good copy of the pack (sync never half-applies a model), so the
+                # placement keeps its state and generation; the next tick tries again.
+                with self.sessions.begin() as session:
+                    placement = session.get(Placement, (pack, server))
+                    if placement is not None and placement.error != problem:
+                        placement.error = problem
+                        session.add(AuditEntry(action="pack.sync_failed", subject=pack,
+                                               detail={"server": server, "generation": generation,
+                                                       "error": problem}))
+                continue
             action = "load" if has_members else "unload"
             error = self._repository_call(http_url, pack, action)
             with self.sessions.begin() as session:
@@ -258,6 +267,21 @@ class Reconciler:
                     placement.state, placement.error = "failed", error
                 session.add(AuditEntry(action=f"pack.{action}", subject=pack,
                                        detail={"server": server, "generation": generation, "error": error}))
+
+    def _sync_server(self, server: str, repository_path: str) -> dict[str, str]:
+        """Sync one server's repository from S3; returns, per pack ("*": all), why it could not be updated."""
+        try:
+            report = sync(self.settings.repository_uri, repository_path, self.builder.registry.s3)
+        except SyncError as error:
+            log.error("sync to %s failed: %s", server, error)
+            return {"*": f"sync failed, serving the last good version: {error}"}
+        problems: dict[str, list[str]] = {}
+        for path, reason in report.refused.items():
+            problems.setdefault(path.split("/", 1)[0], []).append(f"{path}: {reason}")
+        if problems:
+            log.error("sync to %s refused %s", server, report.refused)
+        return {pack: "sync refused, serving the last good version: " + "; ".join(reasons)[:1000]
+                for pack, reasons in problems.items()}
 
     def _repository_call(self, http_url: str, pack: str, action: str) -> str | None:
         headers = {ADMIN_HEADER: self.settings.triton_admin_key} if self.settings.triton_admin_key else {}
