@@ -71,7 +71,8 @@ def stack(tmp_path_factory, seaweed):
            "FLEET_DATABASE_URL": f"sqlite:///{root / 'registry.db'}", "FLEET_WORK_DIR": str(root / "work"),
            "FLEET_REPOSITORY_URI": f"s3://models/cp-{uuid.uuid4().hex[:8]}",
            "FLEET_S3_ENDPOINT_URL": seaweed.endpoint_url, "FLEET_MAX_UPLOAD_BYTES": str(2**20),
-           "FLEET_RECONCILE_INTERVAL_S": "0.5", "PYTHONSAFEPATH": "1", "FLEET_SERVER_DEAD_AFTER_S": "3", "FLEET_PACK_SIZE": "10"}
+           "FLEET_RECONCILE_INTERVAL_S": "0.5", "PYTHONSAFEPATH": "1", "FLEET_SERVER_DEAD_AFTER_S": "3",
+           "FLEET_PACK_SIZE": "10"}
     cp = ControlPlane(f"http://127.0.0.1:{free_port()}", env, root / "control-plane.log").start()
     api = cp.api()
     for name, (server, repo) in servers.items():
