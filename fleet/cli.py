@@ -245,6 +245,39 @@ def deploy(target: str, repository: str, replicas: str, image_tag: str, region: 
         raise click.ClickException(str(error)) from None
 
 
+@main.command(name="bench")
+@click.option("--quick", is_flag=True, help="Smaller counts and shorter runs (under 5 minutes on 2 cores).")
+@click.option("--gpu", is_flag=True,
+              help="Only the GPU variant (packs on CUDA vs raw batched torch vs FastAPI on GPU); without "
+                   "CUDA it says why and exits 0.")
+@click.option("--only", default=None, metavar="SECTIONS",
+              help="Comma-separated sections: data_plane, peers, loadgen, adfilter (default: all).")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Results folder (default results/bench, git-ignored).")
+@click.option("--docs", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Markdown report to write (default docs/benchmarks.md; --gpu: docs/benchmarks-gpu.md).")
+@click.option("--no-docs", is_flag=True, help="Write only the JSON.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--render", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              metavar="BENCH_JSON", help="Measure nothing: rewrite the report (--docs) from a saved bench.json.")
+def bench_command(quick: bool, gpu: bool, only: str | None, out: Path | None, docs: Path | None, no_docs: bool,
+                  seed: int, render: Path | None) -> None:
+    """Benchmarks against the peers and the limits, side by side in one run (benchmarks/suite.py).
+
+    Packs vs the classic FastAPI server and a no-op Triton floor; density, load time and cold start;
+    locust vs the raw driver; the ad filter at saturation. Writes JSON and docs/benchmarks.md, marking
+    each goal met or not met from the measured ratios.
+    """
+    from benchmarks.suite import main as run
+
+    argv = ["--seed", str(seed)] + ["--quick"] * quick + ["--gpu"] * gpu + ["--no-docs"] * no_docs
+    argv += ["--only", only] if only else []
+    argv += ["--out", str(out)] if out else []
+    argv += ["--docs", str(docs)] if docs else []
+    argv += ["--render", str(render)] if render else []
+    raise SystemExit(run(argv))
+
+
 def _register_room_commands() -> None:
     from control_plane.server import control_plane
 
