@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import logging
 import os
 from pathlib import Path
 
+import gevent
 from locust import User, events, task
 from locust.env import Environment
 from locust.exception import StopUser
@@ -28,6 +30,10 @@ from loadtest.workload import NAME_BY, Workload, build_workload
 
 _workload: Workload | None = None
 _user_numbers = itertools.count()
+# model id -> gRPC host:port, from the latest catalogue refresh (overrides the one the workload was built with)
+_servers: dict[str, str | None] = {}
+_refresher: gevent.Greenlet | None = None
+log = logging.getLogger(__name__)
 
 
 @events.init_command_line_parser.add_listener
@@ -50,6 +56,10 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
                         help="Rows per request.")
     parser.add_argument("--name-by", choices=NAME_BY, default="member", env_var="LOCUST_NAME_BY",
                         help="Request name in statistics.")
+    parser.add_argument("--refresh-catalogue", type=float, default=0.0, env_var="LOCUST_REFRESH_CATALOGUE",
+                        help="With a control-plane URL: re-read where each model is served every this many "
+                             "seconds (0: never), so the load follows models the control plane re-places, "
+                             "e.g. after a server dies.")
 
 
 @events.test_start.add_listener
@@ -69,6 +79,32 @@ def _build_workload(environment: Environment, **_: object) -> None:
                                    options.mix_seed, options.batch_size, options.name_by)
     except (CatalogueError, MixError, ValueError) as error:
         stop_run(environment, f"cannot build the workload: {error}")
+        return
+    global _refresher
+    if options.refresh_catalogue > 0 and options.models_from.startswith(("http://", "https://")):
+        _refresher = gevent.spawn(_refresh_servers, options)
+
+
+def _refresh_servers(options: argparse.Namespace) -> None:
+    """Every --refresh-catalogue seconds: where is each servable model now? A model that is not servable
+    at the moment (being re-placed) keeps its last known server until it is."""
+    while True:
+        gevent.sleep(options.refresh_catalogue)
+        try:
+            models = load_catalogue(options.models_from, options.pack_size, options.token or None)
+        except CatalogueError as error:
+            log.warning("catalogue refresh failed, keeping the last one: %s", error)
+            continue
+        moved = {m.id: m.server for m in models if _servers.get(m.id, m.server) != m.server}
+        _servers.update({m.id: m.server for m in models})
+        if moved:
+            log.info("catalogue refresh: %d models now served elsewhere", len(moved))
+
+
+@events.test_stop.add_listener
+def _stop_refresh(**_: object) -> None:
+    if _refresher is not None:
+        _refresher.kill(block=False)
 
 
 class TritonModelsUser(User):
@@ -91,7 +127,8 @@ class TritonModelsUser(User):
         if self._sampler is None:  # the workload failed to build; stop_run is shutting the run down
             raise StopUser()
         target = _workload.targets[self._sampler.next()]
-        client = self._clients.get(target.model.server or self.host)
+        server = _servers.get(target.model.id, target.model.server) if _servers else target.model.server
+        client = self._clients.get(server or self.host)
         send(self.environment, client, target.model.pack, target.inputs, target.parameters, target.name,
              self._timeout_s)
 

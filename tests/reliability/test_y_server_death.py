@@ -6,10 +6,14 @@ server at the end, so the stack is whole again for test_z_*.
 """
 from __future__ import annotations
 
+import csv
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 from tritonclient.utils import InferenceServerException
@@ -17,7 +21,9 @@ from tritonclient.utils import InferenceServerException
 from model_repository.generator import example_inputs
 from model_repository.manifest import Manifest
 
-from .conftest import api, infer, register, servable, url, wait_for
+from .conftest import TOKEN, api, infer, register, servable, url, wait_for
+
+LOCUSTFILE = Path(__file__).resolve().parents[2] / "loadtest" / "triton_models.py"
 
 pytestmark = pytest.mark.slow
 
@@ -92,3 +98,62 @@ def test_a_server_killed_under_load_fails_its_models_for_a_bounded_window(stack,
     wait_for(lambda: api(stack).get(url(stack, f"/servers/{victim}")).json()["healthy"], timeout_s=60)
     lines = "; ".join(f"{n} (on {s}): {f}/{a} failed, window {w:.1f} s" for n, s, a, f, w in report)
     print(f"\nserver SIGKILL under load: {lines}")
+
+
+def _failures_per_second(history: Path) -> list[tuple[int, int, int]]:
+    """(unix second, requests, failures) per second of the run, from locust's cumulative Aggregated rows."""
+    rows = [row for row in csv.DictReader(history.open()) if row["Name"] == "Aggregated"]
+    seconds, last = [], (0, 0)
+    for row in rows:
+        total = (int(row["Total Request Count"]), int(row["Total Failure Count"]))
+        seconds.append((int(row["Timestamp"]), total[0] - last[0], total[1] - last[1]))
+        last = total
+    return seconds
+
+
+def test_a_server_killed_under_a_locust_load_fails_only_inside_the_failover_window(stack, generated_models,
+                                                                                  tmp_path):
+    """The same fault under real locust: the locustfile re-reads the catalogue every second
+    (--refresh-catalogue), so once the control plane has re-placed the dead server's packs the load follows."""
+    models = Manifest.read(generated_models).models
+    entries = [m for m in models if m.architecture == "cnn"][:2] + [m for m in models if m.architecture == "mlp"][2:4]
+    names = [f"locust-death-{e.id}" for e in entries]
+    for entry, name in zip(entries, names, strict=True):
+        assert register(stack, entry, generated_models, name=name).status_code in (200, 201)
+    placed = {name: wait_for(lambda name=name: servable(stack, name))["endpoints"][0]["server"] for name in names}
+    victim = placed[names[0]]
+    weights = tmp_path / "weights.csv"
+    weights.write_text("id,weight\n" + "".join(f"{name},1\n" for name in names))
+    prefix = tmp_path / "locust"
+    command = [str(Path(sys.executable).with_name("locust")), "-f", str(LOCUSTFILE), "--headless", "-u", "4",
+               "-r", "4", "-t", "30s", "--host", "127.0.0.1:1", "--models-from", stack["cp"].url,
+               "--mix", "file", "--weights-file", str(weights), "--refresh-catalogue", "1",
+               "--rps-per-user", "25", "--csv", str(prefix), "--csv-full-history", "--only-summary"]
+    env = {**os.environ, "FLEET_API_TOKEN": TOKEN, "PYTHONSAFEPATH": "1"}
+    locust = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    server, _ = stack["servers"][victim]
+    try:
+        time.sleep(8)
+        killed_at = time.time()
+        os.killpg(server.process.pid, signal.SIGKILL)
+        server.process.wait()
+        output, _ = locust.communicate(timeout=120)
+    finally:
+        if locust.poll() is None:
+            locust.kill()
+        server.start()
+    seconds = _failures_per_second(Path(f"{prefix}_stats_history.csv"))
+    before = [s for s in seconds if s[0] < int(killed_at)]
+    failing = [s for s in seconds if s[2]]
+    assert sum(s[1] for s in before) > 100 and sum(s[2] for s in before) == 0, output[-3000:]
+    assert failing, "requests to the killed server's models fail at first"
+    window = failing[-1][0] + 1 - killed_at
+    tail = [s for s in seconds if s[0] > failing[-1][0]]
+    assert window < 25, f"failures went on for {window:.0f} s after the kill"
+    assert sum(s[1] for s in tail) > 50 and sum(s[2] for s in tail) == 0, "the load recovered"
+    failures = sum(s[2] for s in seconds)
+    total = sum(s[1] for s in seconds)
+    wait_for(lambda: api(stack).get(url(stack, f"/servers/{victim}")).json()["healthy"], timeout_s=60)
+    on_victim = sum(server_name == victim for server_name in placed.values())
+    print(f"\nserver SIGKILL under locust (4 users x 25 rps over 4 models, {on_victim} of them on {victim}): "
+          f"{failures} of {total} requests failed, all within {window:.1f} s of the kill")
