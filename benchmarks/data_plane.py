@@ -181,41 +181,33 @@ def make_server(repo: Path, logs: Path, label: str) -> TritonServer:
     return TritonServer(repo, log_path=logs / f"{label}-{time.strftime('%H%M%S')}.log")
 
 
-def tree_memory(pid: int) -> dict[str, float]:
-    """PSS, USS and RSS summed over a process and all its descendants (tritonserver and its stubs)."""
-    totals = {"pss": 0.0, "uss": 0.0, "rss": 0.0, "processes": 0}
+def _tree_sample(pid: int, read: Callable[[psutil.Process], object]) -> list:
+    """`read(process)` for a process and each live descendant (tritonserver and its stubs); processes that
+    vanish or cannot be read while sampled are skipped."""
     try:
         root = psutil.Process(pid)
         processes = [root, *root.children(recursive=True)]
     except psutil.NoSuchProcess:
-        return totals
+        return []
+    samples = []
     for process in processes:
         try:
-            info = process.memory_full_info()
+            samples.append(read(process))
         except (psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied):
             continue
-        totals["pss"] += info.pss
-        totals["uss"] += info.uss
-        totals["rss"] += info.rss
-        totals["processes"] += 1
-    return totals
+    return samples
+
+
+def tree_memory(pid: int) -> dict[str, float]:
+    """PSS, USS and RSS summed over a process and all its descendants (tritonserver and its stubs)."""
+    infos = _tree_sample(pid, psutil.Process.memory_full_info)
+    return {"pss": float(sum(i.pss for i in infos)), "uss": float(sum(i.uss for i in infos)),
+            "rss": float(sum(i.rss for i in infos)), "processes": len(infos)}
 
 
 def tree_cpu_seconds(pid: int) -> float:
     """User+system CPU seconds of a process and its live descendants."""
-    total = 0.0
-    try:
-        root = psutil.Process(pid)
-        processes = [root, *root.children(recursive=True)]
-    except psutil.NoSuchProcess:
-        return total
-    for process in processes:
-        try:
-            times = process.cpu_times()
-        except (psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied):
-            continue
-        total += times.user + times.system
-    return total
+    return float(sum(t.user + t.system for t in _tree_sample(pid, psutil.Process.cpu_times)))
 
 
 def sample_memory(server: TritonServer, samples: int = 3, settle_s: float = 1.0,

@@ -94,10 +94,15 @@ def growth(points: Sequence[dict], key: str) -> dict[str, float]:
             "kb_per_cycle": (last_mb - first_mb) * 1024 / span, "peak_mb": max(p[key] for p in points)}
 
 
-def member_churn(server: TritonServer, targets, config: SoakConfig, progress: bool) -> dict:
+def _indices_by_pack(targets) -> dict[str, list[int]]:
     by_pack: dict[str, list[int]] = {}
     for index, target in enumerate(targets):
         by_pack.setdefault(target.model, []).append(index)
+    return by_pack
+
+
+def member_churn(server: TritonServer, targets, config: SoakConfig, progress: bool) -> dict:
+    by_pack = _indices_by_pack(targets)
     packs = sorted(by_pack)
     every = _every(config.member_cycles, config.samples)
     before = metric_totals(server.metrics())
@@ -119,9 +124,7 @@ def member_churn(server: TritonServer, targets, config: SoakConfig, progress: bo
 
 
 def pack_churn(server: TritonServer, targets, config: SoakConfig, progress: bool) -> dict:
-    by_pack: dict[str, list[int]] = {}
-    for index, target in enumerate(targets):
-        by_pack.setdefault(target.model, []).append(index)
+    by_pack = _indices_by_pack(targets)
     packs = sorted(by_pack)
     every = _every(config.pack_cycles, config.samples)
     points, reload_s = [], []
