@@ -9,6 +9,13 @@ from model_repository.packing import build_repository
 from model_repository.s3_sync import INDEX_KEY, S3Location, SyncError, local_index, sync, upload
 
 
+def rewrite(path, data: bytes) -> None:
+    """New content for a repository file. Packs hard-link the generated artifacts, so writing in place
+    would also change the session's shared generated models: replace the link instead."""
+    path.unlink()
+    path.write_bytes(data)
+
+
 @pytest.fixture
 def repository(generated_models, tmp_path):
     build_repository(generated_models, tmp_path / "repo", pack_size=10)
@@ -38,7 +45,7 @@ def test_a_changed_member_moves_alone_and_a_deleted_pack_disappears(repository, 
     upload(repository, s3_uri, client)
     sync(s3_uri, tmp_path / "server", client)
     member = next((repository / "mlp-pack-0000" / "1" / "members").iterdir())
-    member.write_bytes(member.read_bytes() + b"\0")  # any new content
+    rewrite(member, member.read_bytes() + b"\0")  # any new content
     gone = repository / "text-pack-0001"
     for path in sorted(gone.rglob("*"), reverse=True):
         path.unlink() if path.is_file() else path.rmdir()
@@ -96,7 +103,7 @@ def test_a_truncated_object_is_refused_and_its_model_keeps_the_last_good_version
     member = next((repository / "mlp-pack-0000" / "1" / "members").iterdir())
     relative = f"mlp-pack-0000/1/members/{member.name}"
     good = (tmp_path / "server" / relative).read_bytes()
-    member.write_bytes(good + b"new weights")
+    rewrite(member, good + b"new weights")
     upload(repository, s3_uri, client)
     # The upload of the new object was cut short: S3 holds its first half, the index the full file's sha256.
     client.put_object(Bucket=location.bucket, Key=location.key(relative), Body=member.read_bytes()[:len(good) // 2])
@@ -120,7 +127,7 @@ def test_an_s3_outage_during_sync_leaves_every_model_whole(generated_models, tmp
         sync(uri, tmp_path / "server", client)
         before = local_index(tmp_path / "server")
         for member in sorted(repository.glob("*-pack-*/1/members/*"))[:12]:
-            member.write_bytes(member.read_bytes() + b"v2")
+            rewrite(member, member.read_bytes() + b"v2")
         changed = upload(repository, uri, client)
         assert len(changed) == 12
 

@@ -164,6 +164,21 @@ def _stub_pids(stack) -> set[int]:
     return pids
 
 
+def _settled_stub_pids(stack, quiet_s: float = 2.0, timeout_s: float = 60.0) -> set[int]:
+    """Stub pids once none has come or gone for `quiet_s`: a pack reloaded for a new member starts its new
+    stub before Triton retires the old one a second or so later, which is not a crash."""
+    deadline = time.monotonic() + timeout_s
+    pids, since = _stub_pids(stack), time.monotonic()
+    while time.monotonic() < deadline:
+        time.sleep(0.25)
+        now = _stub_pids(stack)
+        if now != pids:
+            pids, since = now, time.monotonic()
+        elif time.monotonic() - since >= quiet_s:
+            return pids
+    raise AssertionError(f"stub processes kept changing for {timeout_s:.0f} s")
+
+
 def test_fuzzed_tensors_never_crash_a_pack_or_disturb_concurrent_good_requests(stack, generated_models):
     models = Manifest.read(generated_models).models
     mlp = next(m for m in models if m.architecture == "mlp")
@@ -173,7 +188,7 @@ def test_fuzzed_tensors_never_crash_a_pack_or_disturb_concurrent_good_requests(s
     target = wait_for(lambda: servable(stack, f"fuzz-{mlp.id}"))
     wait_for(lambda: servable(stack, f"fuzz-{text.id}"))
     grpc_url, pack = target["endpoints"][0]["grpc_url"], target["pack"]
-    stubs_before = _stub_pids(stack)
+    stubs_before = _settled_stub_pids(stack)
 
     (good_x,) = example_inputs(mlp, batch=3, seed=2)
     expected = torch.jit.load(str(generated_models / mlp.file))(torch.from_numpy(good_x)).detach().numpy()
@@ -262,7 +277,7 @@ def test_a_request_with_no_bytes_and_batch_0_hangs_alone(stack, generated_models
     assert register(stack, mlp, generated_models, name=f"fuzz-{mlp.id}").status_code in (200, 201)
     target = wait_for(lambda: servable(stack, f"fuzz-{mlp.id}"))
     grpc_url, pack = target["endpoints"][0]["grpc_url"], target["pack"]
-    stubs_before = _stub_pids(stack)
+    stubs_before = _settled_stub_pids(stack)
     client = grpcclient.InferenceServerClient(grpc_url)
     try:
         tensor = grpcclient.InferInput("INPUT__0", [0, 0], "FP32")
