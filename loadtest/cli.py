@@ -42,7 +42,7 @@ def _with(options: list):
 
 @click.group("loadtest")
 def loadtest() -> None:
-    """Asyncio load drivers (the ceiling locust is compared against)."""
+    """Load drivers: asyncio ceilings (raw, adfilter-peak) and locust sweeps with a report (sweep)."""
 
 
 @loadtest.command("raw")
