@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,9 +21,8 @@ from benchmarks.data_plane import _median, _say
 from loadtest.catalogue import load_catalogue
 from loadtest.raw_driver import run_models
 from loadtest.results import parse_stats_csv
+from loadtest.sweep import SweepPlan
 from loadtest.workload import build_workload
-
-LOCUSTFILE = Path(__file__).resolve().parents[1] / "loadtest" / "triton_models.py"
 
 
 @dataclass(frozen=True)
@@ -39,11 +37,10 @@ def run_locust(grpc_url: str, models_dir: Path, pack_size: int, config: LoadgenC
     """One headless locust run; its aggregated statistics."""
     out.mkdir(parents=True, exist_ok=True)
     prefix = out / f"locust-{time.strftime('%H%M%S')}"
-    locust = Path(sys.executable).with_name("locust")
-    command = [str(locust), "-f", str(LOCUSTFILE), "--headless", "-u", str(config.users), "-r",
-               str(config.users), "-t", f"{config.seconds}s", "--csv", str(prefix), "--host", grpc_url,
-               "--models-from", str(models_dir / "manifest.json"), "--pack-size", str(pack_size),
-               "--mix", "zipf", "--zipf-s", str(config.zipf_s), "--only-summary", "--loglevel", "WARNING"]
+    plan = SweepPlan("models", grpc_url, (config.users,), config.seconds, instance_type="-", locust_args=(
+        "--models-from", str(models_dir / "manifest.json"), "--pack-size", str(pack_size), "--mix", "zipf",
+        "--zipf-s", str(config.zipf_s), "--loglevel", "WARNING"))
+    command = plan.command(config.users, prefix)
     started = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True, timeout=config.seconds + 120)
     wall = time.perf_counter() - started

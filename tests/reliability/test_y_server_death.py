@@ -10,7 +10,6 @@ import csv
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -18,12 +17,11 @@ from pathlib import Path
 import pytest
 from tritonclient.utils import InferenceServerException
 
+from loadtest.sweep import SweepPlan
 from model_repository.generator import example_inputs
 from model_repository.manifest import Manifest
 
 from .conftest import TOKEN, api, infer, register, servable, url, wait_for
-
-LOCUSTFILE = Path(__file__).resolve().parents[2] / "loadtest" / "triton_models.py"
 
 pytestmark = pytest.mark.slow
 
@@ -125,10 +123,10 @@ def test_a_server_killed_under_a_locust_load_fails_only_inside_the_failover_wind
     weights = tmp_path / "weights.csv"
     weights.write_text("id,weight\n" + "".join(f"{name},1\n" for name in names))
     prefix = tmp_path / "locust"
-    command = [str(Path(sys.executable).with_name("locust")), "-f", str(LOCUSTFILE), "--headless", "-u", "4",
-               "-r", "4", "-t", "30s", "--host", "127.0.0.1:1", "--models-from", stack["cp"].url,
-               "--mix", "file", "--weights-file", str(weights), "--refresh-catalogue", "1",
-               "--rps-per-user", "25", "--csv", str(prefix), "--csv-full-history", "--only-summary"]
+    plan = SweepPlan("models", "127.0.0.1:1", (4,), 30, instance_type="-", locust_args=(
+        "--models-from", stack["cp"].url, "--mix", "file", "--weights-file", str(weights),
+        "--refresh-catalogue", "1", "--rps-per-user", "25", "--csv-full-history"))
+    command = plan.command(4, prefix)
     env = {**os.environ, "FLEET_API_TOKEN": TOKEN, "PYTHONSAFEPATH": "1"}
     locust = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     server, _ = stack["servers"][victim]
