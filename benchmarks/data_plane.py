@@ -624,14 +624,20 @@ def environment() -> dict:
                    if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    versions = {}
-    for package in ("nvidia-pytriton", "torch", "numpy", "tritonclient", "grpcio"):
-        try:
-            versions[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            versions[package] = "not installed"
+    versions = package_versions(("nvidia-pytriton", "torch", "numpy", "tritonclient", "grpcio"))
     return {"cpu_model": cpu, "logical_cpus": os.cpu_count(), "ram_gib": psutil.virtual_memory().total / GIB,
             "kernel": platform.release(), "python": platform.python_version(), "versions": versions}
+
+
+def package_versions(packages: Iterable[str]) -> dict[str, str]:
+    """Installed version of each package, or "not installed"."""
+    found = {}
+    for package in packages:
+        try:
+            found[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            found[package] = "not installed"
+    return found
 
 
 def _f(value: float, digits: int = 1) -> str:

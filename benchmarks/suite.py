@@ -23,12 +23,11 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
-from importlib import metadata
 from pathlib import Path
 
 from benchmarks import data_plane, report
 from benchmarks.adfilter_bench import AdfilterConfig, phase_adfilter
-from benchmarks.data_plane import BenchConfig, _display, _say, ensure_models, environment
+from benchmarks.data_plane import BenchConfig, _display, _say, ensure_models, environment, package_versions
 from benchmarks.gpu import GpuConfig, cuda_unavailable_reason, run_gpu
 from benchmarks.loadgen import LoadgenConfig, phase_loadgen
 from benchmarks.peers import PeersConfig, measure, serving, zipf_share_of_top
@@ -77,13 +76,8 @@ QUICK = SuiteConfig(
 
 
 def versions() -> dict[str, str]:
-    found = dict(environment()["versions"])
-    for package in ("fastapi", "uvicorn", "uvloop", "httptools", "aiohttp", "locust", "matplotlib"):
-        try:
-            found[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            found[package] = "not installed"
-    return found
+    return {**environment()["versions"], **package_versions(
+        ("fastapi", "uvicorn", "uvloop", "httptools", "aiohttp", "locust", "matplotlib"))}
 
 
 def run(config: SuiteConfig = FULL, out: Path = DEFAULT_OUT, docs: Path | None = None,
