@@ -12,6 +12,7 @@ again in place.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from datetime import UTC, datetime
@@ -159,9 +160,7 @@ class Reconciler:
         tensors = []
         for spec in inputs:
             shape = [1] + [d if d > 0 else 1 for d in spec["shape"][1:]]
-            count = 1
-            for d in shape:
-                count *= d
+            count = math.prod(shape)
             if count > PROBE_MAX_ELEMENTS:
                 return None
             tensors.append({"name": spec["name"], "datatype": spec["dtype"], "shape": shape, "data": [0] * count})
@@ -241,7 +240,8 @@ class Reconciler:
         for pack, server, generation, http_url, repository_path, has_members in work:
             if repository_path and server not in sync_problems:
                 sync_problems[server] = self._sync_server(server, repository_path)
-            problem = sync_problems.get(server, {}).get(pack) or sync_problems.get(server, {}).get("*")
+            problems = sync_problems.get(server, {})
+            problem = problems.get(pack) or problems.get("*")
             if problem:
                 # The server keeps its last good copy of the pack (sync never half-applies a model), so the
                 # placement keeps its state and generation; the next tick tries again.

@@ -127,7 +127,7 @@ class TritonModelsUser(User):
         if self._sampler is None:  # the workload failed to build; stop_run is shutting the run down
             raise StopUser()
         target = _workload.targets[self._sampler.next()]
-        server = _servers.get(target.model.id, target.model.server) if _servers else target.model.server
+        server = _servers.get(target.model.id, target.model.server)
         client = self._clients.get(server or self.host)
         send(self.environment, client, target.model.pack, target.inputs, target.parameters, target.name,
              self._timeout_s)
