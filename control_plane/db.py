@@ -36,6 +36,9 @@ class ModelVersion(Base):
     bytes: Mapped[int] = mapped_column(BigInteger)
     s3_key: Mapped[str] = mapped_column(String(512))
     signature: Mapped[dict] = mapped_column(JSON)
+    # How the artifact was saved, detected from the archive: torchscript (torch.jit.save) or
+    # torch_export (torch.export.save, a .pt2 ExportedProgram).
+    format: Mapped[str] = mapped_column(String(32), default="torchscript", server_default="torchscript")
     pack_kind: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
