@@ -24,7 +24,8 @@ from control_plane.reconciler import Reconciler
 from control_plane.registry import Registry
 from control_plane.repository import RepositoryBuilder
 from control_plane.settings import Settings
-from control_plane.validation import ArtifactValidator
+from control_plane.uploads import StagingRequest, body_limit
+from control_plane.validation import ArtifactValidator, SandboxLimits
 from control_plane.views import endpoints_by_pack, model_status
 from model_repository.s3_sync import s3_client
 
@@ -68,7 +69,10 @@ def create_app(settings: Settings | None = None, start_reconciler: bool = True) 
     upgrade(engine)
     sessions = make_sessionmaker(engine)
     s3 = s3_client(settings.s3_endpoint_url)
-    validator = ArtifactValidator(settings.validation_workers)
+    validator = ArtifactValidator(settings.validation_workers, SandboxLimits(
+        timeout_s=settings.validation_timeout_s, cpu_s=settings.validation_cpu_s,
+        memory_base_bytes=settings.validation_memory_base_bytes,
+        memory_factor=settings.validation_memory_factor), scratch=settings.work_dir / "validator")
     registry = Registry(sessions, settings, s3, validator)
     reconciler = Reconciler(sessions, settings, RepositoryBuilder(registry, settings.work_dir))
     state = FleetState(settings, sessions, registry, reconciler, DeploymentRunner(sessions, settings), None,
@@ -77,7 +81,8 @@ def create_app(settings: Settings | None = None, start_reconciler: bool = True) 
 
     app = APIFlask("triton-fleet-control-plane", title="triton-fleet control plane", version="0.1.0",
                    docs_path="/docs", spec_path="/openapi.json")
-    app.config["MAX_CONTENT_LENGTH"] = settings.max_upload_bytes
+    app.request_class = StagingRequest  # uploaded files stream to hashed temp files (control_plane/uploads.py)
+    app.config["MAX_CONTENT_LENGTH"] = body_limit(settings)
     app.config["VALIDATION_ERROR_STATUS_CODE"] = 422
     app.security_schemes = {"BearerAuth": {"type": "http", "scheme": "bearer"}}
     app.extensions["fleet"] = state

@@ -19,13 +19,15 @@ def not_found(kind: str, ident: str) -> ApiError:
 
 
 def error_body(error: HTTPError) -> tuple[dict, int, dict]:
-    code = getattr(error, "code", None) or {
+    explicit = getattr(error, "code", None)
+    code = explicit or {
         400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
         409: "conflict", 413: "payload_too_large", 415: "unsupported_media_type", 422: "invalid_input",
         503: "unavailable"}.get(error.status_code, "error")
     message = error.message
-    if error.status_code == 413:
-        message = "upload too large: the limit is set by FLEET_MAX_UPLOAD_BYTES"
+    if error.status_code == 413 and explicit is None:
+        message = ("upload too large: the limit is the setting max_upload_bytes (FLEET_MAX_UPLOAD_BYTES); raise it "
+                   "or upload a smaller model")
     if error.status_code == 422 and code == "invalid_input" and message in ("Validation error", None):
         message = "the request does not match the schema; see details (and /docs)"
     return ({"error": {"code": code, "message": message, "details": error.detail or {}}},

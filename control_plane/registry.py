@@ -6,10 +6,11 @@ existing model; the same name with other bytes is a conflict (use a new version 
 """
 from __future__ import annotations
 
-import hashlib
 import threading
 from dataclasses import dataclass
+from pathlib import Path
 
+from boto3.exceptions import S3UploadFailedError
 from botocore.exceptions import BotoCoreError, ClientError
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
@@ -18,7 +19,9 @@ from control_plane.db import AuditEntry, Model, ModelVersion, Pack
 from control_plane.errors import ApiError, not_found
 from control_plane.schemas import Signature
 from control_plane.settings import Settings
-from control_plane.validation import ArtifactRejected, ArtifactValidator
+from control_plane.staging import TRANSFER, StagedArtifact, check_size, inspect_archive, sha256_of
+from control_plane.validation import ArtifactRejected, ArtifactValidator, ValidatorUnavailable
+from model_repository.formats import SUFFIX, ArtifactFormat
 from model_repository.manifest import ModelEntry, TensorSpec
 from model_repository.triton_config import pack_kind
 
@@ -35,8 +38,9 @@ class Registered:
 def entry_for(model: Model, version: ModelVersion) -> ModelEntry:
     """The data-plane description of a registered model (what goes into a pack's members.json)."""
     signature = version.signature
-    return ModelEntry(id=model.name, architecture="custom", file=f"members/{model.name}.pt",
-                      sha256=version.sha256, bytes=version.bytes, parameters=0,
+    fmt = version.format or "torchscript"
+    return ModelEntry(id=model.name, architecture="custom", file=f"members/{model.name}{SUFFIX[fmt]}",
+                      format=fmt, sha256=version.sha256, bytes=version.bytes, parameters=0,
                       inputs=[TensorSpec(**s) for s in signature["inputs"]],
                       outputs=[TensorSpec(**s) for s in signature["outputs"]])
 
@@ -49,17 +53,25 @@ class Registry:
         self._write_lock = threading.Lock()
 
     # ---- artifacts -----------------------------------------------------------------------------
-    def artifact_key(self, name: str, sha256: str) -> str:
-        return f"{ARTIFACTS_PREFIX}/{name}/{sha256}.pt"
+    # Artifacts move between S3 and local files only, by boto3's managed (multipart) transfer: the web
+    # process never holds a whole one in memory (see control_plane/staging.py).
+    def artifact_key(self, name: str, sha256: str, fmt: ArtifactFormat = "torchscript") -> str:
+        return f"{ARTIFACTS_PREFIX}/{name}/{sha256}{SUFFIX[fmt]}"
 
-    def read_artifact(self, key: str) -> bytes:
+    def download_artifact(self, key: str, target: Path) -> None:
+        """Copy a registered artifact from S3 to `target` (written next to it, then renamed)."""
+        tmp = target.with_name(target.name + ".part")
         try:
-            return self.s3.get_object(Bucket=self.settings.bucket, Key=key)["Body"].read()
+            self.s3.download_file(self.settings.bucket, key, str(tmp), Config=TRANSFER)
         except (ClientError, BotoCoreError) as error:
+            tmp.unlink(missing_ok=True)
             raise ApiError(503, "object_store_unavailable",
                            f"cannot read s3://{self.settings.bucket}/{key}: {error}") from None
+        tmp.replace(target)
 
-    def fetch_s3_uri(self, uri: str) -> bytes:
+    def fetch_s3_uri(self, uri: str, directory: Path) -> StagedArtifact:
+        """Stage an artifact that is already in the bucket: size checked first, then downloaded to a file
+        under `directory` (the caller removes it) and hashed there."""
         bucket, _, key = uri.removeprefix("s3://").partition("/")
         if bucket != self.settings.bucket or not key or ".." in key.split("/"):
             raise ApiError(400, "s3_uri_outside_bucket",
@@ -73,24 +85,34 @@ class Registry:
             raise ApiError(503, "object_store_unavailable", f"cannot read '{uri}': {error}") from None
         except BotoCoreError as error:
             raise ApiError(503, "object_store_unavailable", f"cannot read '{uri}': {error}") from None
-        if head["ContentLength"] > self.settings.max_upload_bytes:
-            raise ApiError(413, "payload_too_large",
-                           f"'{uri}' is {head['ContentLength']} bytes; the limit is "
-                           f"{self.settings.max_upload_bytes} (FLEET_MAX_UPLOAD_BYTES)")
-        return self.read_artifact(key)
+        check_size(head["ContentLength"], self.settings.max_upload_bytes, f"'{uri}'")
+        path = Path(directory) / "artifact"
+        self.download_artifact(key, path)
+        size = path.stat().st_size
+        check_size(size, self.settings.max_upload_bytes, f"'{uri}'")
+        return self.stage(path, sha256_of(path), size)
 
-    def _validate(self, data: bytes, signature: Signature) -> None:
-        if not data:
-            raise ApiError(422, "invalid_artifact", "the artifact is empty")
+    def stage(self, path: Path, sha256: str, size: int) -> StagedArtifact:
+        """Describe a file on local disk as an artifact, refusing non-models and zip bombs (4xx)."""
+        check_size(size, self.settings.max_upload_bytes)
+        fmt = inspect_archive(path, size, self.settings.max_upload_bytes)
+        return StagedArtifact(path=Path(path), sha256=sha256, bytes=size, format=fmt)
+
+    def _validate(self, artifact: StagedArtifact, signature: Signature) -> None:
         try:
-            self.validator.validate(data, signature.model_dump(mode="json"))
+            self.validator.validate(artifact.path, artifact.format, signature.model_dump(mode="json"),
+                                    artifact.bytes)
         except ArtifactRejected as error:
             raise ApiError(422, "invalid_artifact", str(error)) from None
+        except ValidatorUnavailable as error:
+            raise ApiError(503, "validator_unavailable", f"the artifact could not be validated now ({error}); "
+                           "nothing was registered, retry later") from None
 
-    def _put(self, key: str, data: bytes, sha256: str) -> None:
+    def _put(self, key: str, artifact: StagedArtifact) -> None:
         try:
-            self.s3.put_object(Bucket=self.settings.bucket, Key=key, Body=data, Metadata={"sha256": sha256})
-        except (ClientError, BotoCoreError) as error:
+            self.s3.upload_file(str(artifact.path), self.settings.bucket, key, Config=TRANSFER,
+                                ExtraArgs={"Metadata": {"sha256": artifact.sha256, "format": artifact.format}})
+        except (ClientError, BotoCoreError, S3UploadFailedError) as error:
             raise ApiError(503, "object_store_unavailable",
                            f"cannot write to s3://{self.settings.bucket}: {error}; nothing was registered") \
                 from None
@@ -102,14 +124,14 @@ class Registry:
             pass  # an orphaned content-addressed object is harmless and is overwritten on retry
 
     # ---- registration --------------------------------------------------------------------------
-    def register(self, name: str, data: bytes, signature: Signature, family: str) -> Registered:
-        sha = hashlib.sha256(data).hexdigest()
+    def register(self, name: str, artifact: StagedArtifact, signature: Signature, family: str) -> Registered:
+        sha = artifact.sha256
         existing = self._existing(name, sha, signature)
         if existing:
             return existing
-        self._validate(data, signature)
-        key = self.artifact_key(name, sha)
-        self._put(key, data, sha)
+        self._validate(artifact, signature)
+        key = self.artifact_key(name, sha, artifact.format)
+        self._put(key, artifact)
         try:
             with self._write_lock, self.sessions.begin() as session:
                 again = self._existing(name, sha, signature, session)
@@ -117,14 +139,15 @@ class Registry:
                     return again
                 model = Model(name=name, family=family, current_version=1)
                 session.add(model)
-                version = ModelVersion(model=name, version=1, sha256=sha, bytes=len(data), s3_key=key,
-                                       signature=signature.model_dump(mode="json"),
-                                       pack_kind=pack_kind(entry_for(model, _stub_version(sha, signature))))
+                version = ModelVersion(model=name, version=1, sha256=sha, bytes=artifact.bytes, s3_key=key,
+                                       signature=signature.model_dump(mode="json"), format=artifact.format,
+                                       pack_kind=pack_kind(entry_for(model, _stub_version(artifact, signature))))
                 session.add(version)
                 session.flush()
                 self._join_pack(session, model, version)
                 session.add(AuditEntry(action="model.register", subject=name,
-                                       detail={"sha256": sha, "bytes": len(data), "pack": model.pack}))
+                                       detail={"sha256": sha, "bytes": artifact.bytes, "format": artifact.format,
+                                               "pack": model.pack}))
         except ApiError:
             # A concurrent registration took the name with other content: the object written above
             # belongs to nothing unless an existing version holds the same key.
@@ -179,8 +202,8 @@ class Registry:
         model.pack = pack.name
         model.joined_generation = pack.generation
 
-    def add_version(self, name: str, data: bytes, signature: Signature) -> Registered:
-        sha = hashlib.sha256(data).hexdigest()
+    def add_version(self, name: str, artifact: StagedArtifact, signature: Signature) -> Registered:
+        sha = artifact.sha256
         with self.sessions() as session:
             model = session.get(Model, name)
             if model is None:
@@ -188,16 +211,17 @@ class Registry:
             current = session.get(ModelVersion, (name, model.current_version))
             if current.sha256 == sha and current.signature == signature.model_dump(mode="json"):
                 return Registered(model, current, created=False)
-        self._validate(data, signature)
-        key = self.artifact_key(name, sha)
-        self._put(key, data, sha)
+        self._validate(artifact, signature)
+        key = self.artifact_key(name, sha, artifact.format)
+        self._put(key, artifact)
         with self._write_lock, self.sessions.begin() as session:
             model = session.get(Model, name)
             if model is None:
                 raise not_found("model", name)
-            kind = pack_kind(entry_for(model, _stub_version(sha, signature)))
-            version = ModelVersion(model=name, version=model.current_version + 1, sha256=sha, bytes=len(data),
-                                   s3_key=key, signature=signature.model_dump(mode="json"), pack_kind=kind)
+            kind = pack_kind(entry_for(model, _stub_version(artifact, signature)))
+            version = ModelVersion(model=name, version=model.current_version + 1, sha256=sha,
+                                   bytes=artifact.bytes, s3_key=key, signature=signature.model_dump(mode="json"),
+                                   format=artifact.format, pack_kind=kind)
             session.add(version)
             model.current_version = version.version
             old_pack = session.get(Pack, model.pack) if model.pack else None
@@ -240,5 +264,6 @@ class Registry:
             self._delete_object(key)
 
 
-def _stub_version(sha: str, signature: Signature) -> ModelVersion:
-    return ModelVersion(sha256=sha, bytes=0, signature=signature.model_dump(mode="json"))
+def _stub_version(artifact: StagedArtifact, signature: Signature) -> ModelVersion:
+    return ModelVersion(sha256=artifact.sha256, bytes=artifact.bytes, format=artifact.format,
+                        signature=signature.model_dump(mode="json"))

@@ -12,7 +12,8 @@ from sqlalchemy.orm import Session
 
 from control_plane.db import Model, ModelVersion, Pack
 from control_plane.registry import Registry, entry_for
-from model_repository.packing import PackPlan, write_triton_model
+from model_repository.formats import SUFFIX
+from model_repository.packing import PackPlan, member_file, write_triton_model
 from model_repository.s3_sync import upload
 from model_repository.triton_config import PackSettings
 
@@ -27,11 +28,9 @@ class RepositoryBuilder:
         self.pack_settings = pack_settings or PackSettings()
 
     def _cached(self, version: ModelVersion) -> Path:
-        path = self.cache / f"{version.sha256}.pt"
+        path = self.cache / f"{version.sha256}{SUFFIX[version.format]}"
         if not path.exists():
-            tmp = path.with_suffix(".tmp")
-            tmp.write_bytes(self.registry.read_artifact(version.s3_key))
-            tmp.replace(path)
+            self.registry.download_artifact(version.s3_key, path)  # streamed to disk, never held in memory
         return path
 
     def build(self, session: Session, pack: Pack) -> int:
@@ -47,10 +46,11 @@ class RepositoryBuilder:
         entries = []
         for model, version in rows:
             self._cached(version)
-            entries.append(entry_for(model, version).model_copy(update={"file": f"{version.sha256}.pt"}))
+            entries.append(entry_for(model, version).model_copy(
+                update={"file": f"{version.sha256}{SUFFIX[version.format]}"}))
         write_triton_model(PackPlan(pack.name, "custom", tuple(entries)), self.cache, self.repo,
                            self.pack_settings)
-        wanted = {f"{e.id}.pt" for e in entries}
+        wanted = {Path(member_file(e)).name for e in entries}
         for stale in (target / "1" / "members").iterdir():
             if stale.name not in wanted:
                 stale.unlink()

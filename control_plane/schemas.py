@@ -1,36 +1,73 @@
 """Request and response schemas (pydantic); APIFlask validates with them and publishes them in OpenAPI."""
 from __future__ import annotations
 
+import math
 from datetime import datetime
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from model_repository.formats import DTYPES, INTEGER_DTYPES, ArtifactFormat, TritonDType
 
 NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,127}$"
 Family = Literal["cpu", "gpu", "inf2"]
 
 
+# Limits on a declared tensor: far above any real model's, low enough that one request cannot ask the
+# server for an absurd allocation. Each error message names the limit and what to change.
+MAX_RANK = 8
+MAX_DIM = 1 << 20
+MAX_ELEMENTS = 1 << 28  # per batch item, counting only the fixed (non -1) dimensions
+MAX_TENSORS = 16
+# The values each integer dtype can hold; a value_range must fit inside.
+INTEGER_LIMITS = {"INT64": (-(2**63), 2**63 - 1), "INT32": (-(2**31), 2**31 - 1), "INT8": (-128, 127),
+                  "UINT8": (0, 255)}
+
+
 class TensorSignature(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str = Field(pattern=r"^(INPUT|OUTPUT)__[0-9]{1,2}$", examples=["INPUT__0"])
-    dtype: Literal["FP32", "INT64"]
-    shape: list[int] = Field(min_length=1, max_length=6, description="first dimension is the batch: -1")
-    value_range: tuple[int, int] | None = None
+    dtype: TritonDType = Field(description="Triton's name: " + ", ".join(DTYPES))
+    shape: list[int] = Field(min_length=1, description="first dimension is the batch: -1; then -1 (any size) "
+                                                       f"or 1..{MAX_DIM}; at most {MAX_RANK} dimensions")
+    value_range: tuple[int, int] | None = Field(
+        None, description="integer inputs only: half-open [low, high) of valid values, e.g. token ids "
+                          "[0, vocab); the validator draws its test inputs from it")
 
     @field_validator("shape")
     @classmethod
     def _batch_first(cls, shape: list[int]) -> list[int]:
+        if len(shape) > MAX_RANK:
+            raise ValueError(f"rank {len(shape)} is above the limit of {MAX_RANK} dimensions (batch included); "
+                             "reshape the tensor to fewer dimensions")
         if shape[0] != -1:
             raise ValueError("the first dimension is the batch and must be -1")
-        if any(d == 0 or d < -1 or d > 65536 for d in shape[1:]):
-            raise ValueError("dimensions after the batch must be -1 or between 1 and 65536")
+        if any(d == 0 or d < -1 or d > MAX_DIM for d in shape[1:]):
+            raise ValueError(f"dimensions after the batch must be -1 (any size) or between 1 and {MAX_DIM}")
+        if math.prod(d for d in shape[1:] if d > 0) > MAX_ELEMENTS:
+            raise ValueError(f"the fixed dimensions hold more than {MAX_ELEMENTS} elements per batch item; "
+                             "declare large dimensions as -1 or split the tensor")
         return shape
+
+    @model_validator(mode="after")
+    def _value_range_fits_dtype(self) -> TensorSignature:
+        if self.value_range is None:
+            return self
+        if self.dtype not in INTEGER_DTYPES:
+            raise ValueError(f"value_range is for integer inputs ({', '.join(sorted(INTEGER_DTYPES))}); "
+                             f"{self.name} is {self.dtype}: remove value_range")
+        low, high = self.value_range
+        smallest, largest = INTEGER_LIMITS[self.dtype]
+        if not (smallest <= low < high <= largest + 1):
+            raise ValueError(f"value_range [{low}, {high}) of {self.name} must satisfy low < high and fit "
+                             f"{self.dtype} ([{smallest}, {largest + 1}))")
+        return self
 
 
 class Signature(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    inputs: list[TensorSignature] = Field(min_length=1, max_length=8)
-    outputs: list[TensorSignature] = Field(min_length=1, max_length=8)
+    inputs: list[TensorSignature] = Field(min_length=1, max_length=MAX_TENSORS)
+    outputs: list[TensorSignature] = Field(min_length=1, max_length=MAX_TENSORS)
 
     @field_validator("inputs")
     @classmethod
@@ -44,15 +81,16 @@ class Signature(BaseModel):
     def _outputs_named_in_order(cls, specs: list[TensorSignature]) -> list[TensorSignature]:
         if [s.name for s in specs] != [f"OUTPUT__{k}" for k in range(len(specs))]:
             raise ValueError("outputs must be named OUTPUT__0, OUTPUT__1, ... in order")
-        if any(s.dtype != "FP32" for s in specs):
-            raise ValueError("outputs must be FP32")
+        if any(s.value_range is not None for s in specs):
+            raise ValueError("value_range applies to inputs only; remove it from the outputs")
         return specs
 
 
 class RegisterFromS3(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str = Field(pattern=NAME_PATTERN)
-    s3_uri: str = Field(pattern=r"^s3://", examples=["s3://fleet-models/uploads/my-model.pt"])
+    s3_uri: str = Field(pattern=r"^s3://", examples=["s3://fleet-models/uploads/my-model.pt2"],
+                        description="a TorchScript (.pt) or torch.export (.pt2) archive in the bucket")
     signature: Signature
     family: Family = "cpu"
 
@@ -77,6 +115,7 @@ class ModelOut(BaseModel):
     version: int
     sha256: str
     bytes: int
+    format: ArtifactFormat = Field(description="detected from the artifact: torchscript or torch_export")
     family: str
     pack: str | None
     status: Literal["servable", "pending", "unloaded"]
@@ -98,6 +137,7 @@ class VersionOut(BaseModel):
     version: int
     sha256: str
     bytes: int
+    format: ArtifactFormat
     created_at: datetime
 
 

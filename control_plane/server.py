@@ -22,14 +22,17 @@ def serve(host: str, port: int, threads: int) -> None:
 
     from control_plane.app import create_app
     from control_plane.settings import Settings
+    from control_plane.uploads import body_limit, channel_class
 
     settings = Settings.from_env()
     if settings.public_url is None:
         settings.public_url = f"http://{host}:{port}"
     app = create_app(settings)
     state = app.extensions["fleet"]
-    server = create_server(app, host=host, port=port, threads=threads, max_request_body_size=
-                           state.settings.max_upload_bytes + 2**20)
+    # waitress refuses a body at or over max_request_body_size; Flask one over MAX_CONTENT_LENGTH: same limit
+    server = create_server(app, host=host, port=port, threads=threads,
+                           max_request_body_size=body_limit(state.settings) + 1)
+    server.channel_class = channel_class(state.settings)  # its 413 is the API's JSON error
     logging.getLogger(__name__).info("control plane on http://%s:%d (docs /docs)", host, port)
 
     def shutdown(*_: object) -> None:

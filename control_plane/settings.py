@@ -17,14 +17,31 @@ class Settings(BaseModel):
     repository_uri: str = Field("s3://fleet-models/repository", description="s3://bucket/prefix of packs")
     s3_endpoint_url: str | None = None
     work_dir: Path = Field(Path(".fleet/control-plane"), description="Local build copy of the repository")
-    max_upload_bytes: int = 64 * 2**20
+    max_upload_bytes: int = Field(4 * 2**30, description="largest artifact accepted (upload or from-s3), in "
+                                  "bytes; the HTTP body limit of Flask and waitress follows from it")
+    upload_staging_dir: Path | None = Field(None, description="where uploads and S3 downloads are staged on "
+                                            "disk while hashed and validated (default: work_dir/staging); "
+                                            "keep it off tmpfs, it holds whole artifacts")
     pack_size: int = 100
     reconcile_interval_s: float = 1.0
     server_dead_after_s: float = 5.0
     stub_probe_interval_s: float = Field(5.0, description="how often each loaded pack's stub is probed; a "
                                          "pack whose stub does not answer is reloaded (0: never)")
-    validation_workers: int = 2
+    validation_workers: int = Field(2, description="artifacts validated at once, each in its own sandboxed "
+                                    "single-use process (as many are kept started ahead)")
+    validation_timeout_s: float = Field(120.0, description="wall-clock limit for loading an artifact and "
+                                        "running it once in the validator; a hanging artifact is refused")
+    validation_cpu_s: int = Field(120, description="CPU-time limit (RLIMIT_CPU) of one validation")
+    validation_memory_base_bytes: int = Field(3 * 2**29, description="address-space limit (RLIMIT_AS) of a "
+                                              "validator process before the artifact's share (torch itself "
+                                              "maps ~0.6 GiB)")
+    validation_memory_factor: float = Field(3.0, description="address space a validator may add per byte "
+                                            "of artifact: limit = base + factor x artifact bytes")
     public_url: str | None = Field(None, description="how load generators reach this API (set by serve)")
+
+    @property
+    def staging_dir(self) -> Path:
+        return self.upload_staging_dir or self.work_dir / "staging"
 
     @property
     def bucket(self) -> str:

@@ -27,7 +27,8 @@ def model_out(model: Model, version: ModelVersion, served) -> dict:
     status, servers = model_status(model, served)
     return {
         "name": model.name, "version": version.version, "sha256": version.sha256, "bytes": version.bytes,
-        "family": model.family, "pack": model.pack, "status": status, "signature": version.signature,
+        "format": version.format, "family": model.family, "pack": model.pack, "status": status,
+        "signature": version.signature,
         "endpoints": [{"server": s.name, "grpc_url": s.grpc_url, "http_url": s.http_url} for s in servers],
         "request_parameters": {"model_id": model.name},
         "created_at": model.created_at,

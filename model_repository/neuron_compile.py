@@ -1,9 +1,11 @@
 """Compiles pack members for AWS Inferentia2 with `torch_neuronx.trace`.
 
 Neuron executes static shapes, so each member is traced at one batch size; the pack runtime pads a
-smaller batch and splits a larger one. This step needs the Neuron SDK (torch-neuronx), which exists only
-for Inf2/Trn1 hosts and their build images; elsewhere it stops with a clear message instead of producing
-artifacts that could not run.
+smaller batch and splits a larger one. Both artifact formats compile: a TorchScript member is traced as
+loaded, a torch.export program through its `.module()` (an nn.Module that torch_neuronx.trace accepts);
+the result is always a TorchScript file (`members/<id>.inf2.pt`), which is what torch_neuronx saves.
+This step needs the Neuron SDK (torch-neuronx), which exists only for Inf2/Trn1 hosts and their build
+images; elsewhere it stops with a clear message instead of producing artifacts that could not run.
 """
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from model_repository.generator import example_inputs
+from model_repository.formats import INTEGER_DTYPES, TORCH_DTYPES
 from model_repository.manifest import ModelEntry, TensorSpec
 
 
@@ -34,6 +36,30 @@ def require_torch_neuronx():
     return torch_neuronx
 
 
+def example_tensors(entry: ModelEntry, batch: int, seed: int = 0) -> tuple[torch.Tensor, ...]:
+    """Inputs of the member's declared dtypes and shapes at a fixed batch (free sizes become 8)."""
+    generator = torch.Generator().manual_seed(seed)
+    tensors = []
+    for spec in entry.inputs:
+        shape = [batch] + [d if d > 0 else 8 for d in spec.shape[1:]]
+        dtype = getattr(torch, TORCH_DTYPES[spec.dtype])
+        if spec.dtype == "BOOL":
+            tensors.append(torch.randint(0, 2, shape, generator=generator).to(torch.bool))
+        elif spec.dtype in INTEGER_DTYPES:
+            low, high = spec.value_range or (0, 2)
+            tensors.append(torch.randint(low, high, shape, generator=generator, dtype=dtype))
+        else:
+            tensors.append(torch.randn(shape, generator=generator).to(dtype))
+    return tuple(tensors)
+
+
+def load_member(path: Path, fmt: str) -> torch.nn.Module:
+    """A member artifact as a module in eval mode, whichever format it was saved in."""
+    if fmt == "torch_export":
+        return torch.export.load(str(path)).module()
+    return torch.jit.load(str(path)).eval()
+
+
 def compile_repository(repository: Path, static_batch: int = 8,
                        on_progress: Callable[[int], None] | None = None) -> int:
     """Trace every member of every pack under `repository`; returns how many were compiled."""
@@ -43,13 +69,13 @@ def compile_repository(repository: Path, static_batch: int = 8,
         version_dir = members_file.parent
         document = json.loads(members_file.read_text())
         for ident, entry in document["members"].items():
-            model = ModelEntry(id=ident, architecture=document["architecture"], file=entry["file"],
+            fmt = entry.get("format", "torchscript")
+            model = ModelEntry(id=ident, architecture=document["architecture"], file=entry["file"], format=fmt,
                                sha256=entry["sha256"], bytes=entry["bytes"], parameters=0,
                                inputs=[TensorSpec(**i) for i in entry["inputs"]],
                                outputs=[TensorSpec(**o) for o in entry["outputs"]])
-            module = torch.jit.load(str(version_dir / entry["file"])).eval()
-            example = tuple(torch.from_numpy(a) for a in example_inputs(model, static_batch))
-            traced = torch_neuronx.trace(module, example)
+            module = load_member(version_dir / entry["file"], fmt)
+            traced = torch_neuronx.trace(module, example_tensors(model, static_batch))
             relative = f"members/{ident}.inf2.pt"
             torch.jit.save(traced, str(version_dir / relative))
             data = (version_dir / relative).read_bytes()

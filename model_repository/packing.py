@@ -14,8 +14,16 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from model_repository.formats import SUFFIX
 from model_repository.manifest import Manifest, ModelEntry
-from model_repository.triton_config import FAMILIES, PackSettings, dedicated_config, pack_config, pack_inputs_for
+from model_repository.triton_config import (
+    FAMILIES,
+    PackSettings,
+    dedicated_config,
+    pack_config,
+    pack_inputs_for,
+    pack_outputs_for,
+)
 
 PACK_RUNTIME = Path(__file__).resolve().parents[1] / "triton" / "backends" / "pack" / "model.py"
 MEMBERS_FILE = "members.json"
@@ -63,12 +71,17 @@ def _place_file(source: Path, target: Path) -> None:
         shutil.copyfile(source, target)
 
 
+def member_file(entry: ModelEntry) -> str:
+    """Where a member's artifact lies inside a pack's version folder; the suffix tells its format."""
+    return f"members/{entry.id}{SUFFIX[entry.format]}"
+
+
 def members_document(plan: PackPlan, file_of: Callable[[ModelEntry], str]) -> dict:
     return {
         "pack": plan.name,
         "architecture": plan.architecture,
         "members": {
-            m.id: {"file": file_of(m), "sha256": m.sha256, "bytes": m.bytes,
+            m.id: {"file": file_of(m), "format": m.format, "sha256": m.sha256, "bytes": m.bytes,
                    "inputs": [i.model_dump(mode="json") for i in m.inputs],
                    "outputs": [o.model_dump(mode="json") for o in m.outputs]}
             for m in plan.members
@@ -84,17 +97,17 @@ def write_triton_model(plan: PackPlan, source_dir: Path, repository: Path, setti
     (model_dir / "configs").mkdir(exist_ok=True)
     if plan.dedicated:
         entry = plan.members[0]
-        _place_file(Path(source_dir) / entry.file, version_dir / "model.pt")
-        document = members_document(plan, lambda m: "model.pt")
+        artifact = "model" + SUFFIX[entry.format]
+        _place_file(Path(source_dir) / entry.file, version_dir / artifact)
+        document = members_document(plan, lambda m: artifact)
         configs = {f: dedicated_config(plan.name, entry, f, settings) for f in FAMILIES}
     else:
         for entry in plan.members:
-            _place_file(Path(source_dir) / entry.file, version_dir / "members" / f"{entry.id}.pt")
-        document = members_document(plan, lambda m: f"members/{m.id}.pt")
+            _place_file(Path(source_dir) / entry.file, version_dir / member_file(entry))
+        document = members_document(plan, member_file)
         first = plan.members[0]
-        inputs = pack_inputs_for(first)
-        configs = {f: pack_config(plan.name, inputs, len(first.outputs), f, settings,
-                                  output_rank=len(first.outputs[0].shape)) for f in FAMILIES}
+        inputs, outputs = pack_inputs_for(first), pack_outputs_for(first)
+        configs = {f: pack_config(plan.name, inputs, outputs, f, settings) for f in FAMILIES}
     shutil.copyfile(PACK_RUNTIME, version_dir / "model.py")
     (version_dir / MEMBERS_FILE).write_text(json.dumps(document, indent=1, sort_keys=True) + "\n")
     (model_dir / "config.pbtxt").write_text(configs["cpu"])

@@ -6,17 +6,25 @@ Building the protobuf (rather than formatting text) means a misspelt field fails
 """
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from typing import Literal
 
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as pb
 
+from model_repository.formats import DTYPES, SUFFIX
 from model_repository.manifest import Architecture, ModelEntry, TensorSpec  # noqa: F401
 
 Family = Literal["cpu", "gpu", "inf2"]
 FAMILIES: tuple[Family, ...] = ("cpu", "gpu", "inf2")
-_DTYPES = {"FP32": pb.TYPE_FP32, "INT64": pb.TYPE_INT64}
+# Every dtype a signature may declare, as Triton's config enum; a dtype missing here fails at import.
+TRITON_TYPES = {"FP32": pb.TYPE_FP32, "FP16": pb.TYPE_FP16, "BF16": pb.TYPE_BF16, "INT64": pb.TYPE_INT64,
+                "INT32": pb.TYPE_INT32, "INT8": pb.TYPE_INT8, "UINT8": pb.TYPE_UINT8, "BOOL": pb.TYPE_BOOL}
+assert set(TRITON_TYPES) == set(DTYPES), "formats.DTYPES and the Triton type table disagree"
+_DTYPES = TRITON_TYPES
+# pack kinds are stored in a 64-character column and become part of pack (Triton model) names
+MAX_KIND_CHARS = 40
 
 # Pack inputs are the widest signature its members share: same rank and dtype, free sizes. Each
 # member's exact shape is checked per request by the pack runtime.
@@ -86,20 +94,31 @@ def pack_inputs_for(entry: ModelEntry) -> list[tuple[str, str, list[int]]]:
     return [(s.name, s.dtype, [-1] * (len(s.shape) - 1)) for s in entry.inputs]
 
 
+def pack_outputs_for(entry: ModelEntry) -> list[tuple[str, str, list[int]]]:
+    """The pack-level outputs: each output's dtype and rank, free sizes (members of a pack share them)."""
+    return [(s.name, s.dtype, [-1] * (len(s.shape) - 1)) for s in entry.outputs]
+
+
 def pack_kind(entry: ModelEntry) -> str:
-    """Members of one pack share this: input names, dtypes and ranks, and output names and ranks."""
+    """Members of one pack share this: input dtypes and ranks, and output dtypes and ranks (names follow
+    from the order: INPUT__k, OUTPUT__k). Long signatures get a digest so the kind fits its column and a
+    Triton model name."""
     ins = "_".join(f"{s.dtype.lower()}r{len(s.shape)}" for s in entry.inputs)
-    return f"{ins}-o{len(entry.outputs)}"
+    outs = "_".join(f"{s.dtype.lower()}r{len(s.shape)}" for s in entry.outputs)
+    kind = f"{ins}-o{outs}"
+    if len(kind) > MAX_KIND_CHARS:
+        kind = f"sig{hashlib.sha256(kind.encode()).hexdigest()[:16]}"
+    return kind
 
 
-def pack_config(name: str, inputs: list[tuple[str, str, list[int]]], outputs: int, family: Family,
-                settings: PackSettings, output_rank: int = 2) -> str:
-    """A pack: many members with the same input structure behind one Python-backend model."""
+def pack_config(name: str, inputs: list[tuple[str, str, list[int]]], outputs: list[tuple[str, str, list[int]]],
+                family: Family, settings: PackSettings) -> str:
+    """A pack: many members with the same input and output structure behind one Python-backend model."""
     config = pb.ModelConfig(name=name)
     for input_name, dtype, dims in inputs:
         _tensor(config.input, input_name, dtype, dims)
-    for k in range(outputs):
-        _tensor(config.output, f"OUTPUT__{k}", "FP32", [-1] * (output_rank - 1))
+    for output_name, dtype, dims in outputs:
+        _tensor(config.output, output_name, dtype, dims)
     _common(config, family, settings)
     return text_format.MessageToString(config)
 
@@ -112,16 +131,17 @@ def dedicated_config(name: str, entry: ModelEntry, family: Family, settings: Pac
     """One Triton model for one user model, with its exact signature.
 
     On G4dn this is NGC Triton's libtorch backend (`pytorch_libtorch`), which serves the TorchScript
-    file directly; elsewhere it is the pack runtime with a single member.
+    file directly; elsewhere, and for torch.export programs (which libtorch cannot load), it is the pack
+    runtime with a single member.
     """
     config = pb.ModelConfig(name=name)
     for spec_name, dtype, dims in _exact(entry.inputs):
         _tensor(config.input, spec_name, dtype, dims)
     for spec_name, dtype, dims in _exact(entry.outputs):
         _tensor(config.output, spec_name, dtype, dims)
-    if family == "gpu":
+    if family == "gpu" and entry.format == "torchscript":
         config.platform = "pytorch_libtorch"
-        config.default_model_filename = "model.pt"
+        config.default_model_filename = "model" + SUFFIX["torchscript"]
         config.max_batch_size = settings.max_batch_size
         if settings.dynamic_batching:
             config.dynamic_batching.max_queue_delay_microseconds = settings.max_queue_delay_us

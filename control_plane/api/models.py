@@ -2,6 +2,10 @@
 from __future__ import annotations
 
 import json
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 from apiflask import APIBlueprint
 from apiflask.fields import File, String
@@ -24,7 +28,9 @@ from control_plane.schemas import (
     VersionList,
     VersionOut,
 )
+from control_plane.staging import HashingTempFile, StagedArtifact, copy_to_staging
 from control_plane.views import endpoints_by_pack, model_out, model_status
+from model_repository.formats import HOW_TO_PRODUCE
 
 bp = APIBlueprint("models", __name__, url_prefix="/api/v1/models", tag="models")
 
@@ -34,12 +40,12 @@ class UploadForm(MSchema):
                   metadata={"description": "lower-case letters, digits, '.', '_' and '-'; no path separators"})
     signature = String(required=True, metadata={"description": 'JSON: {"inputs": [...], "outputs": [...]}'})
     family = String(load_default="cpu", metadata={"description": "cpu | gpu | inf2"})
-    artifact = File(required=True, metadata={"description": "TorchScript file (torch.jit.save)"})
+    artifact = File(required=True, metadata={"description": "the model: " + HOW_TO_PRODUCE})
 
 
 class VersionForm(MSchema):
     signature = String(required=True)
-    artifact = File(required=True)
+    artifact = File(required=True, metadata={"description": "the model: " + HOW_TO_PRODUCE})
 
 
 def _signature(raw: str) -> Signature:
@@ -62,6 +68,31 @@ def _state():
     return current_app.extensions["fleet"]
 
 
+@contextmanager
+def _staged(upload) -> Iterator[StagedArtifact]:
+    """The uploaded file as a staged artifact. The app's request class already streamed it to a hashed
+    temp file (control_plane/uploads.py); any other stream is copied to one in chunks."""
+    state = _state()
+    stream = upload.stream
+    own = not isinstance(stream, HashingTempFile)
+    if own:
+        stream = copy_to_staging(stream, state.settings.staging_dir)
+    try:
+        stream.flush()
+        yield state.registry.stage(Path(stream.name), stream.sha256.hexdigest(), stream.size)
+    finally:
+        if own:
+            stream.close()
+
+
+@contextmanager
+def _scratch() -> Iterator[Path]:
+    staging = _state().settings.staging_dir
+    staging.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=staging, prefix="s3-") as directory:
+        yield Path(directory)
+
+
 def _render(name: str) -> dict:
     state = _state()
     with state.sessions() as session:
@@ -75,13 +106,13 @@ def _render(name: str) -> dict:
 @bp.post("")
 @bp.input(UploadForm, location="form_and_files", arg_name="form")
 @bp.output(ModelOut, status_code=201, description="registered (200 if the same content was already)")
-@bp.doc(summary="Register a model by uploading its TorchScript artifact", responses=[200, 201, 400, 409,
-                                                                                     413, 422, 503])
+@bp.doc(summary="Register a model by uploading its artifact (TorchScript .pt or torch.export .pt2)",
+        responses=[200, 201, 400, 409, 413, 422, 503])
 def register(form):
     state = _state()
-    data = form["artifact"].read()
-    registered = state.registry.register(form["name"], data, _signature(form["signature"]),
-                                         _family(form.get("family", "cpu")))
+    signature, family = _signature(form["signature"]), _family(form.get("family", "cpu"))
+    with _staged(form["artifact"]) as artifact:
+        registered = state.registry.register(form["name"], artifact, signature, family)
     state.reconciler.nudge()
     return _render(form["name"]), 201 if registered.created else 200
 
@@ -93,8 +124,9 @@ def register(form):
         responses=[200, 201, 400, 409, 413, 422, 503])
 def register_from_s3(body: RegisterFromS3):
     state = _state()
-    data = state.registry.fetch_s3_uri(body.s3_uri)
-    registered = state.registry.register(body.name, data, body.signature, body.family)
+    with _scratch() as directory:
+        artifact = state.registry.fetch_s3_uri(body.s3_uri, directory)
+        registered = state.registry.register(body.name, artifact, body.signature, body.family)
     state.reconciler.nudge()
     return _render(body.name), 201 if registered.created else 200
 
@@ -149,7 +181,7 @@ def list_versions(name: str):
         versions = session.scalars(select(ModelVersion).where(ModelVersion.model == name)
                                    .order_by(ModelVersion.version))
         return {"items": [{"model": v.model, "version": v.version, "sha256": v.sha256, "bytes": v.bytes,
-                           "created_at": v.created_at} for v in versions]}
+                           "format": v.format, "created_at": v.created_at} for v in versions]}
 
 
 @bp.post("/<string:name>/versions")
@@ -159,10 +191,12 @@ def list_versions(name: str):
         responses=[200, 201, 404, 413, 422])
 def add_version(name: str, form):
     state = _state()
-    registered = state.registry.add_version(name, form["artifact"].read(), _signature(form["signature"]))
+    signature = _signature(form["signature"])
+    with _staged(form["artifact"]) as artifact:
+        registered = state.registry.add_version(name, artifact, signature)
     state.reconciler.nudge()
     v = registered.version
-    return ({"model": v.model, "version": v.version, "sha256": v.sha256, "bytes": v.bytes,
+    return ({"model": v.model, "version": v.version, "sha256": v.sha256, "bytes": v.bytes, "format": v.format,
              "created_at": v.created_at}, 201 if registered.created else 200)
 
 

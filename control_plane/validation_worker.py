@@ -1,0 +1,143 @@
+"""The sandboxed half of artifact validation: one process, one untrusted artifact, then exit.
+
+Run as `python -m control_plane.validation_worker` by control_plane.validation, which starts it with an
+allow-listed environment (no API token, Triton key or cloud credentials), in its own network namespace
+where the machine allows it, and sets its memory and CPU limits before handing it a job. Protocol: the
+worker imports torch, prints `ready`, reads one JSON job line from stdin ({"path", "format", "signature"})
+and prints one JSON verdict line ({"ok": true} or {"ok": false, "kind", "reason"}).
+
+Unpickling: torch.jit.load uses TorchScript's own unpickler, which builds only tensors and TorchScript
+types. torch.export.load in torch 2.13 is not so careful: pickled weights and tensor constants go through
+`torch.load(..., weights_only=False)` and "opaque" constants through `pickle.loads`, either of which runs
+any code the file names. Here both are forced to weights_only semantics before anything is read, so such
+a payload is refused instead of executed (and the process runs without secrets or network regardless).
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+from model_repository.formats import HOW_TO_PRODUCE, INTEGER_DTYPES, TORCH_DTYPES
+
+
+def harden_unpickling(torch) -> None:
+    """Make every unpickling the loaders do inside this process weights-only (tensors and plain data)."""
+    import io
+
+    from torch import _weights_only_unpickler
+    from torch.export.pt2_archive import _package
+
+    original_load = torch.load
+
+    def weights_only_load(*args, **kwargs):
+        kwargs["weights_only"] = True
+        return original_load(*args, **kwargs)
+
+    class WeightsOnlyPickle:
+        """Stands in for the `pickle` module inside torch.export's archive reader."""
+
+        @staticmethod
+        def loads(data: bytes, **_: object):
+            return _weights_only_unpickler.Unpickler(io.BytesIO(data), encoding="utf-8").load()
+
+        def __getattr__(self, name: str):
+            raise AttributeError(f"pickle.{name} is disabled in the validator")
+
+    torch.load = weights_only_load
+    _package.torch.load = weights_only_load  # same module object; kept explicit for readers
+    _package.pickle = WeightsOnlyPickle()
+
+
+def _example(torch, spec: dict, batch: int):
+    shape = [batch] + [d if d > 0 else 2 for d in spec["shape"][1:]]
+    dtype = getattr(torch, TORCH_DTYPES[spec["dtype"]])
+    if spec["dtype"] == "BOOL":
+        return torch.randint(0, 2, shape).to(torch.bool)
+    if spec["dtype"] in INTEGER_DTYPES:
+        low, high = spec.get("value_range") or (0, 2)
+        return torch.randint(int(low), int(high), shape, dtype=dtype)
+    return torch.randn(shape, dtype=dtype)
+
+
+def _first_line(error: BaseException, last: bool = False) -> str:
+    lines = [line for line in str(error).strip().splitlines() if line.strip()] or [type(error).__name__]
+    return (lines[-1] if last else lines[0])[:300]
+
+
+def _out_of_memory(error: BaseException) -> bool:
+    text = str(error).lower()
+    return isinstance(error, MemoryError) or "can't allocate memory" in text or "bad_alloc" in text \
+        or "out of memory" in text
+
+
+def check(torch, path: str, fmt: str, signature: dict) -> dict:
+    """Load the artifact from its file and call it with inputs of the declared signature."""
+    try:
+        if fmt == "torch_export":
+            module = torch.export.load(path).module()
+        else:
+            module = torch.jit.load(path, map_location="cpu")
+    except Exception as error:  # noqa: BLE001  every loader failure is the artifact's
+        if _out_of_memory(error):
+            return {"ok": False, "kind": "memory", "reason": _first_line(error)}
+        what = "torch.export program (.pt2)" if fmt == "torch_export" else "TorchScript archive"
+        return {"ok": False, "kind": "load",
+                "reason": f"the artifact looks like a {what} but does not load ({_first_line(error)}); "
+                          f"{HOW_TO_PRODUCE}"}
+    try:
+        with torch.inference_mode():
+            outputs = module(*[_example(torch, s, 2) for s in signature["inputs"]])
+    except Exception as error:  # noqa: BLE001
+        if _out_of_memory(error):
+            return {"ok": False, "kind": "memory", "reason": _first_line(error)}
+        hint = (" (a torch.export program must be exported with a dynamic batch dimension: "
+                "dynamic_shapes={...: {0: torch.export.Dim('batch')}})") if fmt == "torch_export" else ""
+        return {"ok": False, "kind": "call", "reason": "calling the model with the declared inputs (batch of 2) "
+                                                       f"failed: {_first_line(error, last=True)}{hint}"}
+    if not isinstance(outputs, (tuple, list)):
+        outputs = (outputs,)
+    declared = signature["outputs"]
+    if len(outputs) != len(declared):
+        return {"ok": False, "kind": "signature",
+                "reason": f"the model returns {len(outputs)} outputs, the signature declares {len(declared)}"}
+    for out, spec in zip(outputs, declared, strict=True):
+        want = getattr(torch, TORCH_DTYPES[spec["dtype"]])
+        if not isinstance(out, torch.Tensor):
+            return {"ok": False, "kind": "signature", "reason": f"{spec['name']} is not a tensor"}
+        if out.dtype != want:
+            return {"ok": False, "kind": "signature",
+                    "reason": f"{spec['name']} is {str(out.dtype).removeprefix('torch.')}, the signature declares "
+                              f"{spec['dtype']} ({TORCH_DTYPES[spec['dtype']]}): fix the signature's dtype or "
+                              "cast the output in the model"}
+        expected = [2] + spec["shape"][1:]
+        if out.dim() != len(expected) or any(e > 0 and e != a for e, a in zip(expected, out.shape, strict=True)):
+            return {"ok": False, "kind": "signature",
+                    "reason": f"{spec['name']} has shape {list(out.shape)} for a batch of 2, the signature "
+                              f"declares {spec['shape']}"}
+    return {"ok": True}
+
+
+def main() -> None:
+    # The verdict goes to the original stdout; anything torch or a model prints goes to stderr instead.
+    verdict_out = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)
+    import torch
+
+    torch.set_num_threads(1)
+    harden_unpickling(torch)
+    verdict_out.write("ready\n")
+    verdict_out.flush()
+    line = sys.stdin.readline()
+    if not line:
+        return  # the validator closed: it no longer needs this spare
+    job = json.loads(line)
+    try:
+        verdict = check(torch, job["path"], job["format"], job["signature"])
+    except MemoryError as error:
+        verdict = {"ok": False, "kind": "memory", "reason": _first_line(error)}
+    verdict_out.write(json.dumps(verdict) + "\n")
+    verdict_out.flush()
+
+if __name__ == "__main__":
+    main()
