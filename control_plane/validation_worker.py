@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import sys
 
 from model_repository.formats import HOW_TO_PRODUCE, INTEGER_DTYPES, TORCH_DTYPES
@@ -44,8 +45,7 @@ def harden_unpickling(torch) -> None:
         def __getattr__(self, name: str):
             raise AttributeError(f"pickle.{name} is disabled in the validator")
 
-    torch.load = weights_only_load
-    _package.torch.load = weights_only_load  # same module object; kept explicit for readers
+    torch.load = weights_only_load  # the archive reader calls torch.load through the torch module
     _package.pickle = WeightsOnlyPickle()
 
 
@@ -65,6 +65,11 @@ def _first_line(error: BaseException, last: bool = False) -> str:
     return (lines[-1] if last else lines[0])[:300]
 
 
+def _memory_line(error: BaseException) -> str:
+    lines = [line.strip() for line in str(error).splitlines() if "alloc" in line.lower() or "memory" in line.lower()]
+    return (lines[0] if lines else _first_line(error))[:300]
+
+
 def _out_of_memory(error: BaseException) -> bool:
     text = str(error).lower()
     return isinstance(error, MemoryError) or "can't allocate memory" in text or "bad_alloc" in text \
@@ -80,7 +85,12 @@ def check(torch, path: str, fmt: str, signature: dict) -> dict:
             module = torch.jit.load(path, map_location="cpu")
     except Exception as error:  # noqa: BLE001  every loader failure is the artifact's
         if _out_of_memory(error):
-            return {"ok": False, "kind": "memory", "reason": _first_line(error)}
+            return {"ok": False, "kind": "memory", "reason": _memory_line(error)}
+        if isinstance(error, pickle.UnpicklingError) or "weights only load failed" in str(error).lower():
+            return {"ok": False, "kind": "pickle",
+                    "reason": "the archive holds a pickle that names code or objects other than tensors and plain "
+                              "data; such pickles can run code, so the validator refuses them without running "
+                              f"them. Re-save the model from plain tensors. {HOW_TO_PRODUCE}"}
         what = "torch.export program (.pt2)" if fmt == "torch_export" else "TorchScript archive"
         return {"ok": False, "kind": "load",
                 "reason": f"the artifact looks like a {what} but does not load ({_first_line(error)}); "
@@ -90,7 +100,7 @@ def check(torch, path: str, fmt: str, signature: dict) -> dict:
             outputs = module(*[_example(torch, s, 2) for s in signature["inputs"]])
     except Exception as error:  # noqa: BLE001
         if _out_of_memory(error):
-            return {"ok": False, "kind": "memory", "reason": _first_line(error)}
+            return {"ok": False, "kind": "memory", "reason": _memory_line(error)}
         hint = (" (a torch.export program must be exported with a dynamic batch dimension: "
                 "dynamic_shapes={...: {0: torch.export.Dim('batch')}})") if fmt == "torch_export" else ""
         return {"ok": False, "kind": "call", "reason": "calling the model with the declared inputs (batch of 2) "
@@ -123,6 +133,7 @@ def main() -> None:
     verdict_out = os.fdopen(os.dup(1), "w")
     os.dup2(2, 1)
     import torch
+    import torch._export.serde.serialize  # noqa: F401  imported now (seconds) rather than per artifact
 
     torch.set_num_threads(1)
     harden_unpickling(torch)
