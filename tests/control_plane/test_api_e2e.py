@@ -119,7 +119,7 @@ def test_names_with_path_separators_or_odd_characters_are_refused(stack, generat
 def test_bad_artifacts_are_refused_and_leave_nothing_behind(stack, generated_models):
     entry = next(m for m in Manifest.read(generated_models).models if m.architecture == "mlp")
     cases = {
-        "not-torchscript": (b"definitely not a zip", None, "not a TorchScript archive"),
+        "not-torchscript": (b"definitely not a zip", None, "not a zip archive"),
         "wrong-signature": (None, json.dumps({
             "inputs": [{"name": "INPUT__0", "dtype": "FP32", "shape": [-1, entry.inputs[0].shape[1] + 3]}],
             "outputs": [o.model_dump(mode="json") for o in entry.outputs]}), "calling the model"),
