@@ -99,6 +99,22 @@ def test_pack_kind_separates_output_dtypes_and_stays_short():
     assert len(wide) <= MAX_KIND_CHARS and wide == pack_kind(entry(build.all_dtypes_signature()))
 
 
+@pytest.mark.parametrize("fmt", ["torchscript", "torch_export"])
+def test_the_neuron_compile_path_loads_either_format_and_builds_inputs_of_every_dtype(tmp_path, fmt):
+    import torch
+
+    from model_repository.neuron_compile import example_tensors, load_member
+
+    path = build.all_dtypes(tmp_path / f"m.{fmt}", fmt)
+    example = example_tensors(entry(build.all_dtypes_signature(), fmt), batch=8)
+    assert [str(t.dtype).removeprefix("torch.") for t in example] == [
+        "float32", "float16", "bfloat16", "int64", "int32", "int8", "uint8", "bool"]
+    assert all(t.shape == (8, 3) for t in example)
+    outputs = load_member(path, fmt)(*example)  # what torch_neuronx.trace is given
+    assert [o.dtype for o in outputs] == [t.dtype for t in example]
+    assert torch.equal(outputs[7], torch.logical_not(example[7]))
+
+
 # ---- archives --------------------------------------------------------------------------------------
 def empty(path: Path) -> Path:
     path.write_bytes(b"")

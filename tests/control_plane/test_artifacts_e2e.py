@@ -243,6 +243,19 @@ def test_a_body_over_the_limit_is_413_before_it_is_sent(cp):
     assert str(LIMIT) in body["error"]["message"] and "max_upload_bytes" in body["error"]["message"]
 
 
+def test_an_s3_object_over_the_limit_is_413_before_it_is_downloaded(cp, tmp_path):
+    sparse = tmp_path / "huge.pt"
+    with open(sparse, "wb") as handle:
+        handle.truncate(LIMIT + 1)
+    cp.seaweed.client().upload_file(str(sparse), "models", "uploads/huge.pt")
+    response = cp.api().post(f"{cp.url}/api/v1/models/from-s3", timeout=300, json={
+        "name": "huge", "s3_uri": "s3://models/uploads/huge.pt", "signature": build.linear_signature()})
+    assert response.status_code == 413, response.text
+    assert str(LIMIT) in response.json()["error"]["message"]
+    assert "max_upload_bytes" in response.json()["error"]["message"]
+    assert_nothing_left(cp, "huge")
+
+
 def vm_hwm_bytes(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
