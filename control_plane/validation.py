@@ -1,17 +1,17 @@
-"""Artifact validation in sandboxed, single-use worker processes.
+"""Artifact validation in sandboxed, single-use child processes.
 
 A registered artifact is untrusted: loading it may raise, hang, exhaust memory, crash the interpreter or
-(through a pickle) try to run code. So each artifact is loaded from its file by a fresh process
-(control_plane.validation_worker) that:
+(through a pickle) try to run code. So each artifact is loaded from its file by a fresh process that:
 - gets an allow-listed environment: no FLEET_* secrets, no Triton admin key, no AWS_* or other credentials;
 - runs in its own empty network namespace (`unshare --net`) where this machine allows it (root or user
   namespaces); `network_isolated` says whether it does;
-- has an address-space limit (RLIMIT_AS) sized from the artifact, a CPU-time limit (RLIMIT_CPU), and a
-  wall-clock timeout after which it is killed;
+- has an address-space limit (RLIMIT_AS) sized from the artifact and a CPU-time limit (RLIMIT_CPU), set
+  before it opens the file, and a wall-clock timeout after which it is killed;
 - handles one artifact and exits, so nothing one artifact did can affect the next.
-Importing torch takes seconds, so a few workers are started ahead ("spares", torch imported, no job yet)
-and the limits are applied to a spare with prlimit(2) once the artifact's size is known. The web server
-only ever sees a verdict; whatever happens to a worker, the next validation gets a new one.
+Importing torch costs seconds of CPU, far more than checking a small model, so the fresh processes are
+forked from a few sandboxed fork servers (control_plane.validation_worker) that imported torch once and
+never touch an artifact themselves. The web server only ever sees a verdict; a fork server that fails is
+replaced.
 """
 from __future__ import annotations
 
@@ -19,14 +19,14 @@ import json
 import logging
 import os
 import queue
-import resource
+import select
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import threading
-import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -69,20 +69,31 @@ def network_isolation_available() -> bool:
         return False
 
 
-def _cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as stat:
-        fields = stat.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-class _Worker:
-    """One started worker process, torch imported, waiting for its single job."""
+class _Server:
+    """One started fork server (control_plane.validation_worker), torch imported, serving one job at a time."""
 
     def __init__(self, command: list[str], env: dict[str, str], scratch: Path):
+        self.scratch = scratch
         self.stderr = tempfile.TemporaryFile(dir=scratch)
         self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                         stderr=self.stderr, env=env, cwd=scratch, start_new_session=True)
         self.ready = self.process.stdout.readline() == b"ready\n"
+
+    def alive(self) -> bool:
+        return self.ready and self.process.poll() is None
+
+    def ask(self, job: dict, timeout_s: float) -> dict | None:
+        """Send one job and wait for its verdict; None if the server died or stopped answering."""
+        try:
+            self.process.stdin.write((json.dumps(job) + "\n").encode())
+            self.process.stdin.flush()
+        except OSError:
+            return None
+        ready, _, _ = select.select([self.process.stdout], [], [], timeout_s)
+        if not ready:
+            return None
+        line = self.process.stdout.readline()
+        return json.loads(line) if line else None
 
     def stderr_tail(self) -> str:
         self.stderr.seek(0)
@@ -100,7 +111,7 @@ class _Worker:
 
 
 class ArtifactValidator:
-    """Validates artifacts in single-use sandboxed workers, `workers` at a time, with spares kept ready."""
+    """Validates artifacts in fresh sandboxed child processes, `workers` at a time (one fork server each)."""
 
     def __init__(self, workers: int = 2, limits: SandboxLimits | None = None, scratch: Path | None = None,
                  isolate_network: bool | None = None):
@@ -111,13 +122,12 @@ class ArtifactValidator:
         self.network_isolated = network_isolation_available() if isolate_network is None else isolate_network
         if not self.network_isolated:
             log.warning("validator workers share the host's network: `unshare --net` is not permitted here")
-        self._slots = threading.Semaphore(self.workers)
-        self._spares: queue.Queue[_Worker | Exception] = queue.Queue()
+        self._idle: queue.Queue[_Server | Exception] = queue.Queue()
         self._closed = threading.Event()
         for _ in range(self.workers):
-            self._start_spare()
+            self._start_server()
 
-    # ---- workers -------------------------------------------------------------------------------
+    # ---- servers -------------------------------------------------------------------------------
     def _command(self) -> list[str]:
         command = [sys.executable, "-m", "control_plane.validation_worker"]
         return (["unshare", "--net"] + command) if self.network_isolated else command
@@ -129,79 +139,58 @@ class ArtifactValidator:
                    TORCH_FORCE_WEIGHTS_ONLY_LOAD="1")
         return env
 
-    def _spawn(self) -> _Worker:
-        worker = _Worker(self._command(), self._env(), self.scratch)
-        if not worker.ready:
-            tail = worker.stderr_tail()
-            worker.kill()
-            raise RuntimeError(f"a validator worker did not start: {tail}")
-        return worker
-
-    def _start_spare(self) -> None:
+    def _start_server(self) -> None:
+        """Start a fork server in the background (importing torch takes seconds) and make it idle."""
         def run() -> None:
             try:
-                worker = self._spawn()
+                server = _Server(self._command(), self._env(), self.scratch)
+                if not server.alive():
+                    tail = server.stderr_tail()
+                    server.kill()
+                    raise RuntimeError(f"a validator worker did not start: {tail}")
             except (OSError, RuntimeError) as error:
                 log.error("%s", error)
-                self._spares.put(error)
+                self._idle.put(error)
                 return
             if self._closed.is_set():
-                worker.kill()
+                server.kill()
             else:
-                self._spares.put(worker)
-        threading.Thread(target=run, name="validator-spare", daemon=True).start()
+                self._idle.put(server)
+        threading.Thread(target=run, name="validator-start", daemon=True).start()
 
-    def _take(self) -> _Worker:
+    def _take(self) -> _Server:
         try:
-            worker = self._spares.get(timeout=self.limits.timeout_s)
+            server = self._idle.get(timeout=self.limits.timeout_s + 60)
         except queue.Empty:
-            raise ValidatorUnavailable(f"no validator worker started within {self.limits.timeout_s:.0f} s") \
-                from None
-        self._start_spare()
-        if isinstance(worker, Exception):
-            raise ValidatorUnavailable(str(worker))
-        if worker.process.poll() is not None:  # a spare that died while waiting: start one now
-            worker.kill()
-            try:
-                return self._spawn()
-            except (OSError, RuntimeError) as error:
-                raise ValidatorUnavailable(str(error)) from None
-        return worker
+            raise ValidatorUnavailable("no validator worker became free in time") from None
+        if isinstance(server, Exception):
+            self._start_server()  # try again for the next caller
+            raise ValidatorUnavailable(str(server))
+        if not server.alive():
+            server.kill()
+            self._start_server()
+            return self._take()
+        return server
 
     # ---- validation ----------------------------------------------------------------------------
     def validate(self, path: Path, fmt: str, signature: dict, artifact_bytes: int | None = None) -> None:
-        """Load the artifact at `path` in a sandboxed worker and call it; raises ArtifactRejected."""
+        """Load the artifact at `path` in a fresh sandboxed process and call it; raises ArtifactRejected."""
         size = artifact_bytes if artifact_bytes is not None else Path(path).stat().st_size
         memory = self.limits.memory_for(size)
-        with self._slots:
-            worker = self._take()
-            try:
-                verdict = self._run(worker, path, fmt, signature, memory)
-            finally:
-                worker.kill()
+        job = {"path": str(Path(path).resolve()), "format": fmt, "signature": signature,
+               "memory_bytes": memory, "cpu_s": self.limits.cpu_s, "timeout_s": self.limits.timeout_s,
+               "log": str(self.scratch / f"job-{uuid.uuid4().hex}.log")}
+        server = self._take()
+        verdict = server.ask(job, self.limits.timeout_s + 30)
+        if verdict is None:  # the fork server itself failed: replace it; the artifact gets the blame
+            tail = server.stderr_tail()
+            server.kill()
+            self._start_server()
+            verdict = {"ok": False, "kind": "crash", "reason": tail or "the validator worker stopped answering"}
+        else:
+            self._idle.put(server)
         if not verdict["ok"]:
             raise ArtifactRejected(self._explain(verdict, memory))
-
-    def _run(self, worker: _Worker, path: Path, fmt: str, signature: dict, memory: int) -> dict:
-        pid = worker.process.pid
-        cpu = int(_cpu_seconds(pid)) + self.limits.cpu_s
-        resource.prlimit(pid, resource.RLIMIT_AS, (memory, memory))
-        resource.prlimit(pid, resource.RLIMIT_CPU, (cpu, cpu + 5))
-        job = json.dumps({"path": str(Path(path).resolve()), "format": fmt, "signature": signature}) + "\n"
-        started = time.monotonic()
-        try:
-            out, _ = worker.process.communicate(job.encode(), timeout=self.limits.timeout_s)
-        except subprocess.TimeoutExpired:
-            return {"ok": False, "kind": "timeout", "reason": f"{time.monotonic() - started:.0f} s"}
-        lines = out.decode(errors="replace").strip().splitlines()
-        if worker.process.returncode == 0 and lines:
-            return json.loads(lines[-1])
-        code = worker.process.returncode
-        if code == -signal.SIGXCPU:  # the soft RLIMIT_CPU was reached
-            return {"ok": False, "kind": "cpu", "reason": ""}
-        cause = signal.Signals(-code).name if code < 0 else f"exit status {code}"
-        return {"ok": False, "kind": "crash", "reason": f"{cause}; {worker.stderr_tail()}".strip("; ")}
-
     def _explain(self, verdict: dict, memory: int) -> str:
         kind, reason = verdict.get("kind"), verdict.get("reason", "")
         if kind == "timeout":
@@ -225,9 +214,9 @@ class ArtifactValidator:
         self._closed.set()
         while True:
             try:
-                spare = self._spares.get_nowait()
+                spare = self._idle.get_nowait()
             except queue.Empty:
                 break
-            if isinstance(spare, _Worker):
+            if isinstance(spare, _Server):
                 spare.kill()
 

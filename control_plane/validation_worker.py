@@ -1,10 +1,13 @@
-"""The sandboxed half of artifact validation: one process, one untrusted artifact, then exit.
+"""The sandboxed half of artifact validation: a fork server, one fresh child process per artifact.
 
 Run as `python -m control_plane.validation_worker` by control_plane.validation, which starts it with an
-allow-listed environment (no API token, Triton key or cloud credentials), in its own network namespace
-where the machine allows it, and sets its memory and CPU limits before handing it a job. Protocol: the
-worker imports torch, prints `ready`, reads one JSON job line from stdin ({"path", "format", "signature"})
-and prints one JSON verdict line ({"ok": true} or {"ok": false, "kind", "reason"}).
+allow-listed environment (no API token, Triton key or cloud credentials) and in its own network namespace
+where the machine allows it. It imports torch once (seconds of CPU), prints `ready`, then for each JSON job
+line on stdin ({"path", "format", "signature", "memory_bytes", "cpu_s", "timeout_s", "log"}) forks a child
+that sets its own RLIMIT_AS and RLIMIT_CPU before it opens the artifact, loads it from the file, calls it
+once and exits. The server kills a child that outlives the wall timeout, and answers one JSON verdict line
+({"ok": true} or {"ok": false, "kind", "reason"}). Whatever a child does (hang, exhaust memory, abort), the
+next artifact gets a new child of the same clean parent, which never touched an artifact itself.
 
 Unpickling: torch.jit.load uses TorchScript's own unpickler, which builds only tensors and TorchScript
 types. torch.export.load in torch 2.13 is not so careful: pickled weights and tensor constants go through
@@ -17,7 +20,11 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import resource
+import select
+import signal
 import sys
+import time
 
 from model_repository.formats import HOW_TO_PRODUCE, INTEGER_DTYPES, TORCH_DTYPES
 
@@ -128,27 +135,95 @@ def check(torch, path: str, fmt: str, signature: dict) -> dict:
     return {"ok": True}
 
 
+def _run_child(torch, job: dict, verdict_fd: int) -> None:
+    """In the forked child: limit this process, then load and check the artifact; never returns."""
+    code = 0
+    try:
+        log_fd = os.open(job["log"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.dup2(log_fd, 1)
+        os.dup2(log_fd, 2)
+        resource.setrlimit(resource.RLIMIT_AS, (job["memory_bytes"], job["memory_bytes"]))
+        resource.setrlimit(resource.RLIMIT_CPU, (job["cpu_s"], job["cpu_s"] + 5))
+        try:
+            verdict = check(torch, job["path"], job["format"], job["signature"])
+        except MemoryError as error:
+            verdict = {"ok": False, "kind": "memory", "reason": _memory_line(error)}
+        os.write(verdict_fd, json.dumps(verdict).encode())
+    except BaseException:  # noqa: BLE001  reported to the server as a crash with the log's last line
+        code = 70
+    finally:
+        os._exit(code)
+
+
+def _log_tail(path: str) -> str:
+    try:
+        with open(path, errors="replace") as log:
+            lines = [line.strip() for line in log.read()[-4000:].splitlines() if line.strip()]
+    except OSError:
+        return ""
+    return lines[-1][:300] if lines else ""
+
+
+def run_job(torch, job: dict) -> dict:
+    """Fork a child for one artifact, wait for its verdict within the job's wall timeout, reap it."""
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(read_fd)
+        _run_child(torch, job, write_fd)
+    os.close(write_fd)
+    deadline = time.monotonic() + job["timeout_s"]
+    data = b""
+    try:
+        while True:
+            ready, _, _ = select.select([read_fd], [], [], max(0.0, deadline - time.monotonic()))
+            if not ready:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+                return {"ok": False, "kind": "timeout", "reason": f"{job['timeout_s']:.0f} s", "pid": pid}
+            chunk = os.read(read_fd, 65536)
+            if not chunk:
+                break
+            data += chunk
+    finally:
+        os.close(read_fd)
+    _, status = os.waitpid(pid, 0)
+    if os.WIFSIGNALED(status):
+        number = os.WTERMSIG(status)
+        if number == signal.SIGXCPU:
+            return {"ok": False, "kind": "cpu", "reason": "", "pid": pid}
+        detail = "; ".join(x for x in (signal.Signals(number).name, _log_tail(job["log"])) if x)
+        return {"ok": False, "kind": "crash", "reason": detail, "pid": pid}
+    if not data:
+        detail = "; ".join(x for x in (f"exit status {os.WEXITSTATUS(status)}", _log_tail(job["log"])) if x)
+        return {"ok": False, "kind": "crash", "reason": detail, "pid": pid}
+    return {**json.loads(data), "pid": pid}
+
+
 def main() -> None:
-    # The verdict goes to the original stdout; anything torch or a model prints goes to stderr instead.
+    """Serve jobs from stdin, one forked child each, until stdin closes."""
+    # Verdicts go to the original stdout; anything torch prints goes to stderr instead.
     verdict_out = os.fdopen(os.dup(1), "w")
     os.dup2(2, 1)
     import torch
-    import torch._export.serde.serialize  # noqa: F401  imported now (seconds) rather than per artifact
+    import torch._export.serde.serialize  # noqa: F401  imported once here rather than in every child
 
-    torch.set_num_threads(1)
+    torch.set_num_threads(1)  # before any fork: no intra-op thread pool exists to be copied half-alive
     harden_unpickling(torch)
     verdict_out.write("ready\n")
     verdict_out.flush()
-    line = sys.stdin.readline()
-    if not line:
-        return  # the validator closed: it no longer needs this spare
-    job = json.loads(line)
-    try:
-        verdict = check(torch, job["path"], job["format"], job["signature"])
-    except MemoryError as error:
-        verdict = {"ok": False, "kind": "memory", "reason": _first_line(error)}
-    verdict_out.write(json.dumps(verdict) + "\n")
-    verdict_out.flush()
+    for line in sys.stdin:
+        job = json.loads(line)
+        try:
+            verdict = run_job(torch, job)
+        finally:
+            try:
+                os.unlink(job["log"])
+            except OSError:
+                pass
+        verdict_out.write(json.dumps(verdict) + "\n")
+        verdict_out.flush()
+
 
 if __name__ == "__main__":
     main()

@@ -172,7 +172,7 @@ def validator(tmp_path_factory):
 
 
 def test_workers_run_without_secrets_and_without_the_host_network(validator):
-    spare = validator._spares.get(timeout=120)  # a started worker, as the next validation would get it
+    spare = validator._take()  # a started fork server, as the next validation would get it
     try:
         environment = Path(f"/proc/{spare.process.pid}/environ").read_bytes().decode()
         for secret in ("secret-token", "admin-key", "aws-secret", "FLEET_", "AWS_"):
@@ -180,7 +180,7 @@ def test_workers_run_without_secrets_and_without_the_host_network(validator):
         if validator.network_isolated:
             assert os.readlink(f"/proc/{spare.process.pid}/ns/net") != os.readlink("/proc/self/ns/net")
     finally:
-        validator._spares.put(spare)
+        validator._idle.put(spare)
 
 
 @pytest.mark.parametrize("fmt", ["torchscript", "torch_export"])
