@@ -39,8 +39,10 @@ def cp(tmp_path_factory, seaweed):
            "FLEET_REPOSITORY_URI": f"s3://models/art-{uuid.uuid4().hex[:8]}",
            "FLEET_S3_ENDPOINT_URL": seaweed.endpoint_url, "FLEET_MAX_UPLOAD_BYTES": str(LIMIT),
            "FLEET_UPLOAD_STAGING_DIR": str(root / "staging"), "FLEET_VALIDATION_TIMEOUT_S": str(VALIDATION_TIMEOUT_S),
-           "FLEET_RECONCILE_INTERVAL_S": "0.5", "FLEET_SERVER_DEAD_AFTER_S": "3", "PYTHONSAFEPATH": "1"}
+           "FLEET_RECONCILE_INTERVAL_S": "0.5", "FLEET_SERVER_DEAD_AFTER_S": "3", "PYTHONSAFEPATH": "1",
+           "FLEET_REPOSITORY_ROOT": str(root)}  # where servers' repositories may be (branch ha's setting)
     plane = ControlPlane(f"http://127.0.0.1:{free_port()}", env, root / "control-plane.log").start()
+    plane.root = root  # type: ignore[attr-defined]
     plane.staging = root / "staging"  # type: ignore[attr-defined]
     plane.seaweed = seaweed  # type: ignore[attr-defined]
     yield plane
@@ -290,8 +292,8 @@ def test_a_100_mb_upload_streams_through_the_web_process(cp, tmp_path):
 def test_a_pt2_model_serves_through_a_pack_on_a_real_tritonserver(cp, tmp_path):
     import tritonclient.grpc as grpcclient
 
-    repo = tmp_path / "repository"
-    repo.mkdir()
+    repo = cp.root / "pt2-server" / "repository"
+    repo.mkdir(parents=True)
     server = TritonServer(repo).start()
     try:
         added = cp.api().post(f"{cp.url}/api/v1/servers", json={
