@@ -161,6 +161,16 @@ def truncated(source: Path, path: Path) -> Path:
     return path
 
 
+def aoti_like(path: Path) -> Path:
+    """Laid out like an AOTInductor package (torch._inductor.aoti_compile_and_package): a compiled shared
+    library that would run native code when loaded. Never an accepted upload."""
+    with zipfile.ZipFile(path, "w") as archive:
+        for name in ("archive_format", "archive_version", "byteorder", "data/aotinductor/model/m.wrapper.so",
+                     "data/aotinductor/model/m.wrapper.cpp"):
+            archive.writestr(f"m/{name}", b"pt2" if name == "archive_format" else b"\0")
+    return path
+
+
 def plain_zip(path: Path) -> Path:
     with zipfile.ZipFile(path, "w") as archive:
         archive.writestr("README.txt", "not a model")

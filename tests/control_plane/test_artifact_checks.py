@@ -135,6 +135,7 @@ def test_formats_are_detected_from_the_archive(tmp_path):
     (lambda d: build.truncated(build.linear(d / "ok.pt"), d / "half.pt"), 422, "truncated"),
     (lambda d: build.zip_bomb(d / "bomb.pt", 64 * 2**20), 422, "zip bomb"),
     (lambda d: build.plain_zip(d / "readme.zip"), 422, "neither TorchScript nor torch.export"),
+    (lambda d: build.aoti_like(d / "compiled.pt2"), 422, "neither TorchScript nor torch.export"),
     (lambda d: build.torch_save_exploit(d / "evil.pt", d / "MARKER"), 422, "torch.save checkpoint"),
 ])
 def test_bad_archives_are_refused_before_anything_loads_them(tmp_path, make, status, words):
