@@ -215,11 +215,21 @@ main.add_command(adfilter_commands)
 @click.option("--models", type=click.IntRange(1), default=1000, show_default=True)
 @click.option("--loadtest-seconds", type=click.IntRange(1), default=20, show_default=True)
 @click.option("--users", type=click.IntRange(1), default=16, show_default=True)
-def up_command(models: int, loadtest_seconds: int, users: int) -> None:
+@click.option("--profile", type=click.Choice(PROFILE_NAMES), default="tiny", show_default=True,
+              help="Profile of the bulk of the models (see `fleet generate --help`).")
+@click.option("--real-size", default="bert-mini,resnet50,bert-small", show_default=True,
+              help="Real-size phase: one model of each listed kind, counted in --models ('' for none).")
+def up_command(models: int, loadtest_seconds: int, users: int, profile: str, real_size: str) -> None:
     """Start the local stack (S3, 2 tritonservers, control plane), register models, load-test it."""
     from fleet.stack import print_summary, up
 
-    print_summary(up(models=models, loadtest_seconds=loadtest_seconds, users=users))
+    kinds = tuple(k.strip() for k in real_size.split(",") if k.strip())
+    unknown = [k for k in kinds if k not in PROFILE_NAMES or k in ("tiny", "mixed")]
+    if unknown:
+        raise click.BadParameter(f"{unknown} are not real-size kinds; choose from bert-mini, bert-small, "
+                                 "bert-base, resnet50", param_hint="--real-size")
+    print_summary(up(models=models, loadtest_seconds=loadtest_seconds, users=users, profile=profile,
+                     real_size=kinds))
 
 
 @main.command(name="down")
