@@ -7,11 +7,16 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from model_repository.formats import ArtifactFormat, TritonDType
+
 Architecture = Literal["mlp", "cnn", "text"]
-TensorDType = Literal["FP32", "INT64"]
+TensorDType = TritonDType
 MANIFEST_NAME = "manifest.json"
 
-NUMPY_DTYPES = {"FP32": "float32", "INT64": "int64"}
+# The numpy dtype a client builds for each Triton dtype. numpy has no bfloat16: tritonclient sends BF16
+# tensors from float32 arrays (it truncates them to bfloat16 on the wire), so BF16 maps to float32 here.
+NUMPY_DTYPES = {"FP32": "float32", "FP16": "float16", "BF16": "float32", "INT64": "int64", "INT32": "int32",
+                "INT8": "int8", "UINT8": "uint8", "BOOL": "bool"}
 
 
 class TensorSpec(BaseModel):
@@ -28,8 +33,9 @@ class TensorSpec(BaseModel):
 class ModelEntry(BaseModel):
     model_config = ConfigDict(extra="forbid")
     id: str
-    architecture: Architecture | Literal["custom"]
+    architecture: Architecture | Literal["bert", "resnet", "custom"]
     file: str = Field(description="artifact path relative to the manifest's directory")
+    format: ArtifactFormat = Field("torchscript", description="torchscript (.pt) or torch_export (.pt2)")
     sha256: str
     bytes: int
     parameters: int
