@@ -47,8 +47,7 @@ class Plan:
     """Sizes of one run; --quick keeps the same shape at a fraction of the time."""
 
     cold_kinds: tuple[str, ...] = ("bert-mini", "bert-small", "bert-base")
-    cold_rounds: int = 3
-    baseline_rounds: int = 3
+    cold_rounds: int = 3  # each round: a cold request for each of the pack's two members
     neighbour_seconds: float = 15.0
     neighbour_big: str = "bert-base"
     zoo: dict[str, int] = field(default_factory=lambda: {"tiny": 120, "bert-mini": 40, "bert-small": 4,
@@ -60,7 +59,7 @@ class Plan:
 
     @classmethod
     def quick(cls) -> Plan:
-        return cls(cold_kinds=("bert-mini", "bert-small"), cold_rounds=2, baseline_rounds=2,
+        return cls(cold_kinds=("bert-mini", "bert-small"), cold_rounds=2,
                    neighbour_seconds=6.0, neighbour_big="bert-small",
                    zoo={"tiny": 40, "bert-mini": 18, "bert-small": 2}, zoo_budget=192 * MIB, zoo_seconds=25.0)
 
@@ -160,23 +159,19 @@ def percentile(values: list[float], q: float) -> float:
 
 
 # ---- 1. cold first request -------------------------------------------------------------------------
-def baseline_load_and_forward(entry: ModelEntry, folder: Path, rounds: int) -> float:
-    """Median seconds of torch.jit.load(path) + one forward, in this process, 1 thread, file in page cache."""
+def baseline_load_and_forward(entry: ModelEntry, folder: Path) -> float:
+    """Seconds of torch.jit.load(path) + one forward, in this process, 1 thread, file in page cache."""
     import torch
 
     torch.set_num_threads(1)
     path = folder / entry.file
     path.read_bytes()  # page cache, as for the server's load
     arrays = [torch.from_numpy(a) for a in example_inputs(entry, batch=1)]
-    times = []
-    for _ in range(rounds):
-        started = time.perf_counter()
-        module = torch.jit.load(str(path))
-        with torch.inference_mode():
-            module(*arrays)
-        times.append(time.perf_counter() - started)
-        del module
-    return statistics.median(times)
+    started = time.perf_counter()
+    module = torch.jit.load(str(path))
+    with torch.inference_mode():
+        module(*arrays)
+    return time.perf_counter() - started
 
 
 def cold_requests(plan: Plan, work: Path) -> list[dict]:
@@ -202,19 +197,21 @@ def cold_requests(plan: Plan, work: Path) -> list[dict]:
             name = f"cold-{kind}"
             server.load(name)
             entries = list(members.values())
-            baseline = baseline_load_and_forward(entries[0], folder, plan.baseline_rounds)
-            times = []
+            times, baselines = [], []
+            # Baseline and server alternate on the same file, so a busy moment of the shared machine hits both.
             for round_ in range(plan.cold_rounds * 2):
                 entry = entries[round_ % 2]
-                (folder / entry.file).read_bytes()
+                baselines.append(baseline_load_and_forward(entry, folder))
                 started = time.perf_counter()
                 client.infer(name, request_inputs(entry), parameters={"model_id": entry.id})
                 times.append(time.perf_counter() - started)
+            time.sleep(0.5)  # the loader flushes its counters just after it answers
             loads = metric(server, "fleet_pack_loads_total", name)
             server.unload(name)
-            cold = statistics.median(times)
+            cold, baseline = statistics.median(times), statistics.median(baselines)
             results.append({"kind": kind, "file_mib": entries[0].bytes / MIB, "budget_mib": budget / MIB,
-                            "cold_first_request_s": cold, "cold_all_s": times, "loads": loads,
+                            "cold_first_request_s": cold, "cold_all_s": times, "baseline_all_s": baselines,
+                            "loads": loads,
                             "baseline_load_forward_s": baseline, "ratio": cold / baseline})
             print(f"cold {kind}: {cold:.3f} s vs torch.jit.load+forward {baseline:.3f} s -> "
                   f"{cold / baseline:.2f}x ({int(loads)} loads for {len(times)} requests)", flush=True)

@@ -458,24 +458,31 @@ class TritonPythonModel:
             f"{self.max_resident_bytes / mib:.0f} MB: place it in a pack with a larger max_resident_bytes "
             "(a server with more memory) instead of this one", "UNAVAILABLE")
 
-    def _evict_for(self, needed: int, keep: str | None = None) -> int:
-        """Evict least recently used members until `needed` more bytes fit; returns how many went.
+    def _make_room(self, needed: int, keep: str | None = None) -> None:
+        """Evict least recently used members until `needed` more bytes fit in the budget.
 
-        Called BEFORE a load, so the stub's peak stays within the budget.
+        Called BEFORE a load (so the stub's peak stays within the budget) and after it. Memory the stub
+        holds beyond the empty stub and the members' charges (allocator fragmentation, caches) counts too,
+        so that the RSS, not only the accounting, follows the budget.
         """
+        unaccounted = max(0, rss_bytes() - self.baseline_rss - self.resident_bytes)
         evicted = 0
         with self.lock:
-            while self.resident and self.resident_bytes + needed > self.max_resident_bytes:
+            while self.resident and self.resident_bytes + unaccounted + needed > self.max_resident_bytes:
                 victim = next(iter(self.resident))
                 if victim == keep:
-                    break
+                    if len(self.resident) == 1:
+                        break
+                    self.resident.move_to_end(victim)
+                    continue
                 old = self.resident.pop(victim)
                 self.resident_bytes -= old.cost
                 self.buffer.pending[victim].evictions += 1
                 self.buffer.pack.evictions += 1
                 self._set_gauges(victim, resident_bytes=0)
                 evicted += 1
-        return evicted
+        if evicted:
+            self._release_memory()
 
     def _release_memory(self) -> None:
         """Give freed tensors back to the OS so the stub's RSS follows the budget, not its peak."""
@@ -489,8 +496,7 @@ class TritonPythonModel:
             raise self._over_budget(member, member.bytes, "its artifact's size")
         # Estimate before loading: a previous measurement, else the file size (tensors dominate it).
         estimate = max(member.bytes or 0, self.known_cost.get(ident, 0))
-        if self._evict_for(estimate):
-            self._release_memory()
+        self._make_room(estimate)
         started = time.perf_counter()
         before = rss_bytes()
         module = self._load_module(member)
@@ -512,13 +518,12 @@ class TritonPythonModel:
             raise self._over_budget(member, cost, f"measured: {growth / 2**20:.0f} MB resident growth, "
                                     f"{parameter_bytes / 2**20:.0f} MB of tensors")
         del tensors
-        if self._evict_for(cost - estimate if cost > estimate else 0):
-            self._release_memory()
         entry = Resident(module=module, cost=cost, parameter_bytes=parameter_bytes, rss_growth=growth)
         with self.lock:
             self.resident[ident] = entry
             self.resident_bytes += cost
             self._set_gauges(ident, resident_bytes=cost)
+        self._make_room(0, keep=ident)  # the measured cost may exceed the estimate
         return entry
 
     def _remember_failure(self, ident: str, error: RequestError) -> None:
