@@ -271,6 +271,7 @@ class TritonPythonModel:
         self.loading: str | None = None
         self.failures: dict[str, Failure] = {}
         self.known_cost: dict[str, int] = {}  # measured cost of members loaded before (a better estimate)
+        self.cost_per_file_byte = 1.0  # running mean of cost / file size, for members not loaded before
         self.verified: set[tuple] = set()  # file identities whose sha256 was checked (verify_sha256=once)
         self.stopping = False
         self.trim = _malloc_trim()
@@ -494,8 +495,9 @@ class TritonPythonModel:
         member = self.members[ident]
         if member.bytes is not None and member.bytes > self.max_resident_bytes:
             raise self._over_budget(member, member.bytes, "its artifact's size")
-        # Estimate before loading: a previous measurement, else the file size (tensors dominate it).
-        estimate = max(member.bytes or 0, self.known_cost.get(ident, 0))
+        # Estimate before loading: a previous measurement, else the file size times what loads in this
+        # stub have cost per file byte so far (tensors dominate a file; the program adds some).
+        estimate = self.known_cost.get(ident) or int((member.bytes or 0) * self.cost_per_file_byte)
         self._make_room(estimate)
         started = time.perf_counter()
         before = rss_bytes()
@@ -506,6 +508,9 @@ class TritonPythonModel:
         parameter_bytes = sum(t.numel() * t.element_size() for t in tensors)
         cost = max(growth, parameter_bytes)
         self.known_cost[ident] = cost
+        if member.bytes:
+            ratio = min(3.0, max(1.0, cost / member.bytes))
+            self.cost_per_file_byte = 0.8 * self.cost_per_file_byte + 0.2 * ratio
         with self.lock:
             self.buffer.pending[ident].loads += 1
             self.buffer.pending[ident].load_seconds += seconds
