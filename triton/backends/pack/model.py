@@ -701,6 +701,8 @@ class TritonPythonModel:
         member = self.members[ident]
         if member.bytes is not None and member.bytes > self.max_resident_bytes:
             return None, self._over_budget(member, member.bytes, "its artifact's size")
+        if self.known_cost.get(ident, 0) > self.max_resident_bytes:  # measured at an earlier load: final
+            return None, self._over_budget(member, self.known_cost[ident], "measured at its last load")
         queued = self.waiting.get(ident, [])
         if len(queued) >= self.knobs.max_waiting_per_member or self.waiting_total >= self.knobs.max_waiting:
             self.buffer.pack.shed += 1
