@@ -3,22 +3,31 @@
 Why this shape: it is what most teams write first, and what the packs claim to beat. It is built to be a
 faithful, not a straw-man, version of that pattern:
 
-* one uvicorn worker (with uvloop and httptools, the ``uvicorn[standard]`` production setup), access log off;
+* uvicorn with one worker process per core (``--workers``, default: the machine's cores, as a production
+  deployment would run it; every worker holds every model), uvloop and httptools (the ``uvicorn[standard]``
+  production setup), access log off;
 * every TorchScript model loaded at start into a dict keyed by model id (no lazy loading, no LRU);
 * ``POST /predictions/{model_id}`` with a JSON body ``{"inputs": [[...], ...]}`` (batch first), validated by
   a pydantic model; the handler converts to a tensor with the model's dtype, runs the forward pass
   synchronously under ``torch.inference_mode()`` and answers ``{"outputs": [[...], ...]}``;
-* torch on one thread, like each pack instance (``PackSettings.torch_threads``), so both use the same cores.
+* torch on one thread per worker, like each pack instance (``PackSettings.torch_threads``): with workers =
+  cores both contenders can use every core (until 2026-11-30 the baseline ran one worker, i.e. one core,
+  against packs that used both: an unfair comparison, corrected).
+
+``--only MODEL_ID`` serves a single model: the seeds' design, one model-server process per model
+(``benchmarks.seeds_baseline``).
 
 The handler is ``async def`` with the forward pass inline ("synchronous torch in the handler"): for models
 this small that is faster than FastAPI's ``def`` handlers, which hop to a thread pool for every request
 (``--handler sync`` runs that variant).
 
-Run: ``python -m benchmarks.fastapi_baseline --models MANIFEST_DIR --port 8080 [--device cuda]``.
+Run: ``python -m benchmarks.fastapi_baseline --models MANIFEST_DIR --port 8080 [--workers N] [--device cuda]``.
 """
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -40,11 +49,15 @@ class PredictRequest(BaseModel):
     inputs: list[Any]
 
 
-def load_models(models_dir: Path, device: str = "cpu", limit: int | None = None
+def load_models(models_dir: Path, device: str = "cpu", limit: int | None = None, only: str | None = None
                 ) -> tuple[dict[str, torch.jit.ScriptModule], dict[str, torch.dtype]]:
     """Every model of a generated manifest, loaded and on `device` (the pattern: all resident, in a dict)."""
     manifest = Manifest.read(models_dir)
     entries = manifest.models[:limit] if limit else manifest.models
+    if only is not None:
+        entries = [e for e in entries if e.id == only]
+        if not entries:
+            raise SystemExit(f"model {only!r} is not in {models_dir}/manifest.json")
     models: dict[str, torch.jit.ScriptModule] = {}
     dtypes: dict[str, torch.dtype] = {}
     for entry in entries:
@@ -55,11 +68,11 @@ def load_models(models_dir: Path, device: str = "cpu", limit: int | None = None
 
 
 def create_app(models_dir: Path, device: str = "cpu", handler: str = "async", torch_threads: int = 1,
-               limit: int | None = None) -> FastAPI:
+               limit: int | None = None, only: str | None = None) -> FastAPI:
     """The app with every model already loaded (so the first request is not a load)."""
     torch.set_num_threads(torch_threads)
     started = time.perf_counter()
-    models, dtypes = load_models(models_dir, device, limit)
+    models, dtypes = load_models(models_dir, device, limit, only)
     load_s = time.perf_counter() - started
     app = FastAPI(title="classic multi-model server (baseline)")
 
@@ -89,9 +102,21 @@ def create_app(models_dir: Path, device: str = "cpu", handler: str = "async", to
     @app.get("/health")
     async def health() -> dict:
         return {"models": len(models), "device": device, "load_s": load_s, "handler": handler,
-                "torch_threads": torch.get_num_threads()}
+                "torch_threads": torch.get_num_threads(), "pid": os.getpid(),
+                "workers": int(os.environ.get(_WORKERS_ENV, "1"))}
 
     return app
+
+
+_APP_ENV, _WORKERS_ENV = "FLEET_BASELINE_APP", "FLEET_BASELINE_WORKERS"
+
+
+def app_from_environment() -> FastAPI:
+    """uvicorn's factory for each worker process: several workers need an import string, not an app object,
+    so the arguments travel in an environment variable."""
+    arguments = json.loads(os.environ[_APP_ENV])
+    arguments["models_dir"] = Path(arguments["models_dir"])
+    return create_app(**arguments)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -105,9 +130,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--handler", choices=("async", "sync"), default="async")
     parser.add_argument("--torch-threads", type=int, default=1)
     parser.add_argument("--limit", type=int, default=None, help="serve only the first N models")
+    parser.add_argument("--only", default=None, metavar="MODEL_ID", help="serve this one model only")
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                        help="uvicorn worker processes (default: cores)")
     args = parser.parse_args(argv)
-    app = create_app(args.models, args.device, args.handler, args.torch_threads, args.limit)
-    uvicorn.run(app, host=args.host, port=args.port, workers=1, log_level="warning", access_log=False)
+    arguments = {"models_dir": str(args.models), "device": args.device, "handler": args.handler,
+                 "torch_threads": args.torch_threads, "limit": args.limit, "only": args.only}
+    if args.workers <= 1:  # one process: no supervisor in between (what the seeds' per-model server runs)
+        app = create_app(**{**arguments, "models_dir": args.models})
+        uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)
+        return 0
+    os.environ[_APP_ENV], os.environ[_WORKERS_ENV] = json.dumps(arguments), str(args.workers)
+    uvicorn.run("benchmarks.fastapi_baseline:app_from_environment", factory=True, host=args.host, port=args.port,
+                workers=args.workers, log_level="warning", access_log=False)
     return 0
 
 

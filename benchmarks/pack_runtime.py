@@ -44,6 +44,26 @@ class _Request:
     def parameters(self) -> str:
         return self._parameters
 
+    def get_response_sender(self) -> _Sender:
+        return _Sender()
+
+
+class _Sender:
+    """A cold member's request is answered later, from the runtime's loader thread, through its sender."""
+
+    def send(self, response: object, flags: int = 0) -> None:
+        self.response = response
+
+
+class _TritonError:
+    NOT_FOUND, INVALID_ARG, UNAVAILABLE, INTERNAL = "NOT_FOUND", "INVALID_ARG", "UNAVAILABLE", "INTERNAL"
+
+    def __init__(self, message: str, code: str = "INTERNAL") -> None:
+        self.message, self.code = message, code
+
+    def __repr__(self) -> str:
+        return f"{self.code}: {self.message}"
+
 
 class _Response:
     def __init__(self, output_tensors: list, error: object = None) -> None:
@@ -76,7 +96,8 @@ def stand_in_utils() -> types.ModuleType:
     module = types.ModuleType("triton_python_backend_utils")
     module.Tensor = _Tensor
     module.InferenceResponse = _Response
-    module.TritonError = lambda message: message
+    module.TritonError = _TritonError
+    module.TRITONSERVER_RESPONSE_COMPLETE_FINAL = 1
     module.MetricFamily = _MetricFamily
     module.get_input_tensor_by_name = lambda request, name: request._inputs.get(name)
     return module
@@ -114,8 +135,13 @@ def profile(repository: Path, targets: Sequence[Target], order: Sequence[int], r
     packs = {name: load_pack(repository / name) for name in sorted({t.model for t in targets})}
     built = [_Request({"INPUT__0": t.array}, {"model_id": t.member} if t.member else {}) for t in targets]
     for index in range(len(targets)):  # load every member, past TorchScript's first (profiling) calls
+        pack = packs[targets[index].model]
+        ident, deadline = targets[index].member or pack.single_member, time.monotonic() + 60
+        pack.execute([built[index]])  # a cold member loads in the runtime's loader thread
+        while ident not in pack.resident and time.monotonic() < deadline:
+            time.sleep(0.01)
         for _ in range(2):
-            packs[targets[index].model].execute([built[index]])
+            pack.execute([built[index]])
     for pack in packs.values():
         pack.buffer.pending.clear()
     sequence = [order[k % len(order)] for k in range(requests)]

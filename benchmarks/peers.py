@@ -92,6 +92,8 @@ class FastAPIServer:
     log_path: Path
     device: str = "cpu"
     port: int = field(default_factory=free_port)
+    workers: int = field(default_factory=lambda: os.cpu_count() or 1)  # one uvicorn worker per core
+    only: str | None = None  # serve one model (the seeds' one-process-per-model design)
     startup_timeout_s: float = 300.0
     process: subprocess.Popen | None = field(default=None, init=False, repr=False)
 
@@ -103,7 +105,9 @@ class FastAPIServer:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         env = dict(os.environ, PYTHONSAFEPATH="1", OMP_NUM_THREADS="1")
         command = [sys.executable, "-m", "benchmarks.fastapi_baseline", "--models", str(self.models_dir),
-                   "--port", str(self.port), "--device", self.device]
+                   "--port", str(self.port), "--device", self.device, "--workers", str(self.workers)]
+        if self.only is not None:
+            command += ["--only", self.only]
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env,
                                             start_new_session=True)
@@ -347,7 +351,7 @@ def serving(models_dir: Path, work: Path, config: PeersConfig, progress: bool = 
             urls, bodies = fastapi_requests(fastapi.url, targets)
             contenders["fastapi_http"] = Contender(
                 "fastapi_http", lambda c, u=urls, b=bodies: HttpSender(u, b, c, timeout), fastapi.process.pid,
-                "HTTP/JSON (aiohttp)", "uvicorn + FastAPI, 1 worker")
+                "HTTP/JSON (aiohttp)", f"uvicorn + FastAPI, {fastapi.workers} workers (= cores)")
         yield {"contenders": {k: contenders[k] for k in config.contenders if k in contenders},
                "targets": targets, "plans": plans, "packs": packs, "source": source, "packs_repo": packs_repo,
                "fastapi_health": getattr(fastapi, "health", None)}

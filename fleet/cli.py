@@ -11,6 +11,9 @@ from tqdm import tqdm
 
 from adfilter.cli import adfilter as adfilter_commands
 
+# Kept in step with model_repository.profiles.PROFILES (not imported: it pulls torch into every command).
+PROFILE_NAMES = ("tiny", "bert-mini", "bert-small", "bert-base", "resnet50", "mixed")
+
 
 def _progress(total: int, unit: str, desc: str, unit_scale: bool = False) -> tqdm:
     return tqdm(total=total, unit=unit, desc=desc, unit_scale=unit_scale, dynamic_ncols=True)
@@ -35,14 +38,34 @@ def main(verbose: bool) -> None:
 @click.option("--seed", type=int, default=0, show_default=True,
               help="Same seed and count give byte-identical artifacts and manifest.")
 @click.option("--workers", type=click.IntRange(1), default=None, help="Processes (default: cores).")
-def generate(count: int, out: Path, seed: int, workers: int | None) -> None:
-    """Write N unique TorchScript models (MLP, CNN, EmbeddingBag text) and OUT/manifest.json."""
+@click.option("--profile", type=click.Choice(PROFILE_NAMES), default="tiny", show_default=True,
+              help="tiny (6-300 KB), bert-mini (~42 MiB), bert-small (~109 MiB), bert-base (~415 MiB), "
+                   "resnet50 (~98 MiB), or mixed (90 % tiny, 8 % bert-mini, 0.75 % bert-small, "
+                   "0.75 % resnet50, 0.5 % bert-base); see model_repository/profiles.py.")
+@click.option("--format", "fmt", type=click.Choice(["torchscript", "torch_export"]), default="torchscript",
+              show_default=True, help="TorchScript (.pt) or a torch.export ExportedProgram (.pt2).")
+def generate(count: int, out: Path, seed: int, workers: int | None, profile: str, fmt: str) -> None:
+    """Write N unique models of a profile (tiny MLP/CNN/text, BERT- or ResNet-shaped) and OUT/manifest.json."""
+    from collections import Counter
+
+    from model_repository import profiles
     from model_repository.generator import generate as run
 
+    needed, free = profiles.disk_needed(profile, count), profiles.disk_free(out)
+    click.echo(f"{count} {profile} models as {fmt}: needs up to {needed / 2**30:.2f} GiB on disk "
+               f"({free / 2**30:.1f} GiB free)")
+    try:
+        profiles.check_disk(out, needed)
+    except profiles.NotEnoughDisk as error:
+        raise click.ClickException(str(error)) from None
     with _progress(count, "model", "generate") as bar:
-        manifest = run(count, out, seed=seed, workers=workers, on_progress=bar.update)
-    kinds = {a: sum(m.architecture == a for m in manifest.models) for a in ("mlp", "cnn", "text")}
-    click.echo(f"wrote {len(manifest.models)} models to {out} ({kinds}); manifest {out / 'manifest.json'}")
+        manifest = run(count, out, seed=seed, workers=workers, on_progress=bar.update, profile=profile, fmt=fmt,
+                       check_disk_space=False)
+    kinds = Counter(m.id.rsplit("-", 1)[0] if m.architecture in ("bert", "resnet") else m.architecture
+                    for m in manifest.models)
+    total = sum(m.bytes for m in manifest.models)
+    click.echo(f"wrote {len(manifest.models)} models ({total / 2**20:.1f} MiB) to {out} "
+               f"({dict(sorted(kinds.items()))}); manifest {out / 'manifest.json'}")
 
 
 @main.command()
@@ -192,11 +215,21 @@ main.add_command(adfilter_commands)
 @click.option("--models", type=click.IntRange(1), default=1000, show_default=True)
 @click.option("--loadtest-seconds", type=click.IntRange(1), default=20, show_default=True)
 @click.option("--users", type=click.IntRange(1), default=16, show_default=True)
-def up_command(models: int, loadtest_seconds: int, users: int) -> None:
+@click.option("--profile", type=click.Choice(PROFILE_NAMES), default="tiny", show_default=True,
+              help="Profile of the bulk of the models (see `fleet generate --help`).")
+@click.option("--real-size", default="bert-mini,resnet50,bert-small", show_default=True,
+              help="Real-size phase: one model of each listed kind, counted in --models ('' for none).")
+def up_command(models: int, loadtest_seconds: int, users: int, profile: str, real_size: str) -> None:
     """Start the local stack (S3, 2 tritonservers, control plane), register models, load-test it."""
     from fleet.stack import print_summary, up
 
-    print_summary(up(models=models, loadtest_seconds=loadtest_seconds, users=users))
+    kinds = tuple(k.strip() for k in real_size.split(",") if k.strip())
+    unknown = [k for k in kinds if k not in PROFILE_NAMES or k in ("tiny", "mixed")]
+    if unknown:
+        raise click.BadParameter(f"{unknown} are not real-size kinds; choose from bert-mini, bert-small, "
+                                 "bert-base, resnet50", param_hint="--real-size")
+    print_summary(up(models=models, loadtest_seconds=loadtest_seconds, users=users, profile=profile,
+                     real_size=kinds))
 
 
 @main.command(name="down")

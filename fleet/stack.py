@@ -4,6 +4,14 @@ Up starts SeaweedFS (S3), two tritonservers and the control plane (waitress), th
 would through the REST API: registers the servers, generates and registers 1,000 unique models, waits
 until every one is servable, runs a short locust load test and prints a summary. Everything it starts is
 recorded in .fleet/stack.json so `fleet down` stops all of it.
+
+Real sizes: of the 1,000 models, the last few are a real-size phase (by default one BERT-mini of 42 MiB,
+one ResNet-50 of 98 MiB and one BERT-small of 109 MiB, from model_repository/profiles.py), so that a
+newcomer sees upload, validation, S3, sync and a pack load move hundreds of megabytes, and the summary
+prints the bytes served and each real-size model's first (cold) and second (warm) answer. The rest use
+`--profile` (tiny by default: the whole `mixed` profile is ~7 GiB per 1,000 models, more than a 2-core
+CI machine moves in the three minutes the demo may take; `fleet up --profile mixed` does it where there
+is time).
 """
 from __future__ import annotations
 
@@ -25,6 +33,8 @@ from tqdm import tqdm
 from fleet.seaweedfs import SeaweedS3
 from fleet.triton_server import TritonServer, free_port
 
+# One of each kind a 2-core CI machine can move within the demo's time (bert-base, 417 MiB, cannot).
+REAL_SIZE_PHASE = ("bert-mini", "resnet50", "bert-small")
 STATE_DIR = Path(".fleet")
 STACK_FILE = STATE_DIR / "stack.json"
 BUCKET = "fleet-models"
@@ -97,7 +107,84 @@ def _wait_http(url: str, timeout_s: float, process: subprocess.Popen, log: Path)
     raise click.ClickException(f"{url} not ready after {timeout_s:.0f} s; see {log}")
 
 
-def up(models: int = 1000, loadtest_seconds: int = 20, users: int = 16, seed: int = 0) -> dict:
+def _generate(models: int, profile: str, real_size: tuple[str, ...], seed: int) -> list[tuple[Path, object]]:
+    """The demo's models as (folder, manifest entry): `models - len(real_size)` of `profile`, then one model
+    of each real-size kind (indices continue, so every id is unique)."""
+    from model_repository import profiles
+
+    bulk = models - len(real_size)
+    if bulk < 0:
+        raise click.ClickException(f"--models {models} is fewer than the {len(real_size)} real-size models")
+    generated, out = STATE_DIR / "generated", []
+    needed = profiles.disk_needed(profile, bulk) if bulk else 0
+    needed += sum(profiles.MAX_BYTES[kind] for kind in real_size)
+    click.echo(f"   needs up to {needed / 2**30:.2f} GiB on disk ({profiles.disk_free(STATE_DIR) / 2**30:.1f} "
+               "GiB free)")
+    try:
+        profiles.check_disk(STATE_DIR, needed)
+    except profiles.NotEnoughDisk as error:
+        raise click.ClickException(str(error)) from None
+    with tqdm(total=models, unit="model", desc="generate") as bar:
+        if bulk:
+            folder = generated / profile
+            manifest = profiles.generate(folder, bulk, profile, seed=seed, on_progress=bar.update)
+            out += [(folder, entry) for entry in manifest.models]
+        for i, kind in enumerate(real_size):
+            folder = generated / kind
+            manifest = profiles.generate(folder, 1, kind, seed=seed, start=bulk + i, on_progress=bar.update)
+            out += [(folder, entry) for entry in manifest.models]
+    return out
+
+
+def _served_bytes(api: Api) -> tuple[int, int, str]:
+    """Total bytes of the servable models, and the largest one's bytes and name, as the registry reports them."""
+    total, largest, name, page = 0, 0, "", 1
+    while True:
+        body = api.call("GET", "/api/v1/models", params={"status": "servable", "per_page": 1000,
+                                                        "page": page}).json()
+        for item in body["items"]:
+            total += item["bytes"]
+            if item["bytes"] > largest:
+                largest, name = item["bytes"], item["name"]
+        if page * body["per_page"] >= body["total"]:
+            return total, largest, name
+        page += 1
+
+
+def _first_answers(api: Api, names: list[str]) -> list[dict]:
+    """Time each real-size model's first (cold: the pack loads it) and second (warm) answer over gRPC."""
+    import numpy as np
+    import tritonclient.grpc as grpcclient
+
+    from loadtest.payloads import random_inputs
+    from model_repository.manifest import NUMPY_DTYPES, TensorSpec
+
+    rows = []
+    for name in names:
+        model = api.call("GET", f"/api/v1/models/{name}").json()
+        specs = [TensorSpec(**spec) for spec in model["signature"]["inputs"]]
+        arrays = random_inputs(specs, 1, np.random.default_rng(0))
+        client = grpcclient.InferenceServerClient(model["endpoints"][0]["grpc_url"])
+        try:
+            inputs = []
+            for spec, array in zip(specs, arrays, strict=True):
+                tensor = grpcclient.InferInput(spec.name, list(array.shape), spec.dtype)
+                tensor.set_data_from_numpy(array.astype(NUMPY_DTYPES[spec.dtype]))
+                inputs.append(tensor)
+            timings = []
+            for _ in range(2):
+                begin = time.perf_counter()
+                client.infer(model["pack"], inputs, parameters=model["request_parameters"], client_timeout=120)
+                timings.append(time.perf_counter() - begin)
+        finally:
+            client.close()
+        rows.append({"name": name, "bytes": model["bytes"], "first_s": round(timings[0], 3),
+                     "warm_ms": round(timings[1] * 1000, 1)})
+    return rows
+
+
+def up(models: int = 1000, loadtest_seconds: int = 20, users: int = 16, seed: int = 0, profile: str = "tiny",
+       real_size: tuple[str, ...] = REAL_SIZE_PHASE) -> dict:
     started = time.monotonic()
     if STACK_FILE.exists():
         click.echo("a previous stack is recorded; stopping it first")
@@ -130,6 +217,8 @@ def up(models: int = 1000, loadtest_seconds: int = 20, users: int = 16, seed: in
            "FLEET_DATABASE_URL": f"sqlite:///{(STATE_DIR / 'registry.db').resolve()}",
            "FLEET_REPOSITORY_URI": f"s3://{BUCKET}/repository", "FLEET_S3_ENDPOINT_URL": s3.endpoint_url,
            "FLEET_WORK_DIR": str((STATE_DIR / "control-plane").resolve()),
+           # room for the real-size phase (bert-small is 109 MiB; the registry's default cap is 64 MiB)
+           "FLEET_MAX_UPLOAD_BYTES": os.environ.get("FLEET_MAX_UPLOAD_BYTES", str(512 * 2**20)),
            # keeps the repository root off sys.path (see Makefile)
            "PYTHONSAFEPATH": "1"}
     log = STATE_DIR / "control-plane.log"
@@ -147,24 +236,22 @@ def up(models: int = 1000, loadtest_seconds: int = 20, users: int = 16, seed: in
             "name": name, "family": "cpu", "http_url": server.http_url, "grpc_url": server.grpc_url,
             "capacity_bytes": 8 * 2**30, "repository_path": str(repo)})
 
-    click.echo(f"4/7 generating {models} unique models")
-    from model_repository.generator import generate
-
-    generated = STATE_DIR / "generated"
-    with tqdm(total=models, unit="model", desc="generate") as bar:
-        manifest = generate(models, generated, seed=seed, on_progress=bar.update)
+    phase = f", the last {len(real_size)} real-size ({', '.join(real_size)})" if real_size else ""
+    click.echo(f"4/7 generating {models} unique models ({profile}{phase})")
+    generated = _generate(models, profile, real_size, seed)
 
     click.echo("5/7 registering them through the REST API (upload + validation + S3 + pack)")
 
-    def register(entry) -> int:
+    def register(item) -> int:
+        folder, entry = item
         signature = {"inputs": [i.model_dump(mode="json") for i in entry.inputs],
                      "outputs": [o.model_dump(mode="json") for o in entry.outputs]}
-        with open(generated / entry.file, "rb") as artifact:
+        with open(folder / entry.file, "rb") as artifact:
             return api.call("POST", "/api/v1/models", data={"name": entry.id, "signature": json.dumps(signature)},
-                            files={"artifact": (f"{entry.id}.pt", artifact)}).status_code
+                            files={"artifact": (Path(entry.file).name, artifact)}).status_code
 
     with ThreadPoolExecutor(4) as pool, tqdm(total=models, unit="model", desc="register") as bar:
-        for _ in pool.map(register, manifest.models):
+        for _ in pool.map(register, generated):
             bar.update(1)
 
     click.echo("6/7 waiting until every model is servable")
@@ -180,6 +267,9 @@ def up(models: int = 1000, loadtest_seconds: int = 20, users: int = 16, seed: in
         raise click.ClickException(f"only {servable}/{models} servable after 10 minutes; see "
                                    f"GET {url}/api/v1/placements and {log}")
     servable_at = time.monotonic() - started
+    served_bytes, largest_bytes, largest_name = _served_bytes(api)
+    real = [entry.id for _, entry in generated[len(generated) - len(real_size):]] if real_size else []
+    first_answers = _first_answers(api, real)
 
     click.echo(f"7/7 load test: {users} locust users for {loadtest_seconds} s, Zipf mix over all models")
     test = api.call("POST", "/api/v1/loadtests", json={"users": users, "spawn_rate": users,
@@ -190,7 +280,9 @@ def up(models: int = 1000, loadtest_seconds: int = 20, users: int = 16, seed: in
             bar.update(1 if bar.n < bar.total else 0)
             test = api.call("GET", f"/api/v1/loadtests/{test['id']}").json()
     summary = {"wall_time_s": round(time.monotonic() - started, 1), "time_to_servable_s": round(servable_at, 1),
-               "models_servable": servable, "loadtest": test, "control_plane": url, "token": token,
+               "models_servable": servable, "served_bytes": served_bytes,
+               "largest_model": {"name": largest_name, "bytes": largest_bytes}, "real_size": first_answers,
+               "loadtest": test, "control_plane": url, "token": token,
                "servers": {name: server.grpc_url for name, server, _ in servers}, "s3": s3.endpoint_url}
     (STATE_DIR / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
     return summary
@@ -202,6 +294,12 @@ def print_summary(summary: dict) -> None:
     click.echo(f"wall time            {summary['wall_time_s']} s (all models servable after "
                f"{summary['time_to_servable_s']} s)")
     click.echo(f"models servable      {summary['models_servable']}")
+    largest = summary["largest_model"]
+    click.echo(f"bytes served         {summary['served_bytes'] / 2**20:,.1f} MiB in all; largest model "
+               f"{largest['name']} {largest['bytes'] / 2**20:,.1f} MiB")
+    for row in summary["real_size"]:
+        click.echo(f"real-size model      {row['name']} ({row['bytes'] / 2**20:,.1f} MiB): first answer "
+                   f"{row['first_s']:.2f} s (cold load), then {row['warm_ms']:.0f} ms (warm)")
     if test["status"] == "succeeded" and test["results"]["aggregated"]:
         agg = test["results"]["aggregated"]
         click.echo(f"load test            {agg['requests']} requests to {test['results']['models_hit']} models, "

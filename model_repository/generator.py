@@ -1,8 +1,10 @@
-"""Writes N unique user models as TorchScript plus a manifest.
+"""Writes N unique user models (TorchScript or torch.export) plus a manifest.
 
 Every model draws its architecture's sizes and its weights from (seed, index), so the same arguments give
 byte-identical artifacts and manifest, and no two models share weights. Work is spread over processes
 started with a fixed PYTHONHASHSEED, because TorchScript's serialised code depends on string hashing.
+Which kind of model each index gets (tiny, BERT-, ResNet-shaped) is the profile's business:
+see model_repository/profiles.py.
 """
 from __future__ import annotations
 
@@ -15,12 +17,19 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from model_repository import profiles
 from model_repository.architectures import SmallCNN, TabularMLP, TextBag
-from model_repository.artifacts import canonical_torchscript, sha256_hex
+from model_repository.artifacts import write_canonical_export, write_canonical_torchscript
+from model_repository.formats import SUFFIX, ArtifactFormat
 from model_repository.manifest import Architecture, Manifest, ModelEntry, TensorSpec
 
 ARCHITECTURES: tuple[Architecture, ...] = ("mlp", "cnn", "text")
 MODELS_DIR = "models"
+
+
+# Memory one worker may need per artifact byte while tracing and saving (parameters, traced copy, buffers).
+_MEMORY_PER_BYTE = 3
+_WORKER_MEMORY_BUDGET = 4 * 2**30
 
 
 @dataclass(frozen=True)
@@ -28,9 +37,12 @@ class _Job:
     index: int
     seed: int
     out: str
+    kind: profiles.Kind = "tiny"
+    fmt: ArtifactFormat = "torchscript"
 
 
 def model_id(architecture: str, index: int) -> str:
+    """`mlp-00012` for tiny models (named by architecture), `bert-base-00199` for real-size ones (by kind)."""
     return f"{architecture}-{index:05d}"
 
 
@@ -55,19 +67,51 @@ def _build(index: int, seed: int) -> tuple[torch.nn.Module, Architecture, list[T
     return module.eval(), arch, inputs, out
 
 
+def _export(module: torch.nn.Module, example: torch.Tensor) -> torch.export.ExportedProgram:
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    return torch.export.export(module, (example,), dynamic_shapes=({0: batch},))
+
+
+def _tiny_example(inputs: list[TensorSpec]) -> torch.Tensor:
+    spec = inputs[0]
+    shape = [2, *spec.shape[1:]]
+    if spec.dtype == "INT64":
+        low, high = spec.value_range or (0, 2)
+        return torch.randint(low, high, shape, generator=torch.Generator().manual_seed(0))
+    return torch.randn(shape, generator=torch.Generator().manual_seed(0))
+
+
 def _generate_one(job: _Job) -> ModelEntry:
     torch.set_num_threads(1)
-    module, arch, inputs, outputs = _build(job.index, job.seed)
-    data = canonical_torchscript(torch.jit.script(module))
-    ident = model_id(arch, job.index)
-    relative = f"{MODELS_DIR}/{ident}.pt"
+    if job.kind == "tiny":
+        module, arch, inputs, outputs = _build(job.index, job.seed)
+        ident = model_id(arch, job.index)
+        example = _tiny_example(inputs)
+    else:
+        module, arch, inputs, outputs, example = profiles.build_real(job.kind, job.index, job.seed)
+        ident = model_id(job.kind, job.index)
+    relative = f"{MODELS_DIR}/{ident}{SUFFIX[job.fmt]}"
     path = Path(job.out) / relative
-    tmp = path.with_suffix(".tmp")
-    tmp.write_bytes(data)
-    tmp.replace(path)
-    return ModelEntry(
-        id=ident, architecture=arch, file=relative, sha256=sha256_hex(data), bytes=len(data),
-        parameters=sum(p.numel() for p in module.parameters()), inputs=inputs, outputs=outputs)
+    with torch.no_grad():
+        if job.fmt == "torch_export":
+            sha, size = write_canonical_export(_export(module, example), path)
+        elif job.kind == "tiny":
+            sha, size = write_canonical_torchscript(torch.jit.script(module), path)
+        else:
+            # Traced, not scripted: nn.TransformerEncoder's fast path fails the trace check spuriously.
+            sha, size = write_canonical_torchscript(torch.jit.trace(module, example, check_trace=False), path)
+    entry = dict(id=ident, architecture=arch, file=relative, sha256=sha, bytes=size,
+                 parameters=sum(p.numel() for p in module.parameters()), inputs=inputs, outputs=outputs)
+    if job.fmt != "torchscript":
+        entry["format"] = job.fmt
+    return ModelEntry(**entry)
+
+
+def _workers_for(kinds: list[profiles.Kind], workers: int | None) -> int:
+    """Cores, at most 4, and no more than the memory budget allows for the largest model in the run."""
+    workers = workers or min(os.cpu_count() or 1, 4)
+    largest = max(profiles.MAX_BYTES[k] for k in kinds)
+    return max(1, min(workers, _WORKER_MEMORY_BUDGET // (largest * _MEMORY_PER_BYTE)))
 
 
 def example_inputs(entry: ModelEntry, batch: int, seed: int = 0) -> list[np.ndarray]:
@@ -85,12 +129,21 @@ def example_inputs(entry: ModelEntry, batch: int, seed: int = 0) -> list[np.ndar
 
 
 def generate(count: int, out: Path, seed: int = 0, workers: int | None = None,
-             on_progress: Callable[[int], None] | None = None, start: int = 0) -> Manifest:
-    """Generate models [start, start+count) into `out` and write `out/manifest.json`."""
+             on_progress: Callable[[int], None] | None = None, start: int = 0, profile: str = "tiny",
+             fmt: ArtifactFormat = "torchscript", check_disk_space: bool = True) -> Manifest:
+    """Generate models [start, start+count) of `profile` into `out` and write `out/manifest.json`.
+
+    Refuses (profiles.NotEnoughDisk) before writing anything when the disk lacks the space.
+    """
     out = Path(out)
+    kinds = profiles.kinds_for(profile, start, count)
+    if fmt not in SUFFIX:
+        raise ValueError(f"unknown format {fmt!r}; choose one of: {', '.join(SUFFIX)}")
+    if check_disk_space:
+        profiles.check_disk(out, profiles.disk_needed(profile, count, start))
     (out / MODELS_DIR).mkdir(parents=True, exist_ok=True)
-    jobs = [_Job(i, seed, str(out)) for i in range(start, start + count)]
-    workers = workers or min(os.cpu_count() or 1, 4)
+    jobs = [_Job(i, seed, str(out), kind, fmt) for i, kind in zip(range(start, start + count), kinds, strict=True)]
+    workers = _workers_for(kinds, workers)
     entries: list[ModelEntry] = []
     if workers <= 1 or count < 8:
         for job in jobs:
@@ -102,7 +155,8 @@ def generate(count: int, out: Path, seed: int = 0, workers: int | None = None,
         os.environ["PYTHONHASHSEED"] = "0"
         try:
             with multiprocessing.get_context("spawn").Pool(workers) as pool:
-                for entry in pool.imap(_generate_one, jobs, chunksize=16):
+                chunk = 16 if profile == "tiny" else 1
+                for entry in pool.imap(_generate_one, jobs, chunksize=chunk):
                     entries.append(entry)
                     if on_progress:
                         on_progress(1)

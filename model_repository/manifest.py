@@ -33,7 +33,7 @@ class TensorSpec(BaseModel):
 class ModelEntry(BaseModel):
     model_config = ConfigDict(extra="forbid")
     id: str
-    architecture: Architecture | Literal["custom"]
+    architecture: Architecture | Literal["bert", "resnet", "custom"]
     file: str = Field(description="artifact path relative to the manifest's directory")
     format: ArtifactFormat = Field("torchscript", description="torchscript (.pt) or torch_export (.pt2)")
     sha256: str

@@ -47,6 +47,12 @@ class PackSettings:
     neuron_cores: int = 2  # inf2.xlarge has 2 NeuronCores; one pack instance per core
     dynamic_batching: bool = True
     preload: tuple[str, ...] = ()
+    # Pack runtime: how long and how many requests may wait for a cold member (then UNAVAILABLE), and
+    # whether loads re-hash files the sync already verified ("never" | "once"); see docs/data-plane.md.
+    load_timeout_s: float = 60.0
+    max_waiting_per_member: int = 64
+    max_waiting: int = 256
+    verify_sha256: str = "never"
 
 
 def _tensor(config_list, name: str, dtype: str, dims: list[int]) -> None:
@@ -78,6 +84,10 @@ def _common(config: pb.ModelConfig, family: Family, settings: PackSettings) -> N
         "max_resident_bytes": str(settings.max_resident_bytes),
         "torch_threads": str(settings.torch_threads),
         "preload": ",".join(settings.preload),
+        "load_timeout_s": str(settings.load_timeout_s),
+        "max_waiting_per_member": str(settings.max_waiting_per_member),
+        "max_waiting": str(settings.max_waiting),
+        "verify_sha256": settings.verify_sha256,
     }
     if family == "inf2":
         params["neuron_core_offset"] = "0"

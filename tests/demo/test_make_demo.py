@@ -1,6 +1,7 @@
 """The main job, as `make demo` runs it: `fleet up` brings up SeaweedFS, two tritonservers and the control
-plane, registers 1,000 unique models over the REST API, waits until all are servable, runs a 20 s locust
-load test through `POST /api/v1/loadtests`, and `fleet down` leaves nothing running."""
+plane, registers 1,000 unique models over the REST API (the last three real-size: a 42 MiB BERT-mini, a 98 MiB
+ResNet-50 and a 109 MiB BERT-small), waits until all are servable, answers each real-size model, runs a 20 s
+locust load test through `POST /api/v1/loadtests`, and `fleet down` leaves nothing running."""
 from __future__ import annotations
 
 import json
@@ -37,8 +38,15 @@ def test_fleet_up_serves_1000_models_load_tests_them_and_fleet_down_stops_everyt
         aggregated = test["results"]["aggregated"]
         assert aggregated["requests"] > 1000 and aggregated["failures"] == 0
         assert test["results"]["models_hit"] > 300, "a Zipf mix over 1,000 models reaches hundreds of them"
+        largest = summary["largest_model"]
+        assert largest["name"] == "bert-small-00999" and largest["bytes"] > 100 * 2**20
+        assert summary["served_bytes"] > 240 * 2**20, "the three real-size models alone are ~250 MiB"
+        real = {row["name"]: row for row in summary["real_size"]}
+        assert set(real) == {"bert-mini-00997", "resnet50-00998", "bert-small-00999"}
+        assert all(row["first_s"] > 0 and row["warm_ms"] > 0 for row in real.values())
         printed = up.stdout
-        for line in ("wall time", "models servable", "API token", "control plane"):
+        for line in ("wall time", "models servable", "bytes served", "real-size model", "API token",
+                     "control plane"):
             assert line in printed
         assert set(stack["pids"]) == {"seaweedfs", "triton-a", "triton-b", "control-plane"}
         assert _ours(stack["pids"]) == list(stack["pids"]), "everything is still up after `fleet up`"

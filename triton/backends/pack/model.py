@@ -1,47 +1,107 @@
-"""Pack runtime: one Triton Python-backend model that serves many unique TorchScript user models.
+"""Pack runtime: one Triton Python-backend model that serves many unique PyTorch user models.
 
 Why: every Python-backend model is its own stub process (~150-220 MB with torch). A pack hosts hundreds
-of members in one process, loads each lazily on first request, keeps the hot ones in an LRU bounded by
-bytes, and groups requests by member so each member runs one forward pass per batch.
+of members in one process, loads each lazily on first request, keeps the hot ones resident within a byte
+budget, and groups requests by member so each member runs one forward pass per batch.
 
 Client contract (see docs/data-plane.md):
   * the member is named by the request parameter ``model_id`` (KServe v2 ``parameters``); a pack with a
     single member (dedicated mode) needs no parameter;
-  * inputs ``INPUT__0`` ... and outputs ``OUTPUT__0`` ... follow the member's signature in members.json;
-  * a request for an unknown member, or with a wrong shape, dtype or value range, gets its own error
-    response; the other requests of the batch are not disturbed.
+  * inputs ``INPUT__0`` ... and outputs ``OUTPUT__0`` ... follow the member's signature in members.json,
+    in any of Triton's types FP32 FP16 BF16 INT64 INT32 INT8 UINT8 BOOL;
+  * errors carry Triton's codes: an unknown member NOT_FOUND; a wrong shape, dtype, value range or NaN
+    INVALID_ARGUMENT; a member still loading past the timeout, a full load queue or a member larger than
+    the pack's budget UNAVAILABLE. Each request gets its own error; the others of the batch are served.
+
+Cold loads leave the request path. This is a *non-decoupled* model, so plain unary gRPC/HTTP clients work
+unchanged, but ``execute`` may take a request's response sender, return ``None`` in that request's place
+and answer it later from another thread (verified on Triton 2.51, ../shared/NOTES.md). Requests whose
+member is resident are answered in ``execute``; requests for a cold member are handed to one loader thread,
+which loads the member once for all of them and answers each with its single final response. A resident
+neighbour is therefore never behind a load.
 
 This file is copied verbatim into every pack; it depends only on torch, numpy and Triton's
-``triton_python_backend_utils``.
+``triton_python_backend_utils`` (so it keeps its own dtype table instead of importing the project's).
 """
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import gc
 import hashlib
 import json
 import os
+import sys
+import threading
 import time
-from collections import OrderedDict, defaultdict
+from collections import OrderedDict, defaultdict, deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-import triton_python_backend_utils as pb_utils
+# The stub puts the server's working directory on sys.path. When that is a checkout of this project, its
+# triton/ folder shadows OpenAI's `triton` package, which torch.export imports ("module 'triton' has no
+# attribute 'language'"). Nothing here is meant to come from the server's working directory.
+sys.path[:] = [p for p in sys.path if p not in ("", ".", os.getcwd())]
+
+import numpy as np  # noqa: E402
+import triton_python_backend_utils as pb_utils  # noqa: E402
 
 MEMBERS_FILE = "members.json"
-NUMPY_DTYPES = {"FP32": np.float32, "INT64": np.int64}
+# Triton dtype -> numpy dtype; BF16 has none and travels through DLPack as a torch tensor.
+NUMPY_DTYPES = {"FP32": np.float32, "FP16": np.float16, "INT64": np.int64, "INT32": np.int32,
+                "INT8": np.int8, "UINT8": np.uint8, "BOOL": np.bool_}
+TORCH_DTYPE_NAMES = {"FP32": "float32", "FP16": "float16", "BF16": "bfloat16", "INT64": "int64",
+                     "INT32": "int32", "INT8": "int8", "UINT8": "uint8", "BOOL": "bool"}
 METRICS_FLUSH_SECONDS = 1.0
+SWEEP_SECONDS = 0.05
+PROBE_MEMBER = "__fleet_probe__"
+
+
+@dataclass(frozen=True)
+class Knobs:
+    """Runtime knobs, read from the pack's config.pbtxt parameters (all optional; defaults here)."""
+
+    max_resident_bytes: int = 512 * 2**20  # the residency budget of this instance
+    load_timeout_s: float = 60.0  # a request waits at most this long for its member to load
+    max_waiting_per_member: int = 64  # requests queued behind one cold member
+    max_waiting: int = 256  # requests queued behind all cold members of the pack
+    failure_backoff_s: float = 5.0  # a failed member is not retried for this long, doubling ...
+    failure_backoff_max_s: float = 300.0  # ... up to this
+    verify_sha256: str = "never"  # "never" (size check only) or "once" (per file identity)
+
+    @classmethod
+    def from_params(cls, params: dict[str, str]) -> Knobs:
+        values = {}
+        for name, kind in (("max_resident_bytes", int), ("load_timeout_s", float),
+                           ("max_waiting_per_member", int), ("max_waiting", int),
+                           ("failure_backoff_s", float), ("failure_backoff_max_s", float),
+                           ("verify_sha256", str)):
+            raw = params.get(name, "")
+            if raw != "":
+                values[name] = kind(raw)
+        return cls(**values)
 
 
 class RequestError(Exception):
-    """A problem with one request that the client can fix; becomes that request's error response."""
+    """A problem with one request; becomes that request's error response with a Triton error code."""
+
+    def __init__(self, message: str, code: str = "INVALID_ARGUMENT") -> None:
+        super().__init__(message)
+        self.code = code
 
 
 @dataclass(frozen=True)
 class InputSpec:
     name: str
-    dtype: np.dtype
+    dtype: str  # Triton name
     shape: tuple[int, ...]  # without the batch dimension
     value_range: tuple[int, int] | None
+
+
+@dataclass(frozen=True)
+class OutputSpec:
+    name: str
+    dtype: str | None  # Triton name; None: whatever the module returns (older members.json)
 
 
 @dataclass
@@ -51,15 +111,37 @@ class Member:
     id: str
     path: Path | None  # None: no artifact for this compute family (e.g. not compiled for inf2)
     sha256: str
+    bytes: int | None  # the artifact's size as declared; checked before every load
+    format: str  # "torchscript" | "torch_export"
     inputs: list[InputSpec]
-    output_names: list[str]
+    outputs: list[OutputSpec]
     static_batch: int | None = None  # Neuron artifacts run one compiled batch size
 
 
 @dataclass
 class Resident:
     module: object
-    nbytes: int
+    cost: int  # what the budget is charged: max(RSS growth at load, parameter + buffer bytes)
+    parameter_bytes: int
+    rss_growth: int
+
+
+@dataclass
+class Waiter:
+    """A request for a cold member, answered later through its response sender."""
+
+    sender: object
+    inputs: list  # np.ndarray or torch.Tensor (BF16), copied out of the request
+    deadline: float
+
+
+@dataclass
+class Failure:
+    """Negative cache entry: a member whose load failed is refused at once until ``retry_at``."""
+
+    error: RequestError
+    retry_at: float
+    backoff_s: float
 
 
 @dataclass
@@ -69,17 +151,31 @@ class MemberCounters:
     compute_us: float = 0.0
     loads: int = 0
     evictions: int = 0
+    load_seconds: float = 0.0
+    load_failures: int = 0
+
+
+@dataclass
+class PackCounters:
+    hits: int = 0
+    misses: int = 0
+    evictions: int = 0
+    loads: int = 0
+    load_seconds: float = 0.0
+    shed: int = 0
 
 
 @dataclass
 class MetricsBuffer:
-    """Per-member counters buffered in the stub and flushed about once a second.
+    """Counters buffered in the stub and flushed about once a second (and after every load).
 
     Each metric update is an IPC round trip to the server, so updating per request would cost more than
     the inference itself for small models.
     """
 
     pending: dict[str, MemberCounters] = field(default_factory=lambda: defaultdict(MemberCounters))
+    pack: PackCounters = field(default_factory=PackCounters)
+    gauges: dict[str, dict[str, int]] = field(default_factory=dict)  # member -> gauge kind -> value
     last_flush: float = field(default_factory=time.monotonic)
 
 
@@ -88,22 +184,54 @@ def _parse_members(version_dir: Path, family: str) -> dict[str, Member]:
     members = {}
     for ident, entry in document["members"].items():
         # Inferentia needs members compiled by `fleet compile --family inf2`; other families run the
-        # portable TorchScript artifact.
+        # portable artifact (TorchScript or torch.export).
         artifact = entry.get("artifacts", {}).get(family)
-        if artifact is None and family != "inf2":
-            artifact = {"path": entry["file"], "sha256": entry["sha256"]}
+        portable = artifact is None and family != "inf2"
+        if portable:
+            artifact = {"path": entry["file"], "sha256": entry["sha256"], "bytes": entry.get("bytes")}
         members[ident] = Member(
             id=ident,
             path=version_dir / artifact["path"] if artifact else None,
-            sha256=artifact["sha256"] if artifact else "",
-            inputs=[InputSpec(name=i["name"], dtype=np.dtype(NUMPY_DTYPES[i["dtype"]]),
-                              shape=tuple(i["shape"][1:]),
+            sha256=artifact.get("sha256", "") if artifact else "",
+            bytes=artifact.get("bytes") if artifact else None,
+            format=entry.get("format", "torchscript") if portable else "torchscript",
+            inputs=[InputSpec(name=i["name"], dtype=_dtype(ident, i["dtype"]), shape=tuple(i["shape"][1:]),
                               value_range=tuple(i["value_range"]) if i.get("value_range") else None)
                     for i in entry["inputs"]],
-            output_names=[o["name"] for o in entry["outputs"]],
+            outputs=[OutputSpec(name=o["name"], dtype=_dtype(ident, o["dtype"]) if o.get("dtype") else None)
+                     for o in entry["outputs"]],
             static_batch=artifact.get("static_batch") if artifact else None,
         )
     return members
+
+
+def _dtype(ident: str, name: str) -> str:
+    if name not in TORCH_DTYPE_NAMES:
+        raise ValueError(f"{MEMBERS_FILE}: model '{ident}' declares dtype '{name}'; the pack runtime "
+                         f"supports {', '.join(TORCH_DTYPE_NAMES)}")
+    return name
+
+
+def _page_size() -> int:
+    return os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+def rss_bytes() -> int:
+    """This process's resident set size, from /proc/self/statm (cheap: one small read)."""
+    try:
+        with open("/proc/self/statm") as statm:
+            return int(statm.read().split()[1]) * _page_size()
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+def _malloc_trim():
+    """glibc's malloc_trim, or None where the C library has none (musl, macOS)."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return libc.malloc_trim
+    except (OSError, AttributeError):
+        return None
 
 
 class TritonPythonModel:
@@ -112,25 +240,54 @@ class TritonPythonModel:
         params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
         self.pack = args["model_name"]
         self.family = params.get("family", "cpu")
+        self.generation = params.get("generation", "")
         version_dir = Path(args["model_repository"]) / args["model_version"]
-        self.max_resident_bytes = int(params.get("max_resident_bytes", str(512 * 2**20)))
+        self.knobs = Knobs.from_params(params)
+        self.max_resident_bytes = self.knobs.max_resident_bytes
         self.device = self._select_device(args, params)
 
         import torch  # after NEURON_RT_VISIBLE_CORES is set, so the Neuron runtime sees only our cores
 
         self.torch = torch
+        self.torch_dtypes = {name: getattr(torch, attr) for name, attr in TORCH_DTYPE_NAMES.items()}
         torch.set_num_threads(int(params.get("torch_threads", "1")))
         if self.family == "inf2":
             import torch_neuronx  # noqa: F401  registers the Neuron ops TorchScript artifacts need
 
         self.members = _parse_members(version_dir, self.family)
+        if any(m.format == "torch_export" for m in self.members.values()):
+            # torch.export.load imports ~100 MB of Python modules on first use: do it now, so that this
+            # one-time growth is not charged to the first member that loads.
+            import torch._export.serde.serialize  # noqa: F401
         self.single_member = next(iter(self.members)) if len(self.members) == 1 else None
+        # Residency state, shared by execute() and the loader thread: guarded by self.lock.
+        self.lock = threading.Lock()
+        self.wake = threading.Condition(self.lock)
         self.resident: OrderedDict[str, Resident] = OrderedDict()
         self.resident_bytes = 0
+        self.waiting: dict[str, list[Waiter]] = {}
+        self.waiting_total = 0
+        self.load_queue: deque[str] = deque()
+        self.loading: str | None = None
+        self.failures: dict[str, Failure] = {}
+        self.known_cost: dict[str, int] = {}  # measured cost of members loaded before (a better estimate)
+        self.cost_per_file_byte = 1.0  # running mean of cost / file size, for members not loaded before
+        self.verified: set[tuple] = set()  # file identities whose sha256 was checked (verify_sha256=once)
+        self.stopping = False
+        self.trim = _malloc_trim()
+        self.baseline_rss = rss_bytes()
+        self.metrics_lock = threading.Lock()
         self._init_metrics()
         for ident in filter(None, params.get("preload", "").split(",")):
             if ident in self.members:
-                self._resident(ident)
+                try:
+                    self._load_into_budget(ident)
+                except RequestError as error:
+                    self._remember_failure(ident, error)
+        self.loader = threading.Thread(target=self._loader_loop, name=f"{self.pack}-loader", daemon=True)
+        self.sweeper = threading.Thread(target=self._sweeper_loop, name=f"{self.pack}-sweeper", daemon=True)
+        self.loader.start()
+        self.sweeper.start()
         self._flush_metrics(force=True)
 
     def _select_device(self, args: dict, params: dict) -> str:
@@ -147,29 +304,50 @@ class TritonPythonModel:
     # ---- metrics -------------------------------------------------------------------------------
     def _init_metrics(self) -> None:
         family = pb_utils.MetricFamily
+        counter, gauge = family.COUNTER, family.GAUGE
         self.metric_families = {
-            "requests": family("fleet_member_requests_total", "Inference requests per pack member",
-                               family.COUNTER),
+            "requests": family("fleet_member_requests_total", "Inference requests per pack member", counter),
             "failures": family("fleet_member_failures_total", "Failed inference requests per pack member",
-                               family.COUNTER),
+                               counter),
             "compute_us": family("fleet_member_compute_duration_us_total",
                                  "Microseconds spent in the member's forward pass, summed over requests",
-                                 family.COUNTER),
-            "loads": family("fleet_member_loads_total", "Times a member was loaded into memory",
-                            family.COUNTER),
-            "evictions": family("fleet_member_evictions_total", "Times a member was evicted from the LRU",
-                                family.COUNTER),
-            "resident_bytes": family("fleet_member_resident_bytes", "Bytes of a resident member's tensors",
-                                     family.GAUGE),
+                                 counter),
+            "loads": family("fleet_member_loads_total", "Times a member was loaded into memory", counter),
+            "evictions": family("fleet_member_evictions_total", "Times a member was evicted", counter),
+            "load_seconds": family("fleet_member_load_seconds_total", "Seconds spent loading a member",
+                                   counter),
+            "load_failures": family("fleet_member_load_failures_total",
+                                    "Load attempts that failed (then refused from the negative cache)", counter),
+            "resident_bytes": family("fleet_member_resident_bytes",
+                                     "Bytes a resident member is charged: max(RSS growth at load, tensor "
+                                     "bytes); 0 when not resident", gauge),
+            "parameter_bytes": family("fleet_member_parameter_bytes",
+                                      "Parameter and buffer bytes of a member at its last load", gauge),
+            "rss_growth_bytes": family("fleet_member_rss_growth_bytes",
+                                       "Growth of the stub's resident memory across the member's last load",
+                                       gauge),
         }
         # Families must outlive their metrics, so they are kept on self.
         self.pack_families = {
-            "bytes": family("fleet_pack_resident_bytes", "Bytes of all resident members of a pack",
-                            family.GAUGE),
-            "members": family("fleet_pack_resident_members", "Resident members of a pack", family.GAUGE),
+            "resident_bytes": family("fleet_pack_resident_bytes", "Bytes charged for all resident members",
+                                     gauge),
+            "resident_members": family("fleet_pack_resident_members", "Resident members of a pack", gauge),
+            "budget_bytes": family("fleet_pack_budget_bytes", "Residency budget of a pack instance", gauge),
+            "stub_rss_bytes": family("fleet_pack_stub_rss_bytes", "Resident memory of the pack's stub process",
+                                     gauge),
+            "waiting_requests": family("fleet_pack_waiting_requests", "Requests waiting for a member to load",
+                                       gauge),
+            "hits": family("fleet_pack_hits_total", "Requests whose member was resident", counter),
+            "misses": family("fleet_pack_misses_total", "Requests whose member had to be loaded", counter),
+            "evictions": family("fleet_pack_evictions_total", "Members evicted to make room", counter),
+            "loads": family("fleet_pack_loads_total", "Member loads", counter),
+            "load_seconds": family("fleet_pack_load_seconds_total", "Seconds spent loading members", counter),
+            "shed": family("fleet_pack_shed_total",
+                           "Requests refused UNAVAILABLE (load queue full or load timeout)", counter),
         }
-        self.pack_resident_bytes = self.pack_families["bytes"].Metric(labels={"pack": self.pack})
-        self.pack_resident_members = self.pack_families["members"].Metric(labels={"pack": self.pack})
+        labels = {"pack": self.pack}
+        self.pack_metrics = {kind: fam.Metric(labels=labels) for kind, fam in self.pack_families.items()}
+        self.pack_metrics["budget_bytes"].set(self.max_resident_bytes)
         self.metrics: dict[tuple[str, str], object] = {}
         self.buffer = MetricsBuffer()
 
@@ -181,62 +359,263 @@ class TritonPythonModel:
             self.metrics[key] = metric
         return metric
 
+    def _set_gauges(self, member: str, **values: int) -> None:
+        """Record member gauges under self.lock; they reach Triton at the next flush."""
+        self.buffer.gauges.setdefault(member, {}).update(values)
+
     def _flush_metrics(self, force: bool = False) -> None:
         now = time.monotonic()
         if not force and now - self.buffer.last_flush < METRICS_FLUSH_SECONDS:
             return
-        for member, counters in self.buffer.pending.items():
-            for kind in ("requests", "failures", "compute_us", "loads", "evictions"):
-                value = getattr(counters, kind)
+        with self.lock:
+            pending, pack, gauges = self.buffer.pending, self.buffer.pack, self.buffer.gauges
+            self.buffer.pending, self.buffer.pack, self.buffer.gauges = defaultdict(MemberCounters), \
+                PackCounters(), {}
+            self.buffer.last_flush = now
+            resident_bytes, resident_members = self.resident_bytes, len(self.resident)
+            waiting = self.waiting_total
+        with self.metrics_lock:  # execute() and the loader thread may both flush
+            for member, counters in pending.items():
+                for kind in ("requests", "failures", "compute_us", "loads", "evictions", "load_seconds",
+                             "load_failures"):
+                    value = getattr(counters, kind)
+                    if value:
+                        self._metric(kind, member).increment(value)
+            for kind in ("hits", "misses", "evictions", "loads", "load_seconds", "shed"):
+                value = getattr(pack, kind)
                 if value:
-                    self._metric(kind, member).increment(value)
-        self.buffer.pending.clear()
-        self.buffer.last_flush = now
-        self.pack_resident_bytes.set(self.resident_bytes)
-        self.pack_resident_members.set(len(self.resident))
+                    self.pack_metrics[kind].increment(value)
+            for member, values in gauges.items():
+                for kind, value in values.items():
+                    self._metric(kind, member).set(value)
+            self.pack_metrics["resident_bytes"].set(resident_bytes)
+            self.pack_metrics["resident_members"].set(resident_members)
+            self.pack_metrics["waiting_requests"].set(waiting)
+            self.pack_metrics["stub_rss_bytes"].set(rss_bytes())
 
-    # ---- residency -----------------------------------------------------------------------------
-    def _load(self, member: Member) -> Resident:
-        if member.path is None:
-            raise RequestError(f"model '{member.id}' has no {self.family} artifact: run "
-                               f"`fleet compile --family {self.family}` and re-sync the repository")
+    # ---- loading -------------------------------------------------------------------------------
+    def _check_file(self, member: Member) -> None:
+        """A cheap integrity check before loading from the file's path.
+
+        Why not sha256 on every load: the sync (model_repository/s3_sync.py) verifies every object's
+        sha256 as it downloads and moves a complete model into place atomically, so a file in a loaded
+        pack is the verified one unless something rewrote it afterwards. Hashing again would cost as much
+        as the load itself (414 MiB: 211 ms sha256 vs 220-340 ms torch.jit.load, ../shared/NOTES.md). So
+        the size is checked against members.json on every load (catches truncation and the wrong file),
+        and with ``verify_sha256=once`` the full hash is checked once per file identity (device, inode,
+        mtime, size) for the life of the stub.
+        """
         try:
-            data = member.path.read_bytes()
+            stat = member.path.stat()
         except OSError as error:
             raise RequestError(f"model '{member.id}': artifact {member.path.name} cannot be read "
-                               f"({error.strerror}); re-sync the repository") from None
-        if hashlib.sha256(data).hexdigest() != member.sha256:
-            raise RequestError(f"model '{member.id}': artifact {member.path.name} does not match its "
-                               f"sha256 in {MEMBERS_FILE}; it changed on disk since the pack was loaded "
-                               "or is corrupt: re-sync and reload the pack")
-        import io
+                               f"({error.strerror}); re-sync the repository", "INTERNAL") from None
+        if member.bytes is not None and stat.st_size != member.bytes:
+            raise RequestError(f"model '{member.id}': artifact {member.path.name} has {stat.st_size} bytes, "
+                               f"{MEMBERS_FILE} says {member.bytes}; it is truncated or was replaced: "
+                               "re-sync and reload the pack", "INTERNAL")
+        if self.knobs.verify_sha256 != "once" or not member.sha256:
+            return
+        identity = (stat.st_dev, stat.st_ino, stat.st_mtime_ns, stat.st_size)
+        if identity in self.verified:
+            return
+        digest = hashlib.sha256()
+        with open(member.path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+        if digest.hexdigest() != member.sha256:
+            raise RequestError(f"model '{member.id}': artifact {member.path.name} does not match its sha256 "
+                               f"in {MEMBERS_FILE}; it changed on disk since the sync or is corrupt: re-sync "
+                               "and reload the pack", "INTERNAL")
+        self.verified.add(identity)
 
+    def _load_module(self, member: Member):
+        """Load from the file's path: several times faster than from bytes (../shared/NOTES.md)."""
+        if member.path is None:
+            raise RequestError(f"model '{member.id}' has no {self.family} artifact: run "
+                               f"`fleet compile --family {self.family}` and re-sync the repository",
+                               "UNAVAILABLE")
+        self._check_file(member)
+        torch = self.torch
         try:
-            module = self.torch.jit.load(io.BytesIO(data), map_location=self.device)
+            if member.format == "torch_export":
+                module = torch.export.load(str(member.path)).module()
+                if self.device != "cpu":
+                    module = module.to(self.device)
+            else:
+                module = torch.jit.load(str(member.path), map_location=self.device)
+                module.eval()
         except Exception as error:  # noqa: BLE001  any loader failure is this member's problem only
-            raise RequestError(f"model '{member.id}': artifact is not a loadable TorchScript module "
-                               f"({str(error).splitlines()[0][:200]})") from None
-        module.eval()
-        nbytes = sum(t.numel() * t.element_size()
-                     for t in list(module.parameters()) + list(module.buffers()))
-        return Resident(module=module, nbytes=nbytes)
+            kind = "torch.export program" if member.format == "torch_export" else "TorchScript module"
+            raise RequestError(f"model '{member.id}': artifact is not a loadable {kind} "
+                               f"({str(error).splitlines()[0][:200] if str(error) else type(error).__name__})",
+                               "INTERNAL") from None
+        return module
 
-    def _resident(self, ident: str) -> Resident:
-        entry = self.resident.get(ident)
-        if entry is not None:
-            self.resident.move_to_end(ident)
-            return entry
-        entry = self._load(self.members[ident])
-        self.buffer.pending[ident].loads += 1
-        while self.resident and self.resident_bytes + entry.nbytes > self.max_resident_bytes:
-            evicted, old = self.resident.popitem(last=False)
-            self.resident_bytes -= old.nbytes
-            self.buffer.pending[evicted].evictions += 1
-            self._metric("resident_bytes", evicted).set(0)
-        self.resident[ident] = entry
-        self.resident_bytes += entry.nbytes
-        self._metric("resident_bytes", ident).set(entry.nbytes)
+    def _over_budget(self, member: Member, needed: int, how: str) -> RequestError:
+        mib = 2**20
+        return RequestError(
+            f"model '{member.id}' needs {needed / mib:.0f} MB ({how}), the pack's budget is "
+            f"{self.max_resident_bytes / mib:.0f} MB: place it in a pack with a larger max_resident_bytes "
+            "(a server with more memory) instead of this one", "UNAVAILABLE")
+
+    def _make_room(self, needed: int, keep: str | None = None) -> None:
+        """Evict least recently used members until `needed` more bytes fit in the budget.
+
+        Called BEFORE a load (so the stub's peak stays within the budget) and after it. Memory the stub
+        holds beyond the empty stub and the members' charges (allocator fragmentation, caches) counts too,
+        so that the RSS, not only the accounting, follows the budget.
+        """
+        unaccounted = max(0, rss_bytes() - self.baseline_rss - self.resident_bytes)
+        evicted = 0
+        with self.lock:
+            while self.resident and self.resident_bytes + unaccounted + needed > self.max_resident_bytes:
+                victim = next(iter(self.resident))
+                if victim == keep:
+                    if len(self.resident) == 1:
+                        break
+                    self.resident.move_to_end(victim)
+                    continue
+                old = self.resident.pop(victim)
+                self.resident_bytes -= old.cost
+                self.buffer.pending[victim].evictions += 1
+                self.buffer.pack.evictions += 1
+                self._set_gauges(victim, resident_bytes=0)
+                evicted += 1
+        if evicted:
+            self._release_memory()
+
+    def _release_memory(self) -> None:
+        """Give freed tensors back to the OS so the stub's RSS follows the budget, not its peak."""
+        gc.collect()
+        if self.trim is not None:
+            self.trim(0)
+
+    def _load_into_budget(self, ident: str) -> Resident:
+        member = self.members[ident]
+        if member.bytes is not None and member.bytes > self.max_resident_bytes:
+            raise self._over_budget(member, member.bytes, "its artifact's size")
+        # Estimate before loading: a previous measurement, else the file size times what loads in this
+        # stub have cost per file byte so far (tensors dominate a file; the program adds some).
+        estimate = self.known_cost.get(ident) or int((member.bytes or 0) * self.cost_per_file_byte)
+        self._make_room(estimate)
+        started = time.perf_counter()
+        before = rss_bytes()
+        module = self._load_module(member)
+        growth = max(0, rss_bytes() - before)
+        seconds = time.perf_counter() - started
+        tensors = list(module.parameters()) + list(module.buffers())
+        parameter_bytes = sum(t.numel() * t.element_size() for t in tensors)
+        cost = max(growth, parameter_bytes)
+        self.known_cost[ident] = cost
+        if member.bytes:
+            ratio = min(3.0, max(1.0, cost / member.bytes))
+            self.cost_per_file_byte = 0.8 * self.cost_per_file_byte + 0.2 * ratio
+        with self.lock:
+            self.buffer.pending[ident].loads += 1
+            self.buffer.pending[ident].load_seconds += seconds
+            self.buffer.pack.loads += 1
+            self.buffer.pack.load_seconds += seconds
+            self._set_gauges(ident, parameter_bytes=parameter_bytes, rss_growth_bytes=growth)
+        if cost > self.max_resident_bytes:
+            del module, tensors
+            self._release_memory()
+            raise self._over_budget(member, cost, f"measured: {growth / 2**20:.0f} MB resident growth, "
+                                    f"{parameter_bytes / 2**20:.0f} MB of tensors")
+        del tensors
+        entry = Resident(module=module, cost=cost, parameter_bytes=parameter_bytes, rss_growth=growth)
+        with self.lock:
+            self.resident[ident] = entry
+            self.resident_bytes += cost
+            self._set_gauges(ident, resident_bytes=cost)
+        self._make_room(0, keep=ident)  # the measured cost may exceed the estimate
         return entry
+
+    def _remember_failure(self, ident: str, error: RequestError) -> None:
+        """Negative cache: refuse at once for a while, doubling the wait after each failed retry."""
+        with self.lock:
+            self.buffer.pending[ident].load_failures += 1
+            previous = self.failures.get(ident)
+            backoff = (min(previous.backoff_s * 2, self.knobs.failure_backoff_max_s) if previous
+                       else self.knobs.failure_backoff_s)
+            self.failures[ident] = Failure(error=error, retry_at=time.monotonic() + backoff, backoff_s=backoff)
+
+    def _loader_loop(self) -> None:
+        """One loader thread: loads queued cold members one at a time and answers their waiters."""
+        while True:
+            with self.wake:
+                while not self.load_queue and not self.stopping:
+                    self.wake.wait()
+                if self.stopping:
+                    return
+                ident = self.load_queue.popleft()
+                self.loading = ident
+            try:
+                entry = self._load_into_budget(ident)
+            except RequestError as error:
+                self._remember_failure(ident, error)
+                self._answer_waiters(ident, error=error)
+            except Exception as error:  # noqa: BLE001  never let the loader thread die
+                failure = RequestError(f"model '{ident}' failed to load: {str(error)[:300]}", "INTERNAL")
+                self._remember_failure(ident, failure)
+                self._answer_waiters(ident, error=failure)
+            else:
+                with self.lock:
+                    self.failures.pop(ident, None)
+                self._answer_waiters(ident, module=entry.module)
+            finally:
+                with self.lock:
+                    self.loading = None
+            self._flush_metrics(force=True)
+
+    def _answer_waiters(self, ident: str, module=None, error: RequestError | None = None) -> None:
+        with self.lock:
+            waiters = self.waiting.pop(ident, [])
+            self.waiting_total -= len(waiters)
+        if not waiters:
+            return
+        if error is not None:
+            with self.lock:
+                self.buffer.pending[ident].failures += len(waiters)
+            for waiter in waiters:
+                self._send(waiter.sender, self._error(error))
+            return
+        responses: list = [None] * len(waiters)
+        self._run_forward(ident, module, [(k, w.inputs) for k, w in enumerate(waiters)], responses)
+        for waiter, response in zip(waiters, responses, strict=True):
+            self._send(waiter.sender, response)
+
+    @staticmethod
+    def _send(sender, response) -> None:
+        try:
+            sender.send(response, flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+        except Exception:  # noqa: BLE001, S110  the client went away: nothing left to answer
+            pass
+
+    def _sweeper_loop(self) -> None:
+        """Answers UNAVAILABLE to requests that waited longer than load_timeout_s (the loader may be busy)."""
+        while True:
+            with self.wake:
+                # Idle packs sleep until a request waits (then _admit notifies); no wake-ups on the hot path.
+                self.wake.wait(timeout=SWEEP_SECONDS if self.waiting_total else None)
+                if self.stopping:
+                    return
+                now = time.monotonic()
+                expired: list[tuple[str, Waiter]] = []
+                for ident, waiters in self.waiting.items():
+                    keep = [w for w in waiters if w.deadline > now]
+                    if len(keep) != len(waiters):
+                        expired += [(ident, w) for w in waiters if w.deadline <= now]
+                        self.waiting[ident] = keep
+                self.waiting_total -= len(expired)
+                self.buffer.pack.shed += len(expired)
+                for ident, _ in expired:
+                    self.buffer.pending[ident].failures += 1
+            for ident, waiter in expired:
+                state = "is still loading" if self.loading == ident else "is queued behind other loads"
+                self._send(waiter.sender, self._error(RequestError(
+                    f"model '{ident}' {state} in pack '{self.pack}' after {self.knobs.load_timeout_s:.0f} s; "
+                    "retry later", "UNAVAILABLE")))
 
     # ---- requests ------------------------------------------------------------------------------
     def _member_id(self, request) -> str:
@@ -249,102 +628,238 @@ class TritonPythonModel:
                                "request parameter 'model_id'")
         if not isinstance(ident, str) or ident not in self.members:
             raise RequestError(f"model '{ident}' is not in pack '{self.pack}'; ask the control plane "
-                               "where it is served (GET /api/v1/models/{id})")
+                               "where it is served (GET /api/v1/models/{id})", "NOT_FOUND")
         return ident
 
-    def _inputs(self, request, member: Member) -> list[np.ndarray]:
+    def _input_array(self, member: Member, spec: InputSpec, tensor):
+        """The request's tensor as numpy (zero-copy), or as torch through DLPack for BF16."""
+        if spec.dtype == "BF16":
+            try:
+                value = self.torch.from_dlpack(tensor.to_dlpack())
+            except Exception as error:  # noqa: BLE001  e.g. a non-BF16 tensor numpy cannot express
+                raise RequestError(f"model '{member.id}' input '{spec.name}' must be BF16 ({error})") from None
+            if value.dtype != self.torch.bfloat16:
+                raise RequestError(f"model '{member.id}' input '{spec.name}' must be BF16, got "
+                                   f"{str(value.dtype).removeprefix('torch.')}")
+            return value
+        try:
+            array = tensor.as_numpy()
+        except Exception:  # noqa: BLE001  as_numpy cannot express BF16
+            raise RequestError(f"model '{member.id}' input '{spec.name}' must be {spec.dtype}, got BF16") from None
+        if array.dtype != NUMPY_DTYPES[spec.dtype]:
+            got = next((k for k, v in NUMPY_DTYPES.items() if np.dtype(v) == array.dtype), array.dtype.name)
+            raise RequestError(f"model '{member.id}' input '{spec.name}' must be {spec.dtype}, got {got}")
+        return array
+
+    def _inputs(self, request, member: Member) -> list:
         arrays = []
         for spec in member.inputs:
             tensor = pb_utils.get_input_tensor_by_name(request, spec.name)
             if tensor is None:
                 raise RequestError(f"model '{member.id}' needs input '{spec.name}'")
-            array = tensor.as_numpy()
-            if array.dtype != spec.dtype:
-                raise RequestError(f"model '{member.id}' input '{spec.name}' must be "
-                                   f"{spec.dtype.name}, got {array.dtype.name}")
-            if array.ndim != len(spec.shape) + 1 or tuple(array.shape[1:]) != spec.shape:
+            array = self._input_array(member, spec, tensor)
+            if array.ndim != len(spec.shape) + 1 or not _shape_matches(tuple(array.shape[1:]), spec.shape):
                 expected = "[batch, " + ", ".join(map(str, spec.shape)) + "]"
                 raise RequestError(f"model '{member.id}' input '{spec.name}' must have shape {expected}, "
                                    f"got {list(array.shape)}")
-            if spec.value_range is not None and array.size:
+            size = array.numel() if spec.dtype == "BF16" else array.size
+            if spec.value_range is not None and size:
                 low, high = spec.value_range
-                if int(array.min()) < low or int(array.max()) >= high:
+                least, most = int(array.min()), int(array.max())
+                if least < low or most >= high:
                     raise RequestError(f"model '{member.id}' input '{spec.name}' values must lie in "
-                                       f"[{low}, {high}), got [{int(array.min())}, {int(array.max())}]")
-            if array.dtype.kind == "f" and not np.isfinite(array).all():
+                                       f"[{low}, {high}), got [{least}, {most}]")
+            if spec.dtype == "BF16":
+                if not bool(self.torch.isfinite(array).all()):
+                    raise RequestError(f"model '{member.id}' input '{spec.name}' contains NaN or infinity")
+            elif array.dtype.kind == "f" and not np.isfinite(array).all():
                 raise RequestError(f"model '{member.id}' input '{spec.name}' contains NaN or infinity")
             arrays.append(array)
         return arrays
 
     @staticmethod
-    def _error(message: str):
-        return pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(message))
+    def _error(error: RequestError):
+        # pb_utils spells INVALID_ARGUMENT as INVALID_ARG (Triton's C name); gRPC clients see INVALID_ARGUMENT.
+        code = getattr(pb_utils.TritonError, {"INVALID_ARGUMENT": "INVALID_ARG"}.get(error.code, error.code), None)
+        triton_error = pb_utils.TritonError(str(error)) if code is None else pb_utils.TritonError(str(error), code)
+        return pb_utils.InferenceResponse(output_tensors=[], error=triton_error)
+
+    def _admit(self, ident: str, request, inputs: list) -> tuple[object | None, RequestError | None]:
+        """Under self.lock: the resident module, or queue the request behind the member's load.
+
+        Returns (module, None) for a hit, (None, error) for a refusal, (None, None) when the request was
+        handed to the loader (its response sender now belongs to the loader thread).
+        """
+        entry = self.resident.get(ident)
+        if entry is not None:
+            self.resident.move_to_end(ident)
+            self.buffer.pack.hits += 1
+            return entry.module, None
+        failure = self.failures.get(ident)
+        if failure is not None and time.monotonic() < failure.retry_at:
+            return None, failure.error
+        member = self.members[ident]
+        if member.bytes is not None and member.bytes > self.max_resident_bytes:
+            return None, self._over_budget(member, member.bytes, "its artifact's size")
+        if self.known_cost.get(ident, 0) > self.max_resident_bytes:  # measured at an earlier load: final
+            return None, self._over_budget(member, self.known_cost[ident], "measured at its last load")
+        queued = self.waiting.get(ident, [])
+        if len(queued) >= self.knobs.max_waiting_per_member or self.waiting_total >= self.knobs.max_waiting:
+            self.buffer.pack.shed += 1
+            return None, RequestError(
+                f"model '{ident}' is loading in pack '{self.pack}' and its load queue is full "
+                f"({len(queued)} waiting for it, {self.waiting_total} in the pack); retry later",
+                "UNAVAILABLE")
+        self.buffer.pack.misses += 1
+        # Copy the inputs: the request's tensors live in shared memory tied to this execute() call.
+        copies = [a.clone() if isinstance(a, self.torch.Tensor) else np.array(a, copy=True) for a in inputs]
+        waiter = Waiter(sender=request.get_response_sender(), inputs=copies,
+                        deadline=time.monotonic() + self.knobs.load_timeout_s)
+        self.waiting.setdefault(ident, []).append(waiter)
+        self.waiting_total += 1
+        if ident != self.loading and ident not in self.load_queue:
+            self.load_queue.append(ident)
+            self.wake.notify_all()
+        elif self.waiting_total == 1:
+            self.wake.notify_all()  # the sweeper sleeps while nothing waits
+        return None, None
 
     def execute(self, requests):
         responses: list = [None] * len(requests)
-        groups: dict[str, list[tuple[int, list[np.ndarray]]]] = defaultdict(list)
+        groups: dict[str, list[tuple[int, list]]] = defaultdict(list)
+        modules: dict[str, object] = {}
         for index, request in enumerate(requests):
             ident = None
             try:
                 ident = self._member_id(request)
-                self.buffer.pending[ident].requests += 1
-                groups[ident].append((index, self._inputs(request, self.members[ident])))
+                inputs = self._inputs(request, self.members[ident])
             except RequestError as error:
-                if ident is not None:
+                with self.lock:
+                    if ident is not None:
+                        self.buffer.pending[ident].requests += 1
+                        self.buffer.pending[ident].failures += 1
+                responses[index] = self._error(error)
+                continue
+            with self.lock:
+                self.buffer.pending[ident].requests += 1
+                module, error = self._admit(ident, request, inputs)
+                if error is not None:
                     self.buffer.pending[ident].failures += 1
-                responses[index] = self._error(str(error))
+            if error is not None:
+                responses[index] = self._error(error)
+            elif module is not None:
+                modules[ident] = module
+                groups[ident].append((index, inputs))
         for ident, items in groups.items():
-            self._run_member(ident, items, responses)
+            self._run_forward(ident, modules[ident], items, responses)
         self._flush_metrics()
         return responses
 
-    def _run_member(self, ident: str, items: list[tuple[int, list[np.ndarray]]], responses: list) -> None:
+    def _run_forward(self, ident: str, module, items: list[tuple[int, list]], responses: list) -> None:
         """One forward pass for every request to this member in the batch."""
         member = self.members[ident]
-        counters = self.buffer.pending[ident]
         try:
-            module = self._resident(ident).module
             started = time.perf_counter()
-            batch = [np.concatenate([arrays[i] for _, arrays in items]) if len(items) > 1 else items[0][1][i]
+            batch = [_concat([arrays[i] for _, arrays in items], self.torch) if len(items) > 1 else items[0][1][i]
                      for i in range(len(member.inputs))]
             outputs = self._forward(module, batch, member.static_batch)
-            counters.compute_us += (time.perf_counter() - started) * 1e6
+            self._check_outputs(member, outputs)
+            elapsed_us = (time.perf_counter() - started) * 1e6
         except RequestError as error:
-            for index, _ in items:
-                responses[index] = self._error(str(error))
-            counters.failures += len(items)
+            self._fail(ident, items, responses, error)
             return
         except Exception as error:  # noqa: BLE001  a member's runtime failure must not fail the pack
-            message = f"model '{ident}' failed: {str(error).splitlines()[0][:300]}"
-            for index, _ in items:
-                responses[index] = self._error(message)
-            counters.failures += len(items)
+            message = str(error).splitlines()[0][:300] if str(error) else type(error).__name__
+            self._fail(ident, items, responses, RequestError(f"model '{ident}' failed: {message}", "INTERNAL"))
             return
+        with self.lock:
+            self.buffer.pending[ident].compute_us += elapsed_us
         offset = 0
         for index, arrays in items:
             rows = arrays[0].shape[0]
             responses[index] = pb_utils.InferenceResponse(output_tensors=[
-                pb_utils.Tensor(name, np.ascontiguousarray(out[offset:offset + rows]))
-                for name, out in zip(member.output_names, outputs, strict=False)])
+                self._output_tensor(spec.name, out[offset:offset + rows])
+                for spec, out in zip(member.outputs, outputs, strict=False)])
             offset += rows
 
-    def _forward(self, module, batch: list[np.ndarray], static_batch: int | None) -> list[np.ndarray]:
+    def _fail(self, ident: str, items: list, responses: list, error: RequestError) -> None:
+        for index, _ in items:
+            responses[index] = self._error(error)
+        with self.lock:
+            self.buffer.pending[ident].failures += len(items)
+
+    def _check_outputs(self, member: Member, outputs: list) -> None:
+        for spec, out in zip(member.outputs, outputs, strict=False):
+            if spec.dtype is None:
+                continue
+            numpy_dtype = NUMPY_DTYPES.get(spec.dtype)
+            if isinstance(out, np.ndarray):
+                ok = out.dtype == numpy_dtype
+            else:  # a torch tensor: numpy has no such dtype (BF16)
+                ok = spec.dtype == "BF16" and out.dtype == self.torch.bfloat16
+            if not ok:
+                raise RequestError(f"model '{member.id}' output '{spec.name}' is {out.dtype}, its signature in "
+                                   f"{MEMBERS_FILE} says {spec.dtype}: re-register it with the right "
+                                   "signature", "INTERNAL")
+
+    @staticmethod
+    def _output_tensor(name: str, value):
+        if isinstance(value, np.ndarray):
+            return pb_utils.Tensor(name, np.ascontiguousarray(value))
+        return pb_utils.Tensor.from_dlpack(name, value.contiguous())  # BF16: numpy cannot hold it
+
+    def _forward(self, module, batch: list, static_batch: int | None) -> list:
+        """Runs the module; outputs come back as numpy arrays, or torch tensors where numpy has no dtype."""
         torch = self.torch
         rows = batch[0].shape[0]
         step = static_batch or rows
-        chunks: list[list[np.ndarray]] = []
+        chunks: list[list] = []
         with torch.inference_mode():
             for start in range(0, rows, step):
                 part = [a[start:start + step] for a in batch]
                 pad = step - part[0].shape[0] if static_batch else 0
                 if pad:
-                    part = [np.concatenate([a, np.repeat(a[-1:], pad, axis=0)]) for a in part]
-                result = module(*[torch.from_numpy(a).to(self.device) for a in part])
+                    part = [_concat([a, a[-1:].repeat_interleave(pad, 0) if isinstance(a, torch.Tensor)
+                                     else np.repeat(a[-1:], pad, axis=0)], torch) for a in part]
+                tensors = [a if isinstance(a, torch.Tensor) else torch.from_numpy(a) for a in part]
+                if self.device != "cpu":
+                    tensors = [t.to(self.device) for t in tensors]
+                result = module(*tensors)
                 if not isinstance(result, (tuple, list)):
                     result = (result,)
-                chunks.append([r.detach().cpu().numpy()[:step - pad] for r in result])
-        return [np.concatenate(parts) if len(parts) > 1 else parts[0] for parts in zip(*chunks, strict=False)]
+                chunks.append([_to_host(r.detach(), torch)[:step - pad] for r in result])
+        return [_concat(parts, torch) if len(parts) > 1 else parts[0] for parts in zip(*chunks, strict=False)]
 
     def finalize(self) -> None:
+        with self.wake:
+            self.stopping = True
+            self.wake.notify_all()
+            waiters = [(ident, w) for ident, ws in self.waiting.items() for w in ws]
+            self.waiting.clear()
+            self.waiting_total = 0
+        for ident, waiter in waiters:
+            self._send(waiter.sender, self._error(RequestError(
+                f"pack '{self.pack}' is unloading; model '{ident}' was not served: retry", "UNAVAILABLE")))
+        self.loader.join(timeout=30)
+        self.sweeper.join(timeout=5)
         self._flush_metrics(force=True)
-        self.resident.clear()
+        with self.lock:
+            self.resident.clear()
+
+
+def _shape_matches(actual: tuple[int, ...], expected: tuple[int, ...]) -> bool:
+    return all(e == -1 or a == e for a, e in zip(actual, expected, strict=True))
+
+
+def _concat(parts: list, torch):
+    if isinstance(parts[0], np.ndarray):
+        return np.concatenate(parts)
+    return torch.cat(parts)
+
+
+def _to_host(tensor, torch):
+    """numpy where it can hold the dtype (zero-copy on CPU), else the torch tensor (BF16)."""
+    tensor = tensor.cpu()
+    if tensor.dtype == torch.bfloat16:
+        return tensor
+    return tensor.numpy()
