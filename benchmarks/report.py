@@ -124,7 +124,7 @@ def _gpu_goal(results: dict) -> dict:
 
 
 GOALS: tuple[Goal, ...] = (
-    Goal("1a", "packs >= 3x the FastAPI server's rps at no worse p99 (packs via gRPC)", "peers",
+    Goal("1a", "packs >= 3x the FastAPI server's rps at no worse p99 (packs via gRPC, FastAPI via HTTP/JSON)", "peers",
          _peers_goal("packs_grpc")),
     Goal("1b", "same, apples to apples: both over HTTP/JSON with the same aiohttp client", "peers",
          _peers_goal("packs_http")),
@@ -261,13 +261,15 @@ def observations(results: dict) -> list[str]:
                 f"{cpu['packs_grpc'] - cpu['floor_grpc']:.0f} us.")
         if "packs_grpc" in cpu and "fastapi_http" in cpu and "packs_grpc" in client and "fastapi_http" in client:
             # Capacity if the machine did nothing else: every answer costs server + client CPU on shared
-            # cores; one uvicorn worker (one event loop, torch on one thread) cannot use more than one core.
+            # cores; each uvicorn worker (one event loop, torch on one thread) uses at most one core.
+            workers = min(cores, (peers.get("fastapi") or {}).get("workers", 1))
             packs_max = cores * 1e6 / (cpu["packs_grpc"] + client["packs_grpc"])
-            fastapi_max = min(1e6 / cpu["fastapi_http"], cores * 1e6 / (cpu["fastapi_http"] + client["fastapi_http"]))
+            fastapi_max = min(workers * 1e6 / cpu["fastapi_http"],
+                              cores * 1e6 / (cpu["fastapi_http"] + client["fastapi_http"]))
             lines.append(
                 f"- The FastAPI server costs {cpu['fastapi_http']:.0f} us of CPU per answer "
                 f"({cpu['fastapi_http'] / cpu['packs_grpc']:.2f}x the packs' {cpu['packs_grpc']:.0f} us) and, "
-                "with one worker, can use at most one core. From these CPU costs alone, on "
+                f"with {workers} worker(s), can use at most {workers} core(s). From these CPU costs alone, on "
                 f"{cores} cores shared with the client, the packs could serve at most about {packs_max:,.0f} rps "
                 f"and the FastAPI server {fastapi_max:,.0f} rps: a ceiling of {packs_max / fastapi_max:.2f}x for "
                 "the packs' advantage on this machine, before any noise from other tenants.")

@@ -295,10 +295,12 @@ thread, batched by 512 ({report._f(s['offline_scorer_rps'], 0)} requests/s; feat
 - **Same cores, same client kind**: servers and client run on this machine; every HTTP contender is driven by
   the same aiohttp code, every gRPC contender by the same `tritonclient.grpc.aio` code, both through
   `loadtest.raw_driver.closed_loop`; request bodies and tensors are built once per model before the clock.
-- **FastAPI baseline** (`benchmarks/fastapi_baseline.py`): one uvicorn worker with uvloop/httptools, access log
-  off, every model loaded at start into a dict, `POST /predictions/{{model}}` with `{{"inputs": [...]}}`, pydantic
-  validation, forward pass inline in an `async def` handler under `torch.inference_mode()`, torch on one
-  thread, JSON out.
+- **FastAPI baseline** (`benchmarks/fastapi_baseline.py`): uvicorn with one worker per core (workers = cores;
+  each worker holds every model), uvloop/httptools, access log off, every model loaded at start into a dict,
+  `POST /predictions/{{model}}` with `{{"inputs": [...]}}`, pydantic validation, forward pass inline in an
+  `async def` handler under `torch.inference_mode()`, torch on one thread per worker, JSON out. The fair
+  comparison is 1b: the same protocol (HTTP/JSON) and the same aiohttp client for both; 1a sets the packs'
+  gRPC against FastAPI's HTTP/JSON.
 - **Floor** (`benchmarks/floor_model.py`): the packs repository with each `model.py` replaced by a no-op that
   answers zeros of the member's output width: same configs, batching, instances and request shape.
 - **The limit** (`benchmarks/torch_limit.py`): the same TorchScript models and sequence through bare torch in

@@ -44,7 +44,9 @@ def main(verbose: bool) -> None:
                    "0.75 % resnet50, 0.5 % bert-base); see model_repository/profiles.py.")
 @click.option("--format", "fmt", type=click.Choice(["torchscript", "torch_export"]), default="torchscript",
               show_default=True, help="TorchScript (.pt) or a torch.export ExportedProgram (.pt2).")
-def generate(count: int, out: Path, seed: int, workers: int | None, profile: str, fmt: str) -> None:
+@click.option("--dtype", type=click.Choice(["FP32", "FP16", "BF16"]), default="FP32", show_default=True,
+              help="Weights, floating-point inputs and outputs in this type (token ids stay INT64).")
+def generate(count: int, out: Path, seed: int, workers: int | None, profile: str, fmt: str, dtype: str) -> None:
     """Write N unique models of a profile (tiny MLP/CNN/text, BERT- or ResNet-shaped) and OUT/manifest.json."""
     from collections import Counter
 
@@ -52,7 +54,7 @@ def generate(count: int, out: Path, seed: int, workers: int | None, profile: str
     from model_repository.generator import generate as run
 
     needed, free = profiles.disk_needed(profile, count), profiles.disk_free(out)
-    click.echo(f"{count} {profile} models as {fmt}: needs up to {needed / 2**30:.2f} GiB on disk "
+    click.echo(f"{count} {profile} models as {fmt} ({dtype}): needs up to {needed / 2**30:.2f} GiB on disk "
                f"({free / 2**30:.1f} GiB free)")
     try:
         profiles.check_disk(out, needed)
@@ -60,7 +62,7 @@ def generate(count: int, out: Path, seed: int, workers: int | None, profile: str
         raise click.ClickException(str(error)) from None
     with _progress(count, "model", "generate") as bar:
         manifest = run(count, out, seed=seed, workers=workers, on_progress=bar.update, profile=profile, fmt=fmt,
-                       check_disk_space=False)
+                       check_disk_space=False, dtype=dtype)
     kinds = Counter(m.id.rsplit("-", 1)[0] if m.architecture in ("bert", "resnet") else m.architecture
                     for m in manifest.models)
     total = sum(m.bytes for m in manifest.models)

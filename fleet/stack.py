@@ -30,11 +30,10 @@ import click
 import requests
 from tqdm import tqdm
 
+from fleet import demo_models
 from fleet.seaweedfs import SeaweedS3
 from fleet.triton_server import TritonServer, free_port
 
-# One of each kind a 2-core CI machine can move within the demo's time (bert-base, 417 MiB, cannot).
-REAL_SIZE_PHASE = ("bert-mini", "resnet50", "bert-small")
 STATE_DIR = Path(".fleet")
 STACK_FILE = STATE_DIR / "stack.json"
 BUCKET = "fleet-models"
@@ -107,84 +106,8 @@ def _wait_http(url: str, timeout_s: float, process: subprocess.Popen, log: Path)
     raise click.ClickException(f"{url} not ready after {timeout_s:.0f} s; see {log}")
 
 
-def _generate(models: int, profile: str, real_size: tuple[str, ...], seed: int) -> list[tuple[Path, object]]:
-    """The demo's models as (folder, manifest entry): `models - len(real_size)` of `profile`, then one model
-    of each real-size kind (indices continue, so every id is unique)."""
-    from model_repository import profiles
-
-    bulk = models - len(real_size)
-    if bulk < 0:
-        raise click.ClickException(f"--models {models} is fewer than the {len(real_size)} real-size models")
-    generated, out = STATE_DIR / "generated", []
-    needed = profiles.disk_needed(profile, bulk) if bulk else 0
-    needed += sum(profiles.MAX_BYTES[kind] for kind in real_size)
-    click.echo(f"   needs up to {needed / 2**30:.2f} GiB on disk ({profiles.disk_free(STATE_DIR) / 2**30:.1f} "
-               "GiB free)")
-    try:
-        profiles.check_disk(STATE_DIR, needed)
-    except profiles.NotEnoughDisk as error:
-        raise click.ClickException(str(error)) from None
-    with tqdm(total=models, unit="model", desc="generate") as bar:
-        if bulk:
-            folder = generated / profile
-            manifest = profiles.generate(folder, bulk, profile, seed=seed, on_progress=bar.update)
-            out += [(folder, entry) for entry in manifest.models]
-        for i, kind in enumerate(real_size):
-            folder = generated / kind
-            manifest = profiles.generate(folder, 1, kind, seed=seed, start=bulk + i, on_progress=bar.update)
-            out += [(folder, entry) for entry in manifest.models]
-    return out
-
-
-def _served_bytes(api: Api) -> tuple[int, int, str]:
-    """Total bytes of the servable models, and the largest one's bytes and name, as the registry reports them."""
-    total, largest, name, page = 0, 0, "", 1
-    while True:
-        body = api.call("GET", "/api/v1/models", params={"status": "servable", "per_page": 1000,
-                                                        "page": page}).json()
-        for item in body["items"]:
-            total += item["bytes"]
-            if item["bytes"] > largest:
-                largest, name = item["bytes"], item["name"]
-        if page * body["per_page"] >= body["total"]:
-            return total, largest, name
-        page += 1
-
-
-def _first_answers(api: Api, names: list[str]) -> list[dict]:
-    """Time each real-size model's first (cold: the pack loads it) and second (warm) answer over gRPC."""
-    import numpy as np
-    import tritonclient.grpc as grpcclient
-
-    from loadtest.payloads import random_inputs
-    from model_repository.manifest import NUMPY_DTYPES, TensorSpec
-
-    rows = []
-    for name in names:
-        model = api.call("GET", f"/api/v1/models/{name}").json()
-        specs = [TensorSpec(**spec) for spec in model["signature"]["inputs"]]
-        arrays = random_inputs(specs, 1, np.random.default_rng(0))
-        client = grpcclient.InferenceServerClient(model["endpoints"][0]["grpc_url"])
-        try:
-            inputs = []
-            for spec, array in zip(specs, arrays, strict=True):
-                tensor = grpcclient.InferInput(spec.name, list(array.shape), spec.dtype)
-                tensor.set_data_from_numpy(array.astype(NUMPY_DTYPES[spec.dtype]))
-                inputs.append(tensor)
-            timings = []
-            for _ in range(2):
-                begin = time.perf_counter()
-                client.infer(model["pack"], inputs, parameters=model["request_parameters"], client_timeout=120)
-                timings.append(time.perf_counter() - begin)
-        finally:
-            client.close()
-        rows.append({"name": name, "bytes": model["bytes"], "first_s": round(timings[0], 3),
-                     "warm_ms": round(timings[1] * 1000, 1)})
-    return rows
-
-
 def up(models: int = 1000, loadtest_seconds: int = 20, users: int = 16, seed: int = 0, profile: str = "tiny",
-       real_size: tuple[str, ...] = REAL_SIZE_PHASE) -> dict:
+       real_size: tuple[str, ...] = demo_models.REAL_SIZE_PHASE) -> dict:
     started = time.monotonic()
     if STACK_FILE.exists():
         click.echo("a previous stack is recorded; stopping it first")
@@ -238,7 +161,7 @@ def up(models: int = 1000, loadtest_seconds: int = 20, users: int = 16, seed: in
 
     phase = f", the last {len(real_size)} real-size ({', '.join(real_size)})" if real_size else ""
     click.echo(f"4/7 generating {models} unique models ({profile}{phase})")
-    generated = _generate(models, profile, real_size, seed)
+    generated = demo_models.generate(STATE_DIR / "generated", models, profile, real_size, seed)
 
     click.echo("5/7 registering them through the REST API (upload + validation + S3 + pack)")
 
@@ -267,9 +190,9 @@ def up(models: int = 1000, loadtest_seconds: int = 20, users: int = 16, seed: in
         raise click.ClickException(f"only {servable}/{models} servable after 10 minutes; see "
                                    f"GET {url}/api/v1/placements and {log}")
     servable_at = time.monotonic() - started
-    served_bytes, largest_bytes, largest_name = _served_bytes(api)
+    served_bytes, largest_bytes, largest_name = demo_models.served_bytes(api)
     real = [entry.id for _, entry in generated[len(generated) - len(real_size):]] if real_size else []
-    first_answers = _first_answers(api, real)
+    first_answers = demo_models.first_answers(api, real)
 
     click.echo(f"7/7 load test: {users} locust users for {loadtest_seconds} s, Zipf mix over all models")
     test = api.call("POST", "/api/v1/loadtests", json={"users": users, "spawn_rate": users,

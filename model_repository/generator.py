@@ -20,10 +20,12 @@ import torch
 from model_repository import profiles
 from model_repository.architectures import SmallCNN, TabularMLP, TextBag
 from model_repository.artifacts import write_canonical_export, write_canonical_torchscript
-from model_repository.formats import SUFFIX, ArtifactFormat
-from model_repository.manifest import Architecture, Manifest, ModelEntry, TensorSpec
+from model_repository.formats import SUFFIX, TORCH_DTYPES, ArtifactFormat
+from model_repository.manifest import NUMPY_DTYPES, Architecture, Manifest, ModelEntry, TensorSpec
 
 ARCHITECTURES: tuple[Architecture, ...] = ("mlp", "cnn", "text")
+# Floating-point types a model can be generated in (`--dtype`): weights, float inputs and outputs alike.
+FLOAT_DTYPES = ("FP32", "FP16", "BF16")
 MODELS_DIR = "models"
 
 
@@ -39,6 +41,7 @@ class _Job:
     out: str
     kind: profiles.Kind = "tiny"
     fmt: ArtifactFormat = "torchscript"
+    dtype: str = "FP32"
 
 
 def model_id(architecture: str, index: int) -> str:
@@ -81,6 +84,18 @@ def _tiny_example(inputs: list[TensorSpec]) -> torch.Tensor:
     return torch.randn(shape, generator=torch.Generator().manual_seed(0))
 
 
+def _in_dtype(dtype: str, module: torch.nn.Module, example: torch.Tensor, inputs: list[TensorSpec],
+              outputs: list[TensorSpec]) -> tuple[torch.nn.Module, torch.Tensor, list[TensorSpec], list[TensorSpec]]:
+    """The same model in FP16 or BF16: weights, floating inputs (token ids stay INT64) and outputs."""
+    torch_dtype = getattr(torch, TORCH_DTYPES[dtype])
+    module = module.to(torch_dtype)
+    if example.is_floating_point():
+        example = example.to(torch_dtype)
+    inputs = [i.model_copy(update={"dtype": dtype}) if i.dtype == "FP32" else i for i in inputs]
+    outputs = [o.model_copy(update={"dtype": dtype}) for o in outputs]
+    return module, example, inputs, outputs
+
+
 def _generate_one(job: _Job) -> ModelEntry:
     torch.set_num_threads(1)
     if job.kind == "tiny":
@@ -90,6 +105,8 @@ def _generate_one(job: _Job) -> ModelEntry:
     else:
         module, arch, inputs, outputs, example = profiles.build_real(job.kind, job.index, job.seed)
         ident = model_id(job.kind, job.index)
+    if job.dtype != "FP32":
+        module, example, inputs, outputs = _in_dtype(job.dtype, module, example, inputs, outputs)
     relative = f"{MODELS_DIR}/{ident}{SUFFIX[job.fmt]}"
     path = Path(job.out) / relative
     with torch.no_grad():
@@ -123,14 +140,14 @@ def example_inputs(entry: ModelEntry, batch: int, seed: int = 0) -> list[np.ndar
         if spec.dtype == "INT64":
             low, high = spec.value_range or (0, 2)
             arrays.append(rng.integers(low, high, size=shape, dtype=np.int64))
-        else:
-            arrays.append(rng.standard_normal(shape).astype(np.float32))
+        else:  # BF16 has no numpy type: float32 arrays (clients send them as BF16; torch converts)
+            arrays.append(rng.standard_normal(shape).astype(NUMPY_DTYPES[spec.dtype]))
     return arrays
 
 
 def generate(count: int, out: Path, seed: int = 0, workers: int | None = None,
              on_progress: Callable[[int], None] | None = None, start: int = 0, profile: str = "tiny",
-             fmt: ArtifactFormat = "torchscript", check_disk_space: bool = True) -> Manifest:
+             fmt: ArtifactFormat = "torchscript", check_disk_space: bool = True, dtype: str = "FP32") -> Manifest:
     """Generate models [start, start+count) of `profile` into `out` and write `out/manifest.json`.
 
     Refuses (profiles.NotEnoughDisk) before writing anything when the disk lacks the space.
@@ -139,10 +156,13 @@ def generate(count: int, out: Path, seed: int = 0, workers: int | None = None,
     kinds = profiles.kinds_for(profile, start, count)
     if fmt not in SUFFIX:
         raise ValueError(f"unknown format {fmt!r}; choose one of: {', '.join(SUFFIX)}")
+    if dtype not in FLOAT_DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; choose one of: {', '.join(FLOAT_DTYPES)}")
     if check_disk_space:
         profiles.check_disk(out, profiles.disk_needed(profile, count, start))
     (out / MODELS_DIR).mkdir(parents=True, exist_ok=True)
-    jobs = [_Job(i, seed, str(out), kind, fmt) for i, kind in zip(range(start, start + count), kinds, strict=True)]
+    jobs = [_Job(i, seed, str(out), kind, fmt, dtype)
+            for i, kind in zip(range(start, start + count), kinds, strict=True)]
     workers = _workers_for(kinds, workers)
     entries: list[ModelEntry] = []
     if workers <= 1 or count < 8:

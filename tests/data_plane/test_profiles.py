@@ -147,3 +147,17 @@ def test_tiny_profile_in_torch_export_format(tmp_path):
         (x,) = example_inputs(entry, batch=2)
         y = module(torch.from_numpy(x))
         assert list(y.shape) == [2, *entry.outputs[0].shape[1:]] and np.isfinite(y.detach().numpy()).all()
+
+
+@pytest.mark.parametrize("dtype", ["FP16", "BF16"])
+def test_dtype_variants_declare_and_compute_in_that_type(tmp_path, dtype):
+    manifest = profiles.generate(tmp_path, 3, "tiny", seed=4, dtype=dtype, workers=1)
+    torch_dtype = {"FP16": torch.float16, "BF16": torch.bfloat16}[dtype]
+    for entry in manifest.models:
+        assert entry.outputs[0].dtype == dtype
+        assert entry.inputs[0].dtype == ("INT64" if entry.architecture == "text" else dtype)
+        module = torch.jit.load(str(tmp_path / entry.file))
+        (x,) = example_inputs(entry, batch=2)
+        x = torch.from_numpy(x)
+        y = module(x if entry.architecture == "text" else x.to(torch_dtype))
+        assert y.dtype == torch_dtype and list(y.shape) == [2, *entry.outputs[0].shape[1:]]
