@@ -161,7 +161,12 @@ def test_triton_health_check_curls_readiness():
 def test_triton_starts_only_after_a_first_complete_sync():
     init_sync, sync = _container("init-sync"), _container("sync")
     source = {"Fn::Sub": "s3://${RepositoryBucket}/${RepositoryPrefix}"}
-    assert init_sync["Command"] == ["fleet", "sync", source, "/models", "--interval", "0"]  # once, then exit
+    # once, then exit 0; a pass that fails (no S3, no index) logs why and is retried with back-off
+    shell, flag, script = init_sync["Command"]
+    assert (shell, flag) == ("/bin/sh", "-c") and "EntryPoint" not in init_sync
+    assert "until fleet sync s3://${RepositoryBucket}/${RepositoryPrefix} /models --interval 0;" in \
+        script["Fn::Sub"]
+    assert "d * 2" in script["Fn::Sub"] and "retrying in $d s" in script["Fn::Sub"]
     assert init_sync["Essential"] is False
     assert sync["Command"] == ["fleet", "sync", source, "/models", "--interval", "30"]
     after_init = [{"ContainerName": "init-sync", "Condition": "SUCCESS"}]
