@@ -78,3 +78,14 @@ def test_every_container_that_calls_aws_knows_its_region():
                 continue  # the agent's region is in its own config (CW_CONFIG_CONTENT)
             env = {e["Name"]: e["Value"] for e in container.get("Environment", [])}
             assert env.get("AWS_REGION") == {"Ref": "AWS::Region"}, container["Name"]
+
+
+def test_runbook_builds_one_stub_instance_per_task_vcpu():
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[2] / "docs" / "ecs.md").read_text()
+    instances = re.search(r"fleet adfilter build-triton .*--instances (\d+)", text)
+    assert instances, "docs/ecs.md builds adfilter without --instances"
+    cpu = T["Mappings"]["TaskSize"][_default("InstanceSize")]["Cpu"]
+    assert int(instances.group(1)) == cpu // 1024
