@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 # namespace package named `triton`, which torch mistakes for OpenAI Triton (torch._dynamo breaks).
 export PYTHONSAFEPATH := 1
 
-.PHONY: demo test test-fast bench lint clean down
+.PHONY: demo test test-fast bench lint clean down images rehearse-eks rehearse-ecs
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,19 @@ test-fast: $(STAMP)
 
 bench: $(STAMP)
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/fleet bench
+
+# Container images that can be built here (podman + runc; installs podman, runc and debootstrap with apt-get
+# when missing and root): one Debian bookworm + torch base, then server-cpu, control-plane and loadtest.
+# Reruns reuse podman's layer cache. The container tests (tests/containers) build them the same way.
+images: $(STAMP)
+	$(BIN)/python -m deploy.images
+
+# Every runbook step that can run on this machine, in order (docs/eks.md, docs/ecs.md).
+rehearse-eks: $(STAMP)
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/fleet rehearse eks
+
+rehearse-ecs: $(STAMP)
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/fleet rehearse ecs
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -146,7 +146,10 @@ def create_app(settings: Settings | None = None, start_reconciler: bool = True) 
         except Exception as error:  # noqa: BLE001
             problems["database"] = str(error)
         try:
-            s3.head_bucket(Bucket=settings.bucket)
+            # A prefix-scoped listing, not head_bucket: the IAM policies (k8s/iam) grant s3:ListBucket only
+            # with an s3:prefix condition, which head_bucket (no prefix) never satisfies.
+            s3.list_objects_v2(Bucket=settings.bucket, Prefix=f"{settings.prefix}/" if settings.prefix else "",
+                               MaxKeys=1)
         except Exception as error:  # noqa: BLE001
             problems["object_store"] = str(error)
         if start_reconciler and (reconciler._thread is None or not reconciler._thread.is_alive()):

@@ -9,7 +9,41 @@ from pathlib import Path
 import click
 from tqdm import tqdm
 
-from adfilter.cli import adfilter as adfilter_commands
+
+class LazyGroup(click.Group):
+    """A group whose heavy subcommands are imported only when they run (click's documented lazy pattern).
+
+    Why: `fleet sync` runs in the server image, which carries only what the data plane needs; importing
+    the load-test, report or control-plane commands (locust, matplotlib, flask) at start-up would make it
+    fail there. `fleet --help` lists them without importing them.
+    """
+
+    lazy_commands: dict[str, tuple[str, str, str]] = {
+        # name: (module, attribute, short help)
+        "adfilter": ("adfilter.cli", "adfilter", "OpenRTB bid-request filter: data, training, scoring, model."),
+        "control-plane": ("control_plane.server", "control_plane", "The control plane's REST API and reconciler."),
+        "loadtest": ("loadtest.cli", "loadtest", "Run locust load tests against Triton."),
+        "report": ("loadtest.cli", "report", "Render a load-test report from saved results."),
+        "rehearse": ("deploy.rehearse", "rehearse", "Run every EKS/ECS runbook step that can run here."),
+    }
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted([*super().list_commands(ctx), *self.lazy_commands])
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name in self.lazy_commands:
+            module, attribute, _ = self.lazy_commands[name]
+            import importlib
+
+            return getattr(importlib.import_module(module), attribute)
+        return super().get_command(ctx, name)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = [(name, self.lazy_commands[name][2] if name in self.lazy_commands
+                 else click.Group.get_command(self, ctx, name).get_short_help_str(limit=80))
+                for name in self.list_commands(ctx)]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
 
 # Kept in step with model_repository.profiles.PROFILES (not imported: it pulls torch into every command).
 PROFILE_NAMES = ("tiny", "bert-mini", "bert-small", "bert-base", "resnet50", "mixed")
@@ -19,7 +53,7 @@ def _progress(total: int, unit: str, desc: str, unit_scale: bool = False) -> tqd
     return tqdm(total=total, unit=unit, desc=desc, unit_scale=unit_scale, dynamic_ncols=True)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.option("-v", "--verbose", is_flag=True, help="Log debug details.")
 def main(verbose: bool) -> None:
     """Serve thousands of unique PyTorch models on NVIDIA Triton.
@@ -211,8 +245,6 @@ def compile_(repository: Path, family: str, static_batch: int) -> None:
     click.echo(f"compiled {count} members for {family}")
 
 
-main.add_command(adfilter_commands)
-
 @main.command(name="up")
 @click.option("--models", type=click.IntRange(1), default=1000, show_default=True)
 @click.option("--loadtest-seconds", type=click.IntRange(1), default=20, show_default=True)
@@ -312,18 +344,6 @@ def bench_command(quick: bool, gpu: bool, only: str | None, out: Path | None, do
     argv += ["--render", str(render)] if render else []
     raise SystemExit(run(argv))
 
-
-def _register_room_commands() -> None:
-    from control_plane.server import control_plane
-
-    main.add_command(control_plane)
-    from loadtest.cli import loadtest, report
-
-    main.add_command(loadtest)
-    main.add_command(report)
-
-
-_register_room_commands()
 
 if __name__ == "__main__":
     main()

@@ -4,6 +4,12 @@
   blocking gRPC call stalls every greenlet of the process, so one user would run at a time.
 * Each user owns its clients and closes them in ``on_stop``; an open channel keeps locust from exiting
   after it prints its summary.
+* One gRPC connection per simulated user: gRPC shares one TCP connection per address among all channels
+  of a process (the global subchannel pool), so behind an NLB a few locust processes would be a few flows
+  pinned to a few tasks. ``grpc.use_local_subchannel_pool`` gives each user's channel its own connection,
+  so the NLB spreads users over tasks as it would spread bidders.
+* ``--server-metrics`` reads each server's own request counter before and after the run
+  (loadtest/server_counts.py): the per-task figure beside the through-NLB one.
 * Options common to every Triton locustfile are registered here, once, so locustfiles can be combined.
 """
 from __future__ import annotations
@@ -22,6 +28,7 @@ from locust.env import Environment
 from locust.runners import MasterRunner, WorkerRunner
 from tritonclient.utils import InferenceServerException
 
+from loadtest import server_counts
 from loadtest.run_meta import RunMeta, describe_machine, write_meta
 
 grpc_gevent.init_gevent()
@@ -36,6 +43,9 @@ def _common_arguments(parser: argparse.ArgumentParser) -> None:
                             "load is users x this. 0: no wait, each user sends as fast as answers come.")
     parser.add_argument("--request-timeout", type=float, default=10.0, env_var="LOCUST_REQUEST_TIMEOUT",
                         help="Seconds before a request counts as failed.")
+    parser.add_argument("--server-metrics", default="", env_var="LOCUST_SERVER_METRICS",
+                        help="Comma-separated metrics endpoints (IP:8002) of the servers behind --host: each "
+                             "one's own request count during the run is written to PREFIX_servers.json.")
 
 
 def grpc_address(host: str) -> str:
@@ -52,8 +62,20 @@ def runs_load(environment: Environment) -> bool:
     return not isinstance(environment.runner, MasterRunner)
 
 
+# tritonclient's own defaults, plus a subchannel pool of the channel's own: one TCP connection per user.
+CHANNEL_ARGS = [
+    ("grpc.max_send_message_length", grpcclient.MAX_GRPC_MESSAGE_SIZE),
+    ("grpc.max_receive_message_length", grpcclient.MAX_GRPC_MESSAGE_SIZE),
+    ("grpc.keepalive_time_ms", 2**31 - 1),
+    ("grpc.keepalive_timeout_ms", 20000),
+    ("grpc.keepalive_permit_without_calls", False),
+    ("grpc.http2.max_pings_without_data", 2),
+    ("grpc.use_local_subchannel_pool", 1),
+]
+
+
 class ClientPool:
-    """One tritonclient per server address, for one user."""
+    """One tritonclient per server address, for one user, each on its own TCP connection."""
 
     def __init__(self) -> None:
         self._clients: dict[str, grpcclient.InferenceServerClient] = {}
@@ -61,7 +83,8 @@ class ClientPool:
     def get(self, address: str) -> grpcclient.InferenceServerClient:
         client = self._clients.get(address)
         if client is None:
-            client = self._clients[address] = grpcclient.InferenceServerClient(grpc_address(address))
+            client = self._clients[address] = grpcclient.InferenceServerClient(grpc_address(address),
+                                                                               channel_args=CHANNEL_ARGS)
         return client
 
     def close(self) -> None:
@@ -110,6 +133,32 @@ def stop_run(environment: Environment, message: str) -> None:
     environment.process_exit_code = 1
     if environment.runner is not None:
         gevent.spawn_later(0, environment.runner.quit)
+
+
+_server_snapshot: dict[str, server_counts.Snapshot] = {}
+
+
+def _server_addresses(environment: Environment) -> list[str]:
+    options = environment.parsed_options
+    value = getattr(options, "server_metrics", "") if options is not None else ""
+    return [a for a in (value or "").split(",") if a.strip()]
+
+
+@events.test_start.add_listener
+def _count_server_requests_before(environment: Environment, **_: object) -> None:
+    if isinstance(environment.runner, WorkerRunner) or not _server_addresses(environment):
+        return
+    _server_snapshot["start"] = server_counts.Snapshot(_server_addresses(environment))
+
+
+@events.test_stop.add_listener
+def _count_server_requests_after(environment: Environment, **_: object) -> None:
+    start = _server_snapshot.pop("start", None)
+    options = environment.parsed_options
+    if start is None or options is None or not options.csv_prefix:
+        return
+    counts = server_counts.Snapshot(_server_addresses(environment)).since(start)
+    log.info("per-server request counts written to %s", server_counts.write(options.csv_prefix, counts))
 
 
 @events.test_stop.add_listener

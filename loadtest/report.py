@@ -14,6 +14,7 @@ from loadtest.analysis import Analysis, RunRow, Slo, analyse
 from loadtest.plots import latency_vs_load, throughput_per_instance
 from loadtest.prices import PriceTable
 from loadtest.results import Run
+from loadtest.server_counts import read_beside
 
 LATENCY_PNG = "latency_vs_load.png"
 THROUGHPUT_PNG = "throughput.png"
@@ -105,6 +106,31 @@ def _runs_table(rows: tuple[RunRow, ...], load_unit: str) -> Table:
                _usd(r.cost_per_million), r.run.measured_on) for r in rows))
 
 
+def per_server_blocks(rows: tuple[RunRow, ...]) -> list[Block]:
+    """Per-task figures (each server's own counter) beside the through-load-balancer figure (locust's)."""
+    blocks: list[Block] = []
+    for row in rows:
+        counts = read_beside(row.run.source)
+        if not counts:
+            continue
+        total = sum(c.requests for c in counts)
+        table_rows = [(c.address, f"{c.requests:,}", f"{c.rps:,.1f}",
+                       f"{c.requests / total:.0%}" if total else "-", c.error or "") for c in counts]
+        table_rows.append(("all servers", f"{total:,}", f"{sum(c.rps for c in counts):,.1f}", "100%", ""))
+        blocks += [
+            Paragraph(f"`{row.run.source.name}`: locust saw {row.run.stat.rps:,.1f} rps in total at its "
+                      f"--host (the load balancer, on ECS/EKS); each server counted these:"),
+            Table(("server (metrics address)", "requests", "rps", "share", "note"), tuple(table_rows)),
+        ]
+        shares = [c.requests / total for c in counts if total and not c.error]
+        if shares and max(shares) > 2 / len(shares):
+            blocks.append(Paragraph("Unbalanced: one server took more than twice an even share. Behind an "
+                                    "NLB that means too few connections (flows); add users or generators."))
+    if blocks:
+        blocks.insert(0, Heading("Per server (through the load balancer vs each task)"))
+    return blocks
+
+
 def build_blocks(analysis: Analysis, title: str, load_unit: str) -> list[Block]:
     slo = analysis.slo
     blocks: list[Block] = [
@@ -134,7 +160,7 @@ def build_blocks(analysis: Analysis, title: str, load_unit: str) -> list[Block]:
         _runs_table(analysis.rows, load_unit),
         Paragraph("Sources: " + ", ".join(f"`{r.run.source}`" for r in analysis.rows)),
     ]
-    return blocks
+    return blocks + per_server_blocks(analysis.rows)
 
 
 def _md_cell(text: str) -> str:

@@ -26,7 +26,13 @@ from control_plane.targets.base import (
 )
 from control_plane.targets.ecs_aws import GuardedClient, aws_errors, make_client
 from control_plane.targets.ecs_loadtest import LoadTestPlace, LoadTestRun
-from control_plane.targets.ecs_stack import delete_stack, deploy_stack, describe_stack, stack_outputs
+from control_plane.targets.ecs_stack import (
+    delete_stack,
+    deploy_stack,
+    describe_stack,
+    release_scale_in_protection,
+    stack_outputs,
+)
 from control_plane.targets.ecs_tasks import private_ip, ready_tasks, wait_until_ready
 from control_plane.targets.ecs_template import DEFAULT_TEMPLATE, template_body
 
@@ -171,5 +177,7 @@ class EcsTarget:
 
     def teardown(self, progress: Progress | None = None) -> None:
         with aws_errors(f"deleting stack {self.config.stack_name}"):
+            release_scale_in_protection(self._client("cloudformation"), self._client("autoscaling"),
+                                        self.config.stack_name, progress or _quiet)
             delete_stack(self._client("cloudformation"), self.config.stack_name, progress or _quiet,
                          timeout_s=self.config.stack_timeout_s, poll_s=self.config.poll_s)

@@ -169,3 +169,27 @@ def delete_stack(cfn: Any, name: str, progress: Progress, *, timeout_s: float, p
     progress(f"deleting stack {name}")
     cfn.delete_stack(StackName=existing["StackId"])
     wait_for_stack(cfn, feed, "DELETE_COMPLETE", progress, timeout_s=timeout_s, poll_s=poll_s)
+
+
+def release_scale_in_protection(cfn: Any, autoscaling: Any, name: str, progress: Progress) -> int:
+    """Clear scale-in protection on the stack's ASG instances; returns how many were protected.
+
+    Why before deleting: the capacity provider's managed termination protection marks every instance
+    that runs a task as protected from scale-in, and CloudFormation cannot delete the capacity provider
+    or shrink the group while protected instances remain: the delete stalls until it times out.
+    """
+    try:
+        resource = cfn.describe_stack_resource(StackName=name, LogicalResourceId="AutoScalingGroup")
+    except ClientError:
+        return 0  # no stack or no group: nothing is protected
+    group = resource["StackResourceDetail"].get("PhysicalResourceId")
+    if not group:
+        return 0
+    groups = autoscaling.describe_auto_scaling_groups(AutoScalingGroupNames=[group])["AutoScalingGroups"]
+    protected = [i["InstanceId"] for g in groups for i in g.get("Instances", []) if i.get("ProtectedFromScaleIn")]
+    for start in range(0, len(protected), 50):  # the API takes at most 50 instances per call
+        autoscaling.set_instance_protection(InstanceIds=protected[start:start + 50], AutoScalingGroupName=group,
+                                            ProtectedFromScaleIn=False)
+    if protected:
+        progress(f"cleared scale-in protection on {len(protected)} instances of {group}")
+    return len(protected)

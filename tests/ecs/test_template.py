@@ -136,7 +136,7 @@ def test_triton_task_is_arm64_awsvpc_on_ec2():
 def test_triton_runs_the_fleet_command_with_the_admin_key_from_the_secret():
     triton = _container("triton")
     command = triton["Command"][0]["Fn::Sub"]
-    for flag in ("--model-repository=/models", "--model-control-mode=explicit",
+    for flag in ("--model-repository=/repository/models", "--model-control-mode=explicit",
                  "--disable-auto-complete-config", "--load-model=adfilter",
                  "--http-restricted-api=model-repository:triton-admin-key=$TRITON_ADMIN_KEY",
                  "--grpc-restricted-protocol=model-repository:triton-admin-key=$TRITON_ADMIN_KEY",
@@ -161,13 +161,18 @@ def test_triton_health_check_curls_readiness():
 def test_triton_starts_only_after_a_first_complete_sync():
     init_sync, sync = _container("init-sync"), _container("sync")
     source = {"Fn::Sub": "s3://${RepositoryBucket}/${RepositoryPrefix}"}
-    assert init_sync["Command"] == ["fleet", "sync", source, "/models", "--interval", "0"]  # once, then exit
+    # once, then exit 0; a pass that fails (no S3, no index) logs why and is retried with back-off
+    shell, flag, script = init_sync["Command"]
+    assert (shell, flag) == ("/bin/sh", "-c") and "EntryPoint" not in init_sync
+    assert "until fleet sync s3://${RepositoryBucket}/${RepositoryPrefix} /repository/models --interval 0;" in \
+        script["Fn::Sub"]
+    assert "d * 2" in script["Fn::Sub"] and "retrying in $d s" in script["Fn::Sub"]
     assert init_sync["Essential"] is False
-    assert sync["Command"] == ["fleet", "sync", source, "/models", "--interval", "30"]
+    assert sync["Command"] == ["fleet", "sync", source, "/repository/models", "--interval", "30"]
     after_init = [{"ContainerName": "init-sync", "Condition": "SUCCESS"}]
     assert _container("triton")["DependsOn"] == after_init and sync["DependsOn"] == after_init
     mounts = {c: _container(c)["MountPoints"][0] for c in ("init-sync", "sync", "triton")}
-    assert {m["ContainerPath"] for m in mounts.values()} == {"/models"}
+    assert {m["ContainerPath"] for m in mounts.values()} == {"/repository"}  # staging is a sibling
     assert mounts["triton"]["ReadOnly"] is True
 
 

@@ -63,3 +63,49 @@ def test_repository_read_policy_allows_only_reading_the_repository_prefix() -> N
     listing = statements["s3:ListBucket"]
     assert listing["Resource"] == "arn:aws:s3:::REPOSITORY_BUCKET"
     assert listing["Condition"] == {"StringLike": {"s3:prefix": ["REPOSITORY_PREFIX", "REPOSITORY_PREFIX/*"]}}
+
+
+# vCPU and memory of the instance types the groups use (AWS instance type specifications).
+INSTANCE_SHAPES = {"c7g.xlarge": (4, 8), "m7g.xlarge": (4, 16), "m6i.xlarge": (4, 16), "g4dn.xlarge": (4, 16),
+                   "inf2.xlarge": (4, 16)}
+# Standard-support windows on EKS (release on EKS, end of standard support), from the EKS version calendar.
+EKS_STANDARD_SUPPORT = {"1.33": ("2025-05-28", "2026-07-29"), "1.34": ("2025-10-06", "2026-12-02"),
+                        "1.35": ("2026-01-28", "2027-03-27")}
+CHECKED_ON = "2026-11-30"
+
+
+def _cpu(quantity: str) -> float:
+    return float(quantity[:-1]) / 1000 if quantity.endswith("m") else float(quantity)
+
+
+def test_cluster_version_is_in_eks_standard_support_on_the_date_the_prices_were_checked() -> None:
+    version = yaml.safe_load(CLUSTER_FILE.read_text())["metadata"]["version"]
+    released, ends = EKS_STANDARD_SUPPORT[version]
+    assert released <= CHECKED_ON < ends, f"EKS {version} is out of standard support ($0.60/h) on {CHECKED_ON}"
+
+
+def test_every_node_group_can_be_grown_by_the_cluster_autoscaler() -> None:
+    for name, group in node_groups().items():
+        assert group["iam"]["withAddonPolicies"]["autoScaler"] is True, name
+        assert group["tags"]["k8s.io/cluster-autoscaler/enabled"] == "true", name
+        assert group["tags"]["k8s.io/cluster-autoscaler/triton-fleet"] == "owned", name
+        assert group["propagateASGTags"] is True, name
+
+
+def test_server_groups_hold_the_replicas_the_runbook_and_the_hpa_ask_for(all_manifests: list[Manifest]) -> None:
+    groups = {group["instanceType"]: group for group in node_groups().values()}
+    hpas = {o["spec"]["scaleTargetRef"]["name"]: o for o in all_manifests if o["kind"] == "HorizontalPodAutoscaler"}
+    for sts in (o for o in all_manifests if o["kind"] == "StatefulSet" and o["metadata"]["name"].startswith("triton-")):
+        pod = sts["spec"]["template"]["spec"]
+        group = groups[pod["nodeSelector"]["node.kubernetes.io/instance-type"]]
+        vcpus, _ = INSTANCE_SHAPES[group["instanceType"]]
+        requested = sum(_cpu(c["resources"]["requests"]["cpu"]) for c in pod["containers"])
+        # native sidecars run for the pod's lifetime and count too (init pass runs before, alone)
+        requested += sum(_cpu(c["resources"]["requests"]["cpu"]) for c in pod.get("initContainers", [])
+                         if c.get("restartPolicy") == "Always")
+        per_node = int((vcpus - 0.3) // requested)  # ~0.3 vCPU for kubelet, CNI and kube-proxy
+        assert per_node >= 1, f"{sts['metadata']['name']} requests {requested} vCPU, {group['name']} has {vcpus}"
+        hpa = hpas[sts["metadata"]["name"]]
+        assert group["maxSize"] * per_node >= hpa["spec"]["maxReplicas"], sts["metadata"]["name"]
+    graviton = node_groups()["graviton"]
+    assert graviton["desiredCapacity"] >= 2  # docs/eks.md starts two CPU servers

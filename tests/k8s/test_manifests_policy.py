@@ -108,7 +108,10 @@ class TestTritonFamily:
         pod = sts["spec"]["template"]["spec"]
         source = "s3://$(REPOSITORY_BUCKET)/$(REPOSITORY_PREFIX)"
         first, sidecar = pod["initContainers"]
-        assert first["command"] == ["fleet", "sync", source, "/repository/models"]
+        # one full pass; a failed one logs its reason and is retried with back-off (not CrashLoopBackOff)
+        assert first["command"][:2] == ["/bin/sh", "-c"]
+        assert f"until fleet sync {source} /repository/models --interval 0;" in first["command"][2]
+        assert "retrying in $d s" in first["command"][2]
         assert "restartPolicy" not in first  # one pass, before anything else starts
         assert sidecar["command"] == ["fleet", "sync", source, "/repository/models", "--interval", "30"]
         assert sidecar["restartPolicy"] == "Always"  # a native sidecar

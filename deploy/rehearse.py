@@ -1,0 +1,151 @@
+"""`fleet rehearse eks|ecs`: every runbook step that can run on this machine, in the runbook's order.
+
+Why: docs/eks.md and docs/ecs.md go from an empty AWS account to a load-test report; most of that needs
+AWS, but rendering, linting, building the images, starting the task/pods as containers and driving the
+target code against the emulators (kmock, moto) do not. The rehearsal runs those and then lists, by
+runbook step, what it could not run, so a reader knows exactly what is untested before a real run.
+"""
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import click
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class Step:
+    runbook_step: str
+    what: str
+    run: Callable[[], None]
+
+
+def _pytest(*paths: str, marker: str | None = None) -> Callable[[], None]:
+    def run() -> None:
+        args = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *paths]
+        if marker:
+            args += ["-m", marker]
+        done = subprocess.run(args, cwd=ROOT, capture_output=True, text=True)
+        tail = (done.stdout + done.stderr).strip().splitlines()[-1:] or [""]
+        if done.returncode != 0:
+            raise RuntimeError((done.stdout + done.stderr)[-3000:])
+        click.echo(f"    {tail[0]}")
+    return run
+
+
+def _cfn_lint() -> None:
+    template = ROOT / "ecs" / "templates" / "adfilter-fleet.yaml"
+    lint = Path(sys.executable).with_name("cfn-lint")
+    done = subprocess.run([str(lint), "--config-file", str(ROOT / "ecs" / ".cfnlintrc"), "--", str(template)],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(done.stdout + done.stderr)
+    from control_plane.targets.ecs_template import template_body
+
+    click.echo(f"    cfn-lint clean; TemplateBody {len(template_body().encode()):,} bytes")
+
+
+def _images() -> None:
+    from deploy.images import build_all
+    from deploy.podman import ensure_tools
+
+    ensure_tools()
+    build_all(log=lambda line: click.echo(f"    {line}"))
+
+
+def _render_all() -> None:
+    from control_plane.targets.eks_manifests import K8S_ROOT, render
+
+    for overlay in sorted((K8S_ROOT / "overlays").iterdir()):
+        objects = render(overlay)
+        click.echo(f"    {overlay.name}: {len(objects)} objects")
+
+
+STEPS: dict[str, list[Step]] = {
+    "ecs": [
+        Step("1. Images", "build the base, server-cpu, control-plane and loadtest images (podman)", _images),
+        Step("3. Deploy", "cfn-lint the template; compact TemplateBody within CloudFormation's limit", _cfn_lint),
+        Step("3. Deploy", "template facts: entry points, scaling limits, IAM, capacity",
+             _pytest("tests/ecs/test_template.py", "tests/ecs/test_capacity.py")),
+        Step("2-4. Models and task", "the task definition as containers: init sync waits for the index, then "
+             "Triton serves adfilter", _pytest("tests/containers/test_ecs_task.py")),
+        Step("3, 5, 7. Deploy, load test, teardown", "EcsTarget against moto (deploy, scale, load test, "
+             "teardown with scale-in protection cleared)",
+             _pytest("tests/ecs/test_target_moto.py", "tests/ecs/test_loadtest.py",
+                     "tests/ecs/test_teardown_protection.py")),
+        Step("6. Report", "one connection per user, per-server counts in the report (real Triton, locust)",
+             _pytest("tests/loadtest/test_nlb_connections.py")),
+    ],
+    "eks": [
+        Step("4. Images", "build the base, server-cpu, control-plane and loadtest images (podman)", _images),
+        Step("6. Manifests", "render every overlay with kubectl kustomize", _render_all),
+        Step("6. Manifests", "kubernetes-validate --strict, policies, cluster file vs manifests",
+             _pytest("tests/k8s/test_manifests_validate.py", "tests/k8s/test_manifests_policy.py",
+                     "tests/k8s/test_cluster_config.py", "tests/k8s/test_readiness_iam.py")),
+        Step("6-7. Pods", "the Triton pod (sync, sidecar, Triton) and the control-plane pod as containers",
+             _pytest("tests/containers/test_eks_pods.py")),
+        Step("7-9. Deploy, models, load test", "EksTarget against kmock (deploy, diagnose, locust Job)",
+             _pytest("tests/k8s/test_eks_deploy.py", "tests/k8s/test_eks_diagnose.py",
+                     "tests/k8s/test_eks_locust.py", "tests/k8s/test_eks_operations.py")),
+        Step("10. Report", "one connection per user, per-server counts in the report (real Triton, locust)",
+             _pytest("tests/loadtest/test_nlb_connections.py")),
+    ],
+}
+
+NOT_HERE = {
+    "ecs": [
+        "1. push the images to ECR (docker buildx --platform linux/arm64; no registry reachable here)",
+        "2. fleet upload to the real bucket (rehearsed against SeaweedFS)",
+        "3. CloudFormation create-stack on AWS (moto cannot run the real template: NLB TCP listener, "
+        "scaling policies, alarms are skipped by it)",
+        "4. real ECS scheduling, ENIs, NLB health checks and target registration",
+        "5. locust generator tasks on ECS against the NLB; real NLB flow spreading",
+        "7. real stack deletion (capacity provider, ASG with protected instances)",
+        "service quotas, prices and the Graviton instances themselves (arm64 images are not built here)",
+    ],
+    "eks": [
+        "2. eksctl create cluster (no API server or EC2 here)",
+        "3. Cluster Autoscaler, Prometheus adapter and device plugins (helm charts from the internet)",
+        "4. push the images to ECR (arm64 and amd64 with buildx)",
+        "5. S3 bucket and IRSA roles (IAM evaluated by tests/k8s/test_readiness_iam.py only)",
+        "7-8. scheduling on real nodes, HPA scaling, EBS volume, port-forward to the control plane",
+        "9. the locust Job on the cluster against the Triton Service",
+        "G4dn and Inf2 servers (NGC and Neuron images cannot be pulled or run here)",
+    ],
+}
+
+
+@click.command("rehearse")
+@click.argument("target", type=click.Choice(["eks", "ecs"]))
+@click.option("--skip-images", is_flag=True, help="Do not build images (the container steps then build "
+              "what they need themselves).")
+def rehearse(target: str, skip_images: bool) -> None:
+    """Run every EKS/ECS runbook step that can run here, in order, and list the ones that cannot."""
+    results: list[tuple[Step, str, float]] = []
+    for step in STEPS[target]:
+        if skip_images and step.run is _images:
+            results.append((step, "skipped", 0.0))
+            continue
+        click.echo(f"[{step.runbook_step}] {step.what}")
+        started = time.monotonic()
+        try:
+            step.run()
+            outcome = "ok"
+        except Exception as error:  # noqa: BLE001  a failed step is reported, the next ones still run
+            outcome = "FAILED"
+            click.echo(f"    FAILED: {str(error)[-2000:]}", err=True)
+        results.append((step, outcome, time.monotonic() - started))
+    click.echo(f"\nRehearsal of docs/{target}.md on this machine:")
+    for step, outcome, seconds in results:
+        click.echo(f"  {outcome:8} {seconds:6.0f}s  [{step.runbook_step}] {step.what}")
+    click.echo("Not run here (needs AWS):")
+    for line in NOT_HERE[target]:
+        click.echo(f"  - {line}")
+    if any(outcome == "FAILED" for _, outcome, _ in results):
+        raise SystemExit(1)

@@ -1,0 +1,71 @@
+"""Images whose base cannot be pulled here (NGC) are consistent with the project on paper.
+
+The GPU and inf2 images build on NGC Triton; the tests cannot run them, so they check the pinned tag's
+documented Python against pyproject's requires-python, the torch pin against the one that saves the
+artifacts, and that no server image declares an ENTRYPOINT (ECS Command would be appended to it).
+"""
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+
+import pytest
+from packaging.specifiers import SpecifierSet
+
+from deploy.base_images import dockerfile_arg, ngc_python
+
+ROOT = Path(__file__).resolve().parents[2]
+DOCKER = ROOT / "triton" / "docker"
+PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
+DOCKERFILES = sorted(DOCKER.glob("Dockerfile.*")) + [ROOT / "control_plane" / "Dockerfile",
+                                                     ROOT / "loadtest" / "Dockerfile"]
+
+
+def _torch_pin() -> str:
+    pin = next(d for d in PYPROJECT["project"]["dependencies"] if d.startswith("torch=="))
+    return pin.removeprefix("torch==")
+
+
+def test_documented_ngc_facts():
+    assert ngc_python("24.10-py3") == (3, 10) and ngc_python("25.02-py3") == (3, 12)
+    with pytest.raises(ValueError, match="no documented Python"):
+        ngc_python("22.01-py3")
+
+
+@pytest.mark.parametrize("family", ["gpu", "inf2"])
+def test_ngc_based_images_run_a_python_the_project_supports(family: str):
+    dockerfile = DOCKER / f"Dockerfile.{family}"
+    tag = dockerfile_arg(dockerfile, "TRITON_IMAGE").rsplit(":", 1)[1]
+    major, minor = ngc_python(tag)
+    assert f"{major}.{minor}" in SpecifierSet(PYPROJECT["project"]["requires-python"]), \
+        f"NGC {tag} has Python {major}.{minor}, outside requires-python"
+    assert f"sys.version_info[:2] == ({major}, {minor})" in dockerfile.read_text()  # checked at build too
+
+
+def test_gpu_and_base_images_install_the_torch_that_saves_the_artifacts():
+    assert dockerfile_arg(DOCKER / "Dockerfile.gpu", "TORCH_VERSION") == _torch_pin()
+    assert dockerfile_arg(DOCKER / "Dockerfile.base", "TORCH_VERSION") == _torch_pin()
+    for family in ("cpu",):  # built FROM the base: no torch of their own
+        assert "torch==" not in (DOCKER / f"Dockerfile.{family}").read_text()
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.parent.name + "/" + p.name)
+def test_no_image_installs_an_old_torch_or_numpy_2(dockerfile: Path):
+    text = dockerfile.read_text()
+    assert not re.search(r"torch==2\.[0-9]\.", text), "an old torch cannot load torch 2.13 artifacts"
+    for line in text.splitlines():
+        if "pip install" in line and "numpy" in line:
+            assert '"numpy<2"' in line
+
+
+@pytest.mark.parametrize("family", ["cpu", "gpu", "inf2"])
+def test_server_images_have_no_entrypoint(family: str):
+    # ECS `Command` replaces only CMD: with an ENTRYPOINT, the sync containers' `fleet sync ...` would run
+    # as arguments of it (the stack rolled back on first create).
+    assert not re.search(r"^ENTRYPOINT", (DOCKER / f"Dockerfile.{family}").read_text(), re.MULTILINE)
+
+
+def test_every_build_context_ignores_venvs_state_and_results():
+    ignored = set((ROOT / ".dockerignore").read_text().split())
+    assert {".venv", ".fleet", ".git", "generated", "results"} <= ignored
