@@ -192,11 +192,14 @@ main.add_command(adfilter_commands)
 @click.option("--models", type=click.IntRange(1), default=1000, show_default=True)
 @click.option("--loadtest-seconds", type=click.IntRange(1), default=20, show_default=True)
 @click.option("--users", type=click.IntRange(1), default=16, show_default=True)
-def up_command(models: int, loadtest_seconds: int, users: int) -> None:
+@click.option("--control-planes", type=click.IntRange(1, 16), default=1, show_default=True,
+              help="Control-plane replicas; more than one run on an embedded PostgreSQL with one leader.")
+def up_command(models: int, loadtest_seconds: int, users: int, control_planes: int) -> None:
     """Start the local stack (S3, 2 tritonservers, control plane), register models, load-test it."""
     from fleet.stack import print_summary, up
 
-    print_summary(up(models=models, loadtest_seconds=loadtest_seconds, users=users))
+    print_summary(up(models=models, loadtest_seconds=loadtest_seconds, users=users,
+                     control_planes=control_planes))
 
 
 @main.command(name="down")

@@ -38,45 +38,30 @@ def generated_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-class Postgres:
-    """One real PostgreSQL server (the pgserver wheel) for the session; each caller gets a fresh database."""
-
-    def __init__(self, pgdata: Path):
-        import pgserver
-
-        self.server = pgserver.get_server(pgdata, cleanup_mode="stop")
-
-    def url(self, database: str = "postgres") -> str:
-        return self.server.get_uri(database).replace("postgresql://", "postgresql+psycopg://", 1)
-
-    def create_database(self) -> str:
-        name = f"fleet_{uuid.uuid4().hex[:12]}"
-        self.server.psql(f"CREATE DATABASE {name};")
-        return self.url(name)
-
-    def stop(self) -> None:
-        """Stop the server (fast shutdown: sessions are cut, as in a crash or failover)."""
-        from pgserver._commands import pg_ctl
-
-        pg_ctl(["-w", "-m", "fast", "stop"], pgdata=self.server.pgdata)
-
-    def start(self) -> None:
-        self.server.ensure_postgres_running()
-
-
 @pytest.fixture(scope="session")
 def postgres(tmp_path_factory: pytest.TempPathFactory):
     """A real PostgreSQL server for the session (the registry's production database)."""
     pytest.importorskip("pgserver", reason="pgserver (dev extra) provides the PostgreSQL binaries")
-    server = Postgres(tmp_path_factory.mktemp("pgdata"))
+    from fleet.postgres import EmbeddedPostgres
+
+    server = EmbeddedPostgres(tmp_path_factory.mktemp("pgdata"))
     yield server
-    server.server.cleanup()
+    server.cleanup()
 
 
-@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+# The registry backends the API, race and reliability stacks run on (FLEET_TEST_DATABASES=sqlite narrows a
+# local run to one).
+DATABASES = [name for name in os.environ.get("FLEET_TEST_DATABASES", "sqlite,postgresql").split(",") if name]
+
+
+def database_for(request: pytest.FixtureRequest, backend: str, folder: Path) -> str:
+    if backend == "sqlite":
+        return f"sqlite:///{folder / 'registry.db'}"
+    return request.getfixturevalue("postgres").create_database()
+
+
+@pytest.fixture(scope="module", params=DATABASES)
 def database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> str:
     """The registry database of one test module's stack, on each backend in turn: SQLite (the embedded
     default) and PostgreSQL (several replicas); a fresh database each time."""
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path_factory.mktemp('sqlite') / 'registry.db'}"
-    return request.getfixturevalue("postgres").create_database()
+    return database_for(request, request.param, tmp_path_factory.mktemp("sqlite"))
