@@ -1,23 +1,26 @@
 """The control plane's Flask app factory: registry, reconciler and REST API wired from one Settings."""
 from __future__ import annotations
 
-import hmac
 import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from apiflask import APIFlask
 from flask import request
 from sqlalchemy import select, text
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import sessionmaker
 from werkzeug.exceptions import HTTPException
 
 from control_plane.api import fleet as fleet_api
 from control_plane.api import loadtests as loadtests_api
 from control_plane.api import models as models_api
+from control_plane.auth import SCOPE_DESCRIPTIONS, TokenStore, scope_for
 from control_plane.db import Model, ModelVersion, make_engine, make_sessionmaker
 from control_plane.deployments import DeploymentRunner
 from control_plane.errors import ApiError, error_body
+from control_plane.leader import Leadership, leadership_for
 from control_plane.loadtests import LoadTestRunner
 from control_plane.migrate import upgrade
 from control_plane.reconciler import Reconciler
@@ -44,6 +47,8 @@ class FleetState:
     loadtests: LoadTestRunner
     validator: ArtifactValidator
     s3: object
+    leadership: Leadership
+    tokens: TokenStore
 
     def servable_catalogue(self) -> list[dict]:
         """Servable models with where to reach them; what load tests send traffic to."""
@@ -74,9 +79,10 @@ def create_app(settings: Settings | None = None, start_reconciler: bool = True) 
         memory_base_bytes=settings.validation_memory_base_bytes,
         memory_factor=settings.validation_memory_factor), scratch=settings.work_dir / "validator")
     registry = Registry(sessions, settings, s3, validator)
-    reconciler = Reconciler(sessions, settings, RepositoryBuilder(registry, settings.work_dir))
+    leadership = leadership_for(engine, settings.leader_lock_id, settings.leader_heartbeat_s)
+    reconciler = Reconciler(sessions, settings, RepositoryBuilder(registry, settings.work_dir), leadership)
     state = FleetState(settings, sessions, registry, reconciler, DeploymentRunner(sessions, settings), None,
-                       validator, s3)  # type: ignore[arg-type]
+                       validator, s3, leadership, TokenStore(settings.api_token, settings.tokens_file))  # type: ignore[arg-type]
     state.loadtests = LoadTestRunner(sessions, settings, state.servable_catalogue)
 
     app = APIFlask("triton-fleet-control-plane", title="triton-fleet control plane", version="0.1.0",
@@ -96,19 +102,40 @@ def create_app(settings: Settings | None = None, start_reconciler: bool = True) 
         header = request.headers.get("Authorization", "")
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token:
-            raise ApiError(401, "unauthorized", "send 'Authorization: Bearer <token>' (FLEET_API_TOKEN)")
-        if not hmac.compare_digest(token.encode(), settings.api_token.encode()):
+            raise ApiError(401, "unauthorized", "send 'Authorization: Bearer <token>' (FLEET_API_TOKEN, or a "
+                           "token from FLEET_TOKENS_FILE)")
+        scopes = state.tokens.scopes_of(token)
+        if scopes is None:
             raise ApiError(403, "forbidden", "the bearer token is not valid")
+        if request.endpoint is None:  # unknown route or method: let routing answer 404/405
+            return None
+        needed = scope_for(request.endpoint, request.method)
+        if needed not in scopes:
+            raise ApiError(403, "forbidden", f"this token lacks the '{needed}' scope that {request.method} "
+                           f"{request.url_rule.rule if request.url_rule else request.path} needs",
+                           {"required_scope": needed, "token_scopes": sorted(scopes)})
         return None
 
     @app.spec_processor
     def document_auth(spec: dict) -> dict:
+        """Each /api/v1 operation names its scope: in the security requirement, in x-required-scope and in
+        its description, computed by the same scope_for the requests are checked with."""
+        endpoints = {}
+        for rule in app.url_map.iter_rules():
+            path = re.sub(r"<(?:[^<>]*:)?(\w+)>", r"{\1}", rule.rule)
+            for method in rule.methods or ():
+                endpoints[(path, method.lower())] = rule.endpoint
         for path, operations in spec.get("paths", {}).items():
-            if path.startswith("/api/v1"):
-                for operation in operations.values():
-                    operation["security"] = [{"BearerAuth": []}]
-                    operation.setdefault("responses", {}).setdefault("401", {"description": "no token"})
-                    operation["responses"].setdefault("403", {"description": "wrong token"})
+            if not path.startswith("/api/v1"):
+                continue
+            for method, operation in operations.items():
+                scope = scope_for(endpoints.get((path, method)), method)
+                operation["security"] = [{"BearerAuth": []}]
+                operation["x-required-scope"] = scope
+                note = f"Requires a token with the `{scope}` scope ({SCOPE_DESCRIPTIONS[scope]})."
+                operation["description"] = f"{operation.get('description', '')}\n\n{note}".strip()
+                operation.setdefault("responses", {}).setdefault("401", {"description": "no token"})
+                operation["responses"].setdefault("403", {"description": f"invalid token, or no '{scope}' scope"})
         return spec
 
     @app.error_processor
@@ -123,6 +150,15 @@ def create_app(settings: Settings | None = None, start_reconciler: bool = True) 
             return error_body(ApiError(400, "malformed_json", "the request body is not valid JSON; check its "
                                        "syntax and the Content-Type header"))
         return error_body(HTTPError(error.code or 500, error.description))
+
+    @app.errorhandler(DBAPIError)
+    def render_database_error(error: DBAPIError):
+        if error.connection_invalidated or _is_unavailable(error):
+            log.warning("database unavailable on %s %s: %s", request.method, request.path, error.orig)
+            return error_body(ApiError(503, "database_unavailable", "the registry database cannot be reached "
+                                       f"({type(error.orig).__name__}); nothing was changed, retry shortly",
+                                       {"reason": str(error.orig).splitlines()[0][:300]}))
+        return render_unexpected(error)
 
     @app.errorhandler(Exception)
     def render_unexpected(error: Exception):
@@ -139,7 +175,8 @@ def create_app(settings: Settings | None = None, start_reconciler: bool = True) 
     @app.doc(tags=["health"], summary="Database and object store reachable, reconciler running",
              responses=[200, 503])
     def readyz():
-        problems = {}
+        problems: dict = {}
+        leadership = state.leadership.describe()
         try:
             with sessions() as session:
                 session.execute(text("SELECT 1"))
@@ -154,10 +191,19 @@ def create_app(settings: Settings | None = None, start_reconciler: bool = True) 
             problems["object_store"] = str(error)
         if start_reconciler and (reconciler._thread is None or not reconciler._thread.is_alive()):
             problems["reconciler"] = "not running"
+        role = {"leader": leadership["leader"], "leadership": leadership}
         if problems:
-            return {"status": "unavailable", "problems": problems}, 503
-        return {"status": "ready"}
+            return {"status": "unavailable", "problems": problems, **role}, 503
+        return {"status": "ready", **role}
 
     if start_reconciler:
+        leadership.start()
         reconciler.start()
     return app
+
+
+def _is_unavailable(error: DBAPIError) -> bool:
+    """Connection-level failures (server down, restarting, network) as opposed to bad SQL or constraints."""
+    sqlstate = getattr(error.orig, "sqlstate", None) or getattr(error.orig, "pgcode", None) or ""
+    name = type(error.orig).__name__
+    return sqlstate.startswith(("08", "57P")) or name in ("OperationalError", "InterfaceError")

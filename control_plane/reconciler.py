@@ -22,6 +22,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from control_plane.db import AuditEntry, Model, ModelVersion, Pack, Placement, Server
+from control_plane.leader import AlwaysLeader, Leadership
 from control_plane.repository import RepositoryBuilder
 from control_plane.settings import Settings
 from fleet.triton_server import ADMIN_HEADER
@@ -37,8 +38,11 @@ PROBE_MAX_ELEMENTS = 2**16
 
 
 class Reconciler:
-    def __init__(self, sessions: sessionmaker, settings: Settings, builder: RepositoryBuilder):
+    def __init__(self, sessions: sessionmaker, settings: Settings, builder: RepositoryBuilder,
+                 leadership: Leadership | None = None):
         self.sessions, self.settings, self.builder = sessions, settings, builder
+        # Several replicas share one database; only the leader ticks (control_plane/leader.py).
+        self.leadership: Leadership = leadership or AlwaysLeader()
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
@@ -62,7 +66,8 @@ class Reconciler:
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
-                self.tick()
+                if self.leadership.is_leader():
+                    self.tick()
                 self.last_tick_error = None
             except Exception as error:  # noqa: BLE001  the loop must survive anything and retry
                 self.last_tick_error = str(error)

@@ -6,7 +6,8 @@ existing model; the same name with other bytes is a conflict (use a new version 
 """
 from __future__ import annotations
 
-import threading
+import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from control_plane.db import AuditEntry, Model, ModelVersion, Pack
 from control_plane.errors import ApiError, not_found
+from control_plane.locking import lock_pack_choice, retry_on_conflict, write_transaction
 from control_plane.schemas import Signature
 from control_plane.settings import Settings
 from control_plane.staging import TRANSFER, StagedArtifact, check_size, inspect_archive, sha256_of
@@ -45,12 +47,36 @@ def entry_for(model: Model, version: ModelVersion) -> ModelEntry:
                       outputs=[TensorSpec(**s) for s in signature["outputs"]])
 
 
+@dataclass(frozen=True)
+class PackFill:
+    """A pack of the right kind and family, and how full it is."""
+
+    name: str
+    members: int
+    bytes: int
+
+
+def count_and_bytes_rule(fills: list[PackFill], new_bytes: int, settings: Settings) -> str | None:
+    """The first pack with a free member slot whose bytes stay within pack_max_bytes with the new model
+    (an empty pack takes any model, however large); None opens a new pack."""
+    for fill in fills:
+        if fill.members < settings.pack_size and (
+                fill.members == 0 or fill.bytes + new_bytes <= settings.pack_max_bytes):
+            return fill.name
+    return None
+
+
+PackRule = Callable[[list[PackFill], int, Settings], "str | None"]
+
+
 class Registry:
-    def __init__(self, sessions: sessionmaker, settings: Settings, s3, validator: ArtifactValidator):
+    def __init__(self, sessions: sessionmaker, settings: Settings, s3, validator: ArtifactValidator,
+                 choose_pack: PackRule = count_and_bytes_rule):
         self.sessions, self.settings, self.s3, self.validator = sessions, settings, s3, validator
-        # One writer decides membership at a time, so concurrent registrations never overfill a pack or
-        # create a name twice; validation and uploads happen outside it.
-        self._write_lock = threading.Lock()
+        # Which pack a model joins is a plain function of the packs' fill, so a placement-aware rule can
+        # replace it; the database (control_plane/locking.py), not a process lock, makes the choice safe
+        # across threads and replicas. Validation and uploads happen outside any transaction.
+        self.choose_pack = choose_pack
 
     # ---- artifacts -----------------------------------------------------------------------------
     # Artifacts move between S3 and local files only, by boto3's managed (multipart) transfer: the web
@@ -133,21 +159,26 @@ class Registry:
         key = self.artifact_key(name, sha, artifact.format)
         self._put(key, artifact)
         try:
-            with self._write_lock, self.sessions.begin() as session:
-                again = self._existing(name, sha, signature, session)
-                if again:
-                    return again
-                model = Model(name=name, family=family, current_version=1)
-                session.add(model)
-                version = ModelVersion(model=name, version=1, sha256=sha, bytes=artifact.bytes, s3_key=key,
-                                       signature=signature.model_dump(mode="json"), format=artifact.format,
-                                       pack_kind=pack_kind(entry_for(model, _stub_version(artifact, signature))))
-                session.add(version)
-                session.flush()
-                self._join_pack(session, model, version)
-                session.add(AuditEntry(action="model.register", subject=name,
-                                       detail={"sha256": sha, "bytes": artifact.bytes, "format": artifact.format,
-                                               "pack": model.pack}))
+            def attempt() -> Registered:
+                with write_transaction(self.sessions) as session:
+                    again = self._existing(name, sha, signature, session)
+                    if again:
+                        return again
+                    model = Model(name=name, family=family, current_version=1)
+                    session.add(model)
+                    version = ModelVersion(model=name, version=1, sha256=sha, bytes=artifact.bytes, s3_key=key,
+                                           signature=signature.model_dump(mode="json"), format=artifact.format,
+                                           pack_kind=pack_kind(entry_for(model, _stub_version(artifact, signature))))
+                    session.add(version)
+                    session.flush()  # a replica that inserted the same name first: IntegrityError, retried
+                    self._join_pack(session, model, version)
+                    session.add(AuditEntry(action="model.register", subject=name,
+                                           detail={"sha256": sha, "bytes": artifact.bytes,
+                                                   "format": artifact.format, "pack": model.pack}))
+                return Registered(model, version, created=True)
+            registered = retry_on_conflict(attempt)
+            if not registered.created:
+                return registered
         except ApiError:
             # A concurrent registration took the name with other content: the object written above
             # belongs to nothing unless an existing version holds the same key.
@@ -155,9 +186,14 @@ class Registry:
                 self._delete_object(key)
             raise
         except Exception:
-            self._delete_object(key)
+            try:
+                in_use = self._key_in_use(key)
+            except Exception:  # noqa: BLE001  database unreachable: an orphaned content-addressed object is
+                in_use = True  # harmless, deleting one a concurrent registration committed is not
+            if not in_use:
+                self._delete_object(key)
             raise
-        return Registered(model, version, created=True)
+        return registered
 
     def _key_in_use(self, key: str) -> bool:
         with self.sessions() as session:
@@ -184,23 +220,43 @@ class Registry:
                 session.close()
 
     def _join_pack(self, session: Session, model: Model, version: ModelVersion) -> None:
-        """Put a model into a pack of its kind and family with room left, or open a new pack."""
-        members = (select(Model.pack, func.count().label("n")).where(Model.pack.is_not(None))
+        """Put a model into a pack of its kind and family with room left (self.choose_pack), or open a new
+        pack. Holds the (kind, family) pack lock and the chosen pack's row lock until the commit."""
+        lock_pack_choice(session, version.pack_kind, model.family)
+        current = (select(Model.pack, func.count().label("n"), func.sum(ModelVersion.bytes).label("b"))
+                   .join(ModelVersion, (ModelVersion.model == Model.name) &
+                         (ModelVersion.version == Model.current_version))
+                   .where(Model.pack.is_not(None), Model.name != model.name)
                    .group_by(Model.pack).subquery())
-        row = session.execute(
-            select(Pack, func.coalesce(members.c.n, 0))
-            .outerjoin(members, members.c.pack == Pack.name)
+        rows = session.execute(
+            select(Pack.name, func.coalesce(current.c.n, 0), func.coalesce(current.c.b, 0))
+            .outerjoin(current, current.c.pack == Pack.name)
             .where(Pack.kind == version.pack_kind, Pack.family == model.family)
             .order_by(Pack.name)).all()
-        pack = next((p for p, n in row if n < self.settings.pack_size), None)
-        if pack is None:
-            pack = Pack(name=f"{version.pack_kind}-{model.family}-{len(row):04d}".replace("_", "-"),
-                        family=model.family, kind=version.pack_kind, generation=0)
+        chosen = self.choose_pack([PackFill(name, int(n), int(b)) for name, n, b in rows], version.bytes,
+                                  self.settings)
+        if chosen is None:
+            base = f"{version.pack_kind}-{model.family}-".replace("_", "-")
+            taken = [int(m.group(1)) for (name, _, _) in rows
+                     if (m := re.fullmatch(re.escape(base) + r"(\d+)", name))]
+            pack = Pack(name=f"{base}{max(taken, default=-1) + 1:04d}", family=model.family,
+                        kind=version.pack_kind, generation=0)
             session.add(pack)
-            session.flush()
+            session.flush()  # a name taken meanwhile (only without the pack lock): IntegrityError, retried
+        else:
+            pack = self._locked_pack(session, chosen)
         pack.generation += 1
         model.pack = pack.name
         model.joined_generation = pack.generation
+
+    @staticmethod
+    def _locked_pack(session: Session, name: str) -> Pack:
+        """The pack row, locked until commit, so concurrent generation bumps never lose one."""
+        return session.get(Pack, name, with_for_update=True, populate_existing=True)
+
+    @staticmethod
+    def _locked_model(session: Session, name: str) -> Model | None:
+        return session.get(Model, name, with_for_update=True, populate_existing=True)
 
     def add_version(self, name: str, artifact: StagedArtifact, signature: Signature) -> Registered:
         sha = artifact.sha256
@@ -214,52 +270,63 @@ class Registry:
         self._validate(artifact, signature)
         key = self.artifact_key(name, sha, artifact.format)
         self._put(key, artifact)
-        with self._write_lock, self.sessions.begin() as session:
-            model = session.get(Model, name)
-            if model is None:
-                raise not_found("model", name)
-            kind = pack_kind(entry_for(model, _stub_version(artifact, signature)))
-            version = ModelVersion(model=name, version=model.current_version + 1, sha256=sha,
-                                   bytes=artifact.bytes, s3_key=key, signature=signature.model_dump(mode="json"),
-                                   format=artifact.format, pack_kind=kind)
-            session.add(version)
-            model.current_version = version.version
-            old_pack = session.get(Pack, model.pack) if model.pack else None
-            if old_pack is not None and old_pack.kind != kind:
-                old_pack.generation += 1
-                self._join_pack(session, model, version)
-            elif old_pack is not None:
-                old_pack.generation += 1
-                model.joined_generation = old_pack.generation
-            session.add(AuditEntry(action="model.version", subject=name,
-                                   detail={"version": version.version, "sha256": sha}))
+
+        def attempt() -> tuple[Model, ModelVersion]:
+            with write_transaction(self.sessions) as session:
+                model = self._locked_model(session, name)
+                if model is None:
+                    raise not_found("model", name)
+                kind = pack_kind(entry_for(model, _stub_version(artifact, signature)))
+                version = ModelVersion(model=name, version=model.current_version + 1, sha256=sha,
+                                       bytes=artifact.bytes, s3_key=key, signature=signature.model_dump(mode="json"),
+                                       format=artifact.format, pack_kind=kind)
+                session.add(version)
+                model.current_version = version.version
+                old_pack = self._locked_pack(session, model.pack) if model.pack else None
+                if old_pack is not None and old_pack.kind != kind:
+                    old_pack.generation += 1
+                    self._join_pack(session, model, version)
+                elif old_pack is not None:
+                    old_pack.generation += 1
+                    model.joined_generation = old_pack.generation
+                session.add(AuditEntry(action="model.version", subject=name,
+                                       detail={"version": version.version, "sha256": sha}))
+            return model, version
+
+        model, version = retry_on_conflict(attempt)
         return Registered(model, version, created=True)
 
     def set_desired(self, name: str, desired: str) -> Model:
-        with self._write_lock, self.sessions.begin() as session:
-            model = session.get(Model, name)
-            if model is None:
-                raise not_found("model", name)
-            if model.desired != desired:
-                model.desired = desired
-                pack = session.get(Pack, model.pack)
-                pack.generation += 1
-                model.joined_generation = pack.generation
-                session.add(AuditEntry(action=f"model.{desired[:-2]}", subject=name))
-            return model
+        def attempt() -> Model:
+            with write_transaction(self.sessions) as session:
+                model = self._locked_model(session, name)
+                if model is None:
+                    raise not_found("model", name)
+                if model.desired != desired:
+                    model.desired = desired
+                    pack = self._locked_pack(session, model.pack)
+                    pack.generation += 1
+                    model.joined_generation = pack.generation
+                    session.add(AuditEntry(action=f"model.{desired[:-2]}", subject=name))
+                return model
+        return retry_on_conflict(attempt)
 
     def delete(self, name: str) -> None:
-        with self._write_lock, self.sessions.begin() as session:
-            model = session.get(Model, name)
-            if model is None:
-                raise not_found("model", name)
-            keys = [v.s3_key for v in session.scalars(select(ModelVersion).where(ModelVersion.model == name))]
-            pack = session.get(Pack, model.pack) if model.pack else None
-            if pack is not None:
-                pack.generation += 1
-            session.execute(ModelVersion.__table__.delete().where(ModelVersion.model == name))
-            session.delete(model)
-            session.add(AuditEntry(action="model.delete", subject=name))
+        def attempt() -> list[str]:
+            with write_transaction(self.sessions) as session:
+                model = self._locked_model(session, name)
+                if model is None:
+                    raise not_found("model", name)
+                keys = [v.s3_key for v in session.scalars(select(ModelVersion)
+                                                          .where(ModelVersion.model == name))]
+                pack = self._locked_pack(session, model.pack) if model.pack else None
+                if pack is not None:
+                    pack.generation += 1
+                session.execute(ModelVersion.__table__.delete().where(ModelVersion.model == name))
+                session.delete(model)
+                session.add(AuditEntry(action="model.delete", subject=name))
+            return keys
+        keys = retry_on_conflict(attempt)
         for key in keys:
             self._delete_object(key)
 

@@ -37,6 +37,7 @@ def serve(host: str, port: int, threads: int) -> None:
 
     def shutdown(*_: object) -> None:
         state.reconciler.stop()
+        state.leadership.stop()  # hand the reconciler to another replica now, not after a heartbeat
         state.validator.close()
         server.close()
         raise SystemExit(0)

@@ -1,11 +1,12 @@
 """Control-plane settings, read once from FLEET_* environment variables into a typed object."""
 from __future__ import annotations
 
+import ipaddress
 import os
 import secrets
 from pathlib import Path
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 
 class Settings(BaseModel):
@@ -38,6 +39,40 @@ class Settings(BaseModel):
     validation_memory_factor: float = Field(3.0, description="address space a validator may add per byte "
                                             "of artifact: limit = base + factor x artifact bytes")
     public_url: str | None = Field(None, description="how load generators reach this API (set by serve)")
+    # ---- several replicas (docs/control-plane.md) ----
+    pack_max_bytes: int = Field(2 * 2**30, ge=1, description="a pack takes no new member once the artifact "
+                                "bytes of its members would pass this (as well as pack_size members)")
+    leader_lock_id: int = Field(0x666C656574, description="PostgreSQL advisory lock key the reconciler "
+                                "leader holds; replicas sharing a database must agree on it")
+    leader_heartbeat_s: float = Field(1.0, gt=0, description="how often the leader checks its lock "
+                                      "connection, and how often followers try to take the lock")
+    # ---- who may do what ----
+    tokens_file: Path | None = Field(None, description="JSON file of scoped tokens, stored as sha256 hashes; "
+                                     "re-read when its mtime changes (rotation without a restart)")
+    allowed_server_networks: list[str] = Field(["127.0.0.0/8", "::1/128"], description="CIDRs every address "
+                                               "of a registered Triton server must be inside (comma-separated "
+                                               "in FLEET_ALLOWED_SERVER_NETWORKS)")
+    repository_root: Path = Field(Path(".fleet"), description="a server's repository_path must be below this "
+                                  "folder (sync deletes what it does not know there); relative to the cwd")
+    # ---- load-test bounds ----
+    loadtest_max_users: int = Field(1000, ge=1)
+    loadtest_max_processes: int = Field(4, ge=1)
+    loadtest_max_duration_s: int = Field(900, ge=1)
+    loadtest_max_concurrent: int = Field(1, ge=1, description="runs pending or running at once, all "
+                                         "replicas together; one more is 429")
+
+    @field_validator("allowed_server_networks", mode="before")
+    @classmethod
+    def _split_networks(cls, value):
+        if isinstance(value, str):
+            value = [part.strip() for part in value.split(",") if part.strip()]
+        for cidr in value:
+            try:
+                ipaddress.ip_network(cidr, strict=False)
+            except ValueError as error:
+                raise ValueError(f"allowed_server_networks: '{cidr}' is not a CIDR such as 10.0.0.0/16 "
+                                 f"({error})") from None
+        return value
 
     @property
     def staging_dir(self) -> Path:

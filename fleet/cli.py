@@ -253,7 +253,10 @@ def compile_(repository: Path, family: str, static_batch: int) -> None:
               help="Profile of the bulk of the models (see `fleet generate --help`).")
 @click.option("--real-size", default="bert-mini,resnet50,bert-small", show_default=True,
               help="Real-size phase: one model of each listed kind, counted in --models ('' for none).")
-def up_command(models: int, loadtest_seconds: int, users: int, profile: str, real_size: str) -> None:
+@click.option("--control-planes", type=click.IntRange(1, 16), default=1, show_default=True,
+              help="Control-plane replicas; more than one run on an embedded PostgreSQL with one leader.")
+def up_command(models: int, loadtest_seconds: int, users: int, profile: str, real_size: str,
+               control_planes: int) -> None:
     """Start the local stack (S3, 2 tritonservers, control plane), register models, load-test it."""
     from fleet.stack import print_summary, up
 
@@ -263,7 +266,7 @@ def up_command(models: int, loadtest_seconds: int, users: int, profile: str, rea
         raise click.BadParameter(f"{unknown} are not real-size kinds; choose from bert-mini, bert-small, "
                                  "bert-base, resnet50", param_hint="--real-size")
     print_summary(up(models=models, loadtest_seconds=loadtest_seconds, users=users, profile=profile,
-                     real_size=kinds))
+                     real_size=kinds, control_planes=control_planes))
 
 
 @main.command(name="down")

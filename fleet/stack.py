@@ -84,6 +84,11 @@ def down() -> list[str]:
     for name, pid in reversed(list(stack["pids"].items())):
         _stop_group(pid)
         stopped.append(name)
+    if stack.get("postgres_data"):  # the embedded PostgreSQL of --control-planes N (not a process group)
+        from fleet.postgres import EmbeddedPostgres
+
+        EmbeddedPostgres(Path(stack["postgres_data"]), cleanup_mode=None).stop()
+        stopped.append("postgresql")
     STACK_FILE.unlink()
     return stopped
 
@@ -106,8 +111,47 @@ def _wait_http(url: str, timeout_s: float, process: subprocess.Popen, log: Path)
     raise click.ClickException(f"{url} not ready after {timeout_s:.0f} s; see {log}")
 
 
+def _start_control_planes(count: int, env: dict, stack: dict) -> list[str]:
+    """N control-plane replicas (one on SQLite; several on an embedded PostgreSQL), each on its own port
+    and work folder; returns their URLs once every one answers /readyz."""
+    if count > 1:
+        from fleet.postgres import EmbeddedPostgres
+
+        postgres = EmbeddedPostgres(STATE_DIR / "postgres", cleanup_mode=None)  # `fleet down` stops it
+        stack["postgres_data"] = str(postgres.pgdata)
+        _record(stack)
+        env = {**env, "FLEET_DATABASE_URL": postgres.create_database()}
+    urls, processes = [], []
+    for k in range(count):
+        suffix = "" if count == 1 else f"-{k}"
+        port = free_port()
+        log = STATE_DIR / f"control-plane{suffix}.log"
+        with open(log, "ab") as log_file:
+            cp = subprocess.Popen([sys.executable, "-m", "fleet.cli", "control-plane", "serve", "--port", str(port)],
+                                  env={**env, "FLEET_WORK_DIR": str((STATE_DIR / f"control-plane{suffix}").resolve())},
+                                  stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
+        stack["pids"][f"control-plane{suffix}"] = cp.pid
+        _record(stack)
+        urls.append(f"http://127.0.0.1:{port}")
+        processes.append((cp, log))
+    for url, (cp, log) in zip(urls, processes, strict=True):
+        _wait_http(f"{url}/readyz", 120, cp, log)
+    return urls
+
+
+def leaders(urls: list[str]) -> list[bool]:
+    """Which replicas say they lead the reconciler (GET /readyz)."""
+    flags = []
+    for url in urls:
+        try:
+            flags.append(bool(requests.get(f"{url}/readyz", timeout=5).json().get("leader")))
+        except (requests.RequestException, ValueError):
+            flags.append(False)
+    return flags
+
+
 def up(models: int = 1000, loadtest_seconds: int = 20, users: int = 16, seed: int = 0, profile: str = "tiny",
-       real_size: tuple[str, ...] = demo_models.REAL_SIZE_PHASE) -> dict:
+       real_size: tuple[str, ...] = demo_models.REAL_SIZE_PHASE, control_planes: int = 1) -> dict:
     started = time.monotonic()
     if STACK_FILE.exists():
         click.echo("a previous stack is recorded; stopping it first")
@@ -134,26 +178,21 @@ def up(models: int = 1000, loadtest_seconds: int = 20, users: int = 16, seed: in
         _record(stack)
         servers.append((name, server, repo))
 
-    click.echo("3/7 starting the control plane under waitress")
-    port = free_port()
+    click.echo(f"3/7 starting {control_planes} control plane(s) under waitress"
+               + (" on an embedded PostgreSQL" if control_planes > 1 else ""))
     env = {**os.environ, **s3.environment(), "FLEET_API_TOKEN": token, "FLEET_TRITON_ADMIN_KEY": admin_key,
            "FLEET_DATABASE_URL": f"sqlite:///{(STATE_DIR / 'registry.db').resolve()}",
            "FLEET_REPOSITORY_URI": f"s3://{BUCKET}/repository", "FLEET_S3_ENDPOINT_URL": s3.endpoint_url,
-           "FLEET_WORK_DIR": str((STATE_DIR / "control-plane").resolve()),
-           # room for the real-size phase (bert-small is 109 MiB; the registry's default cap is 64 MiB)
-           "FLEET_MAX_UPLOAD_BYTES": os.environ.get("FLEET_MAX_UPLOAD_BYTES", str(512 * 2**20)),
+           "FLEET_REPOSITORY_ROOT": str((STATE_DIR / "servers").resolve()),
            # keeps the repository root off sys.path (see Makefile)
            "PYTHONSAFEPATH": "1"}
-    log = STATE_DIR / "control-plane.log"
-    with open(log, "ab") as log_file:
-        cp = subprocess.Popen([sys.executable, "-m", "fleet.cli", "control-plane", "serve", "--port", str(port)],
-                              env=env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
-    stack["pids"]["control-plane"] = cp.pid
-    url = f"http://127.0.0.1:{port}"
-    stack.update(control_plane=url, token=token, s3=s3.endpoint_url)
+    urls = _start_control_planes(control_planes, env, stack)
+    url = urls[0]
+    log = STATE_DIR / ("control-plane.log" if control_planes == 1 else "control-plane-0.log")
+    stack.update(control_plane=url, control_planes=urls, token=token, s3=s3.endpoint_url)
     _record(stack)
-    _wait_http(f"{url}/readyz", 120, cp, log)
     api = Api(url, token)
+    apis = [api] + [Api(other, token) for other in urls[1:]]  # registrations spread over the replicas
     for name, server, repo in servers:
         api.call("POST", "/api/v1/servers", json={
             "name": name, "family": "cpu", "http_url": server.http_url, "grpc_url": server.grpc_url,
@@ -170,8 +209,10 @@ def up(models: int = 1000, loadtest_seconds: int = 20, users: int = 16, seed: in
         signature = {"inputs": [i.model_dump(mode="json") for i in entry.inputs],
                      "outputs": [o.model_dump(mode="json") for o in entry.outputs]}
         with open(folder / entry.file, "rb") as artifact:
-            return api.call("POST", "/api/v1/models", data={"name": entry.id, "signature": json.dumps(signature)},
-                            files={"artifact": (Path(entry.file).name, artifact)}).status_code
+            replica = apis[int(entry.sha256[:8], 16) % len(apis)]
+            return replica.call("POST", "/api/v1/models", data={"name": entry.id,
+                                                                "signature": json.dumps(signature)},
+                                files={"artifact": (Path(entry.file).name, artifact)}).status_code
 
     with ThreadPoolExecutor(4) as pool, tqdm(total=models, unit="model", desc="register") as bar:
         for _ in pool.map(register, generated):
@@ -206,6 +247,7 @@ def up(models: int = 1000, loadtest_seconds: int = 20, users: int = 16, seed: in
                "models_servable": servable, "served_bytes": served_bytes,
                "largest_model": {"name": largest_name, "bytes": largest_bytes}, "real_size": first_answers,
                "loadtest": test, "control_plane": url, "token": token,
+               "control_planes": [{"url": u, "leader": lead} for u, lead in zip(urls, leaders(urls), strict=True)],
                "servers": {name: server.grpc_url for name, server, _ in servers}, "s3": s3.endpoint_url}
     (STATE_DIR / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
     return summary
@@ -230,7 +272,9 @@ def print_summary(summary: dict) -> None:
                    f"p99 {agg['p99_ms']:.0f} ms")
     else:
         click.echo(f"load test            {test['status']}: {test.get('error')}")
-    click.echo(f"control plane        {summary['control_plane']}  (docs {summary['control_plane']}/docs)")
+    for plane in summary.get("control_planes") or [{"url": summary["control_plane"], "leader": True}]:
+        role = "  leader (runs the reconciler)" if plane["leader"] else "  follower"
+        click.echo(f"control plane        {plane['url']}  (docs {plane['url']}/docs){role}")
     click.echo(f"API token            {summary['token']}")
     for name, grpc in summary["servers"].items():
         click.echo(f"triton {name:13} grpc {grpc}")

@@ -36,3 +36,32 @@ def generated_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("generated")
     generate(60, out, seed=7)
     return out
+
+
+@pytest.fixture(scope="session")
+def postgres(tmp_path_factory: pytest.TempPathFactory):
+    """A real PostgreSQL server for the session (the registry's production database)."""
+    pytest.importorskip("pgserver", reason="pgserver (dev extra) provides the PostgreSQL binaries")
+    from fleet.postgres import EmbeddedPostgres
+
+    server = EmbeddedPostgres(tmp_path_factory.mktemp("pgdata"))
+    yield server
+    server.cleanup()
+
+
+# The registry backends the API, race and reliability stacks run on (FLEET_TEST_DATABASES=sqlite narrows a
+# local run to one).
+DATABASES = [name for name in os.environ.get("FLEET_TEST_DATABASES", "sqlite,postgresql").split(",") if name]
+
+
+def database_for(request: pytest.FixtureRequest, backend: str, folder: Path) -> str:
+    if backend == "sqlite":
+        return f"sqlite:///{folder / 'registry.db'}"
+    return request.getfixturevalue("postgres").create_database()
+
+
+@pytest.fixture(scope="module", params=DATABASES)
+def database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The registry database of one test module's stack, on each backend in turn: SQLite (the embedded
+    default) and PostgreSQL (several replicas); a fresh database each time."""
+    return database_for(request, request.param, tmp_path_factory.mktemp("sqlite"))

@@ -9,6 +9,7 @@ from sqlalchemy import select
 from control_plane.db import AuditEntry, Deployment, Pack, Placement, Server
 from control_plane.errors import ApiError, not_found
 from control_plane.schemas import DeploymentIn, DeploymentOut, Message, PlacementList, ServerIn, ServerList, ServerOut
+from control_plane.trust import Untrusted, check_address, check_repository_path
 from control_plane.views import placement_out, server_out
 
 bp = APIBlueprint("fleet", __name__, url_prefix="/api/v1", tag="fleet")
@@ -21,9 +22,12 @@ def _state():
 @bp.post("/servers")
 @bp.input(ServerIn, arg_name="body")
 @bp.output(ServerOut, status_code=201)
-@bp.doc(summary="Add a Triton server (endpoint, compute family, memory capacity)", responses=[201, 409, 503])
+@bp.doc(summary="Add a Triton server (endpoint, compute family, memory capacity)",
+        description="Every address of http_url and grpc_url must be inside FLEET_ALLOWED_SERVER_NETWORKS and "
+        "repository_path below FLEET_REPOSITORY_ROOT, else 422 naming them.", responses=[201, 409, 422, 503])
 def add_server(body: ServerIn):
     state = _state()
+    repository_path = _trusted(body, state.settings)
     try:
         ready = requests.get(f"{body.http_url}/v2/health/ready", timeout=3).status_code == 200
     except requests.RequestException:
@@ -36,7 +40,7 @@ def add_server(body: ServerIn):
         if session.get(Server, body.name) is not None:
             raise ApiError(409, "name_taken", f"server '{body.name}' already exists; DELETE it first")
         server = Server(name=body.name, family=body.family, http_url=body.http_url, grpc_url=body.grpc_url,
-                        capacity_bytes=body.capacity_bytes, repository_path=body.repository_path,
+                        capacity_bytes=body.capacity_bytes, repository_path=repository_path,
                         healthy=True)
         session.add(server)
         session.add(AuditEntry(action="server.add", subject=body.name, detail={"family": body.family}))
@@ -44,6 +48,21 @@ def add_server(body: ServerIn):
         result = server_out(session, server)
     state.reconciler.nudge()
     return result, 201
+
+
+def _trusted(body: ServerIn, settings) -> str | None:
+    """Refuse (422, before contacting it) a server outside the allowed networks or a repository_path outside
+    the repository root; the Triton admin key and the sync's deletions only ever reach what passes here."""
+    try:
+        for address in (body.http_url, body.grpc_url):
+            check_address(address, settings.allowed_server_networks)
+        if body.repository_path is None:
+            return None
+        return str(check_repository_path(body.repository_path, settings.repository_root))
+    except Untrusted as error:
+        raise ApiError(422, "server_not_allowed", str(error),
+                       {"allowed_server_networks": settings.allowed_server_networks,
+                        "repository_root": str(settings.repository_root.expanduser().resolve())}) from None
 
 
 @bp.get("/servers")

@@ -1,6 +1,10 @@
-"""A real control plane (waitress, SQLite, SeaweedFS) in front of two real tritonservers."""
+"""A real control plane (waitress, SeaweedFS, and SQLite or PostgreSQL: every module runs on both) in front
+of two real tritonservers. Besides the all-scopes bootstrap token, the stack has one token per scope in a
+tokens file (SCOPED_TOKENS), so tests can prove what each scope may and may not do."""
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -16,6 +20,14 @@ from fleet.triton_server import TritonServer, free_port
 
 ADMIN_KEY = "cp-test-admin-key"
 TOKEN = "cp-test-token"
+SCOPED_TOKENS = {scope: f"cp-test-{scope}-{uuid.uuid4().hex}" for scope in ("admin", "write", "read", "loadtest")}
+
+
+def write_tokens_file(path: Path, tokens: dict[str, str]) -> Path:
+    """A FLEET_TOKENS_FILE granting each token (value) the scope named by its key; only hashes are written."""
+    path.write_text(json.dumps({"tokens": [{"name": scope, "sha256": hashlib.sha256(token.encode()).hexdigest(),
+                                            "scopes": [scope]} for scope, token in tokens.items()]}))
+    return path
 
 
 @dataclass
@@ -59,7 +71,7 @@ class ControlPlane:
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory, seaweed):
+def stack(tmp_path_factory, seaweed, database_url):
     """SeaweedFS + two tritonservers + the control plane; the servers are registered through the API."""
     root = tmp_path_factory.mktemp("cp")
     servers = {}
@@ -68,7 +80,9 @@ def stack(tmp_path_factory, seaweed):
         repo.mkdir(parents=True)
         servers[name] = (TritonServer(repo, admin_key=ADMIN_KEY).start(), repo)
     env = {**os.environ, **seaweed.environment(), "FLEET_API_TOKEN": TOKEN, "FLEET_TRITON_ADMIN_KEY": ADMIN_KEY,
-           "FLEET_DATABASE_URL": f"sqlite:///{root / 'registry.db'}", "FLEET_WORK_DIR": str(root / "work"),
+           "FLEET_DATABASE_URL": database_url, "FLEET_WORK_DIR": str(root / "work"),
+           "FLEET_REPOSITORY_ROOT": str(root), "FLEET_TOKENS_FILE": str(write_tokens_file(
+               root / "tokens.json", SCOPED_TOKENS)),
            "FLEET_REPOSITORY_URI": f"s3://models/cp-{uuid.uuid4().hex[:8]}",
            "FLEET_S3_ENDPOINT_URL": seaweed.endpoint_url, "FLEET_MAX_UPLOAD_BYTES": str(2**20),
            "FLEET_RECONCILE_INTERVAL_S": "0.5", "PYTHONSAFEPATH": "1", "FLEET_SERVER_DEAD_AFTER_S": "3",
@@ -80,7 +94,7 @@ def stack(tmp_path_factory, seaweed):
             "name": name, "family": "cpu", "http_url": server.http_url, "grpc_url": server.grpc_url,
             "capacity_bytes": 8 * 2**30, "repository_path": str(repo)})
         assert response.status_code == 201, response.text
-    yield {"cp": cp, "servers": servers, "root": root, "seaweed": seaweed}
+    yield {"cp": cp, "servers": servers, "root": root, "seaweed": seaweed, "database_url": database_url}
     cp.stop()
     for server, _ in servers.values():
         server.stop()

@@ -20,7 +20,9 @@ import numpy as np
 import pytest
 import requests
 import tritonclient.grpc as grpcclient
+from sqlalchemy import text
 
+from control_plane.db import make_engine
 from fleet.seaweedfs import SeaweedS3
 from fleet.triton_server import TritonServer, free_port
 
@@ -46,10 +48,17 @@ BUCKET = "rel-models"
 SERVERS = ("triton-a", "triton-b")
 
 
-@pytest.fixture(scope="session")
-def stack(tmp_path_factory):
-    """The whole stack for tests/reliability (the last folder of the suite, so it lives only for them)."""
+def _databases() -> list[str]:
+    return [name for name in os.environ.get("FLEET_TEST_DATABASES", "sqlite,postgresql").split(",") if name]
+
+
+@pytest.fixture(scope="session", params=_databases())
+def stack(request, tmp_path_factory):
+    """The whole stack for tests/reliability (the last folder of the suite, so it lives only for them), once
+    on SQLite and once on PostgreSQL (a fresh database on the session's server)."""
     root = tmp_path_factory.mktemp("reliability")
+    database_url = (f"sqlite:///{root / 'registry.db'}" if request.param == "sqlite"
+                    else request.getfixturevalue("postgres").create_database())
     s3 = SeaweedS3(root / "seaweed", access_key=S3_ACCESS_KEY, secret_key=S3_SECRET_KEY)
     (root / "seaweed").mkdir()
     s3.start()
@@ -62,7 +71,8 @@ def stack(tmp_path_factory):
             repo.mkdir(parents=True)
             servers[name] = (TritonServer(repo, admin_key=ADMIN_KEY).start(), repo)
         env = {**os.environ, **s3.environment(), "FLEET_API_TOKEN": TOKEN, "FLEET_TRITON_ADMIN_KEY": ADMIN_KEY,
-               "FLEET_DATABASE_URL": f"sqlite:///{root / 'registry.db'}", "FLEET_WORK_DIR": str(root / "work"),
+               "FLEET_DATABASE_URL": database_url, "FLEET_WORK_DIR": str(root / "work"),
+               "FLEET_REPOSITORY_ROOT": str(root),
                "FLEET_REPOSITORY_URI": f"s3://{BUCKET}/repo-{uuid.uuid4().hex[:8]}",
                "FLEET_S3_ENDPOINT_URL": s3.endpoint_url, "FLEET_MAX_UPLOAD_BYTES": str(2**20),
                "FLEET_RECONCILE_INTERVAL_S": "0.5", "FLEET_SERVER_DEAD_AFTER_S": "3", "FLEET_PACK_SIZE": "8",
@@ -73,7 +83,7 @@ def stack(tmp_path_factory):
                 "name": name, "family": "cpu", "http_url": server.http_url, "grpc_url": server.grpc_url,
                 "capacity_bytes": 8 * 2**30, "repository_path": str(repo)})
             assert response.status_code == 201, response.text
-        yield {"cp": cp, "servers": servers, "root": root, "s3": s3}
+        yield {"cp": cp, "servers": servers, "root": root, "s3": s3, "database_url": database_url}
     finally:
         if cp is not None:
             cp.stop()
@@ -135,6 +145,16 @@ def infer(grpc_url: str, pack: str, member: str, x: np.ndarray, dtype: str | Non
                             client_timeout=timeout_s).as_numpy("OUTPUT__0")
     finally:
         client.close()
+
+
+def sql(stack, statement: str, **params) -> list[tuple]:
+    """Rows of a query on the stack's registry database, whichever backend it runs on."""
+    engine = make_engine(stack["database_url"])
+    try:
+        with engine.connect() as connection:
+            return [tuple(row) for row in connection.execute(text(statement), params)]
+    finally:
+        engine.dispose()
 
 
 def kill_control_plane(stack) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import collections
 import random
-import sqlite3
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -15,16 +14,15 @@ from tritonclient.utils import InferenceServerException
 from model_repository.generator import example_inputs
 from model_repository.manifest import Manifest
 
-from .conftest import BUCKET, api, infer, kill_control_plane, model, register, servable, url, wait_for
+from .conftest import BUCKET, api, infer, kill_control_plane, model, register, servable, sql, url, wait_for
 
 pytestmark = pytest.mark.slow
 PACK_SIZE = 8  # FLEET_PACK_SIZE of the stack
 
 
 def audit(stack, action: str) -> collections.Counter:
-    with sqlite3.connect(stack["root"] / "registry.db") as db:
-        return collections.Counter(row[0] for row in db.execute(
-            "SELECT subject FROM audit_log WHERE action = ?", (action,)))
+    return collections.Counter(row[0] for row in sql(stack, "SELECT subject FROM audit_log WHERE action = :action",
+                                                     action=action))
 
 
 def artifacts(stack, name: str) -> list[str]:
@@ -67,8 +65,7 @@ def test_fifty_concurrent_registrations_register_every_model_exactly_once(stack,
         # The losing artifact of a clash is removed again: one object per registered model.
         assert artifacts(stack, name) == [f"artifacts/{name}/{winners[name]}.pt"], name
     packs = collections.Counter(m["pack"] for m in listed["items"])
-    with sqlite3.connect(stack["root"] / "registry.db") as db:
-        sizes = dict(db.execute("SELECT pack, count(*) FROM models GROUP BY pack").fetchall())
+    sizes = dict(sql(stack, "SELECT pack, count(*) FROM models GROUP BY pack"))
     assert max(sizes[p] for p in packs) <= PACK_SIZE, sizes
     wait_for(lambda: all(servable(stack, name) for name in by_name), timeout_s=240)
     print(f"\n50 concurrent registrations: {elapsed:.1f} s; 25 models, each registered once, all servable")

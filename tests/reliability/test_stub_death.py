@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import signal
-import sqlite3
 import threading
 import time
 
@@ -22,7 +21,7 @@ from tritonclient.utils import InferenceServerException
 from model_repository.generator import example_inputs
 from model_repository.manifest import Manifest
 
-from .conftest import infer, register, servable, wait_for
+from .conftest import infer, register, servable, sql, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -103,9 +102,8 @@ def test_a_killed_stub_is_detected_and_its_pack_reloaded_while_other_packs_keep_
     new_stub = stub_of(stack["servers"][servable(stack, victim_name)["endpoints"][0]["server"]][0],
                        victim["pack"])
     assert new_stub.pid != stub.pid
-    with sqlite3.connect(stack["root"] / "registry.db") as db:
-        actions = [row[0] for row in db.execute(
-            "SELECT action FROM audit_log WHERE subject = ? AND id > 0 ORDER BY id", (victim["pack"],))]
+    actions = [row[0] for row in sql(stack, "SELECT action FROM audit_log WHERE subject = :pack AND id > 0 "
+                                      "ORDER BY id", pack=victim["pack"])]
     assert "pack.unhealthy" in actions, actions
     bystander_errors = [e for _, e in outcomes if e is not None]
     assert len(outcomes) > 20 and bystander_errors == [], bystander_errors[:3]
