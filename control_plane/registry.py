@@ -14,8 +14,9 @@ from botocore.exceptions import BotoCoreError, ClientError
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from control_plane.db import AuditEntry, Model, ModelVersion, Pack
+from control_plane.db import AuditEntry, Model, ModelVersion, Pack, Server
 from control_plane.errors import ApiError, not_found
+from control_plane.placement import PackFill, choose_pack, member_fits_reason
 from control_plane.schemas import Signature
 from control_plane.settings import Settings
 from control_plane.validation import ArtifactRejected, ArtifactValidator
@@ -108,6 +109,7 @@ class Registry:
         if existing:
             return existing
         self._validate(data, signature)
+        self._refuse_unservable(len(data), family)
         key = self.artifact_key(name, sha)
         self._put(key, data, sha)
         try:
@@ -136,6 +138,16 @@ class Registry:
             raise
         return Registered(model, version, created=True)
 
+    def _refuse_unservable(self, size: int, family: str) -> None:
+        """A model no registered server of its family could ever hold is refused now, not left pending."""
+        with self.sessions() as session:
+            budgets = dict(session.execute(select(Server.name, Server.capacity_bytes)
+                                           .where(Server.family == family)).all())
+        reason = member_fits_reason(size, budgets, family)
+        if reason:
+            raise ApiError(422, "model_too_large", f"{reason}. Nothing was registered.",
+                           {"bytes": size, "largest_budget_bytes": max(budgets.values())})
+
     def _key_in_use(self, key: str) -> bool:
         with self.sessions() as session:
             return session.scalar(select(func.count()).select_from(ModelVersion)
@@ -162,14 +174,18 @@ class Registry:
 
     def _join_pack(self, session: Session, model: Model, version: ModelVersion) -> None:
         """Put a model into a pack of its kind and family with room left, or open a new pack."""
-        members = (select(Model.pack, func.count().label("n")).where(Model.pack.is_not(None))
-                   .group_by(Model.pack).subquery())
+        members = (select(Model.pack, func.count().label("n"), func.sum(ModelVersion.bytes).label("b"))
+                   .join(ModelVersion, (ModelVersion.model == Model.name)
+                         & (ModelVersion.version == Model.current_version))
+                   .where(Model.pack.is_not(None), Model.name != model.name).group_by(Model.pack).subquery())
         row = session.execute(
-            select(Pack, func.coalesce(members.c.n, 0))
+            select(Pack, func.coalesce(members.c.n, 0), func.coalesce(members.c.b, 0))
             .outerjoin(members, members.c.pack == Pack.name)
             .where(Pack.kind == version.pack_kind, Pack.family == model.family)
             .order_by(Pack.name)).all()
-        pack = next((p for p, n in row if n < self.settings.pack_size), None)
+        chosen = choose_pack([PackFill(p.name, int(b), int(n)) for p, n, b in row], version.bytes,
+                             self.settings.pack_max_bytes, self.settings.pack_size)
+        pack = next((p for p, _, _ in row if p.name == chosen), None)
         if pack is None:
             pack = Pack(name=f"{version.pack_kind}-{model.family}-{len(row):04d}".replace("_", "-"),
                         family=model.family, kind=version.pack_kind, generation=0)

@@ -18,8 +18,19 @@ class Settings(BaseModel):
     s3_endpoint_url: str | None = None
     work_dir: Path = Field(Path(".fleet/control-plane"), description="Local build copy of the repository")
     max_upload_bytes: int = 64 * 2**20
-    pack_size: int = 100
+    pack_size: int = Field(500, description="most members one pack holds (bounds members.json and stub start)")
+    pack_max_bytes: int = Field(256 * 2**20, description="a pack's members' artifact bytes stay within this; a "
+                                "larger member gets a pack of its own")
+    replicas_min: int = Field(2, ge=1, description="replicas per pack, where that many servers of its family exist")
+    replicas_max: int = Field(4, ge=1, description="most replicas a hot pack gets")
+    hot_rps_per_replica: float = Field(200.0, gt=0, description="a pack above this rate per replica gets one more")
+    cool_rps_per_replica: float = Field(100.0, gt=0, description="a replica is given back only when the rate per "
+                                        "replica after removing it stays below this (hysteresis)")
+    hot_member_window_s: float = Field(300.0, gt=0, description="members called within this count in a pack's "
+                                       "working set")
     reconcile_interval_s: float = 1.0
+    reconcile_workers: int = Field(8, ge=1, description="syncs, loads and probes run concurrently across servers")
+    health_interval_s: float = Field(1.0, gt=0, description="health checks run on their own thread at this cadence")
     server_dead_after_s: float = 5.0
     stub_probe_interval_s: float = Field(5.0, description="how often each loaded pack's stub is probed; a "
                                          "pack whose stub does not answer is reloaded (0: never)")

@@ -39,6 +39,7 @@ class PackSettings:
     neuron_cores: int = 2  # inf2.xlarge has 2 NeuronCores; one pack instance per core
     dynamic_batching: bool = True
     preload: tuple[str, ...] = ()
+    generation: int | None = None  # the pack's generation; the control plane reads it back after a load
 
 
 def _tensor(config_list, name: str, dtype: str, dims: list[int]) -> None:
@@ -71,6 +72,8 @@ def _common(config: pb.ModelConfig, family: Family, settings: PackSettings) -> N
         "torch_threads": str(settings.torch_threads),
         "preload": ",".join(settings.preload),
     }
+    if settings.generation is not None:
+        params["generation"] = str(settings.generation)
     if family == "inf2":
         params["neuron_core_offset"] = "0"
     for key, value in params.items():
