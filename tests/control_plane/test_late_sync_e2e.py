@@ -6,6 +6,7 @@ sidecar and copies the S3 repository into the server's folder when it chooses.
 """
 from __future__ import annotations
 
+import json
 import os
 import time
 import uuid
@@ -64,8 +65,6 @@ def wait_for(predicate, timeout_s: float = 90.0):
 
 
 def register(stack, entry, models_dir) -> None:
-    import json
-
     response = stack["cp"].api().post(
         f"{stack['cp'].url}/api/v1/models",
         data={"name": entry.id, "signature": json.dumps({
@@ -101,3 +100,23 @@ def test_a_late_sync_is_never_reported_loaded(sidecar_stack, generated_models):
     sync(stack["uri"], stack["repo"], stack["s3"])
     wait_for(lambda: model(stack, second.id)["status"] == "servable")
     assert placement(stack)["loaded_generation"] == 2 and placement(stack)["state"] == "loaded"
+
+
+def test_a_model_no_server_of_its_family_can_hold_is_refused_with_the_reason(sidecar_stack, generated_models):
+    stack = sidecar_stack
+    api, url = stack["cp"].api(), stack["cp"].url
+    response = api.post(f"{url}/api/v1/servers", json={
+        "name": "tiny-inf2", "family": "inf2", "http_url": stack["server"].http_url,
+        "grpc_url": stack["server"].grpc_url, "capacity_bytes": 64 * 2**20})
+    assert response.status_code == 201, response.text
+    entry = Manifest.read(generated_models).models[-1]
+    response = api.post(f"{url}/api/v1/models", data={"name": "too-big-for-inf2", "family": "inf2", "signature": (
+        json.dumps({"inputs": [i.model_dump(mode="json") for i in entry.inputs],
+                                  "outputs": [o.model_dump(mode="json") for o in entry.outputs]}))},
+        files={"artifact": ("model.pt", (generated_models / entry.file).read_bytes())})
+    assert response.status_code == 422, response.text
+    error = response.json()["error"]
+    assert error["code"] == "model_too_large"
+    assert "the largest inf2 server budget is 64 MB" in error["message"] and "Nothing was registered" in \
+        error["message"]
+    assert api.get(f"{url}/api/v1/models/too-big-for-inf2").status_code == 404
