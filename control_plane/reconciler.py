@@ -92,6 +92,7 @@ class Reconciler:
         self._thread: threading.Thread | None = None
         self._health_thread: threading.Thread | None = None
         self._local = threading.local()
+        self._http = None
         self.pool = ThreadPoolExecutor(settings.reconcile_workers, thread_name_prefix="reconcile")
         self.health_pool = ThreadPoolExecutor(max(4, settings.reconcile_workers), thread_name_prefix="health")
         self.last_tick_error: str | None = None
@@ -106,10 +107,17 @@ class Reconciler:
     @property
     def http(self) -> requests.Session:
         """One HTTP session per thread: requests.Session is not documented as thread-safe."""
+        if self._http is not None:
+            return self._http
         session = getattr(self._local, "http", None)
         if session is None:
             session = self._local.http = requests.Session()
         return session
+
+    @http.setter
+    def http(self, session) -> None:
+        """One client for every thread (tests hand in a recording stand-in)."""
+        self._http = session
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="reconciler", daemon=True)
