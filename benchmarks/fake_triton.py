@@ -45,7 +45,7 @@ def handler(load_s: float, fast_s: float, probe_s: float, resident_bytes: int) -
 
         def do_GET(self) -> None:  # noqa: N802
             time.sleep(fast_s)
-            if self.path == "/v2/health/ready":
+            if self.path in ("/v2/health/ready", "/v2/health/live"):
                 return self._send(200, b"")
             if self.path == "/metrics":
                 return self._send(200, b"# no traffic\n")

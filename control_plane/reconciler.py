@@ -173,9 +173,12 @@ class Reconciler:
 
     # ---- health --------------------------------------------------------------------------------
     def _ready(self, http_url: str) -> str | None:
+        """None while the server is alive. Liveness, not readiness: with strict readiness Triton answers
+        "not ready" while any model loads, and the health thread now runs during loads (a pack of 300
+        members takes ~8 s to load here), so readiness would declare a busy server dead."""
         try:
-            response = self.http.get(f"{http_url}/v2/health/ready", timeout=1.0)
-            return None if response.status_code == 200 else f"not ready (HTTP {response.status_code})"
+            response = self.http.get(f"{http_url}/v2/health/live", timeout=1.0)
+            return None if response.status_code == 200 else f"not live (HTTP {response.status_code})"
         except requests.RequestException as error:
             return f"unreachable: {type(error).__name__}"
 

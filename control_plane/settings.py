@@ -18,7 +18,7 @@ class Settings(BaseModel):
     s3_endpoint_url: str | None = None
     work_dir: Path = Field(Path(".fleet/control-plane"), description="Local build copy of the repository")
     max_upload_bytes: int = 64 * 2**20
-    pack_size: int = Field(500, description="most members one pack holds (bounds members.json and stub start)")
+    pack_size: int = Field(1000, description="most members one pack holds (bounds members.json and stub start)")
     pack_max_bytes: int = Field(256 * 2**20, description="a pack's members' artifact bytes stay within this; a "
                                 "larger member gets a pack of its own")
     replicas_min: int = Field(2, ge=1, description="replicas per pack, where that many servers of its family exist")
