@@ -101,6 +101,8 @@ class Placement(Base):
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     # Bytes the placement reserved on its server; the pack's residency budget there is this less the stub.
     reserved_bytes: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    # The residency budget the loaded replica was read back to run with (its config's max_resident_bytes).
+    residency_bytes: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     # No longer in the target assignment: served until the pack's other replicas are loaded, then unloaded.
     retiring: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)

@@ -31,6 +31,10 @@ STUB_BASE_BYTES = 200 * 2**20
 # a 414 MiB member came to 949 MB RSS with two evicted ones).
 MEMBER_COST_FACTOR = 2.0
 
+# A pack whose members together are this small keeps them all resident: cheaper than any eviction, and a
+# pack of a thousand tiny models with no traffic measured yet would otherwise reload members on every call.
+RESIDENT_FLOOR_BYTES = 64 * 2**20
+
 ServerState = Literal["healthy", "draining", "dead"]
 
 
@@ -86,14 +90,14 @@ def working_set_bytes(member_bytes: Iterable[int], hot_member_bytes: Iterable[in
     """What one replica of a pack costs: the stub plus the members that traffic keeps resident.
 
     Members seen in recent traffic count at their real cost; the floor is the largest member (the pack
-    must at least hold that one to answer it), so a pack with no traffic yet still reserves enough.
-    Not the sum of all members: a pack of 100 rarely-called models is served by its LRU.
+    must at least hold that one to answer it), or all members when they total under RESIDENT_FLOOR_BYTES.
+    Not the sum of all members: a pack of 100 rarely-called large models is served by its LRU.
     """
     sizes = list(member_bytes)
     if not sizes:
         return 0
-    hot = sum(hot_member_bytes)
-    resident = min(max(hot, max(sizes)), sum(sizes))
+    hot, total = sum(hot_member_bytes), sum(sizes)
+    resident = min(max(hot, max(sizes), min(total, RESIDENT_FLOOR_BYTES)), total)
     return stub_base + int(cost_factor * resident)
 
 
@@ -104,6 +108,15 @@ def residency_budget(reserved_bytes: int) -> int:
     cost (MEMBER_COST_FACTOR) plus the stub, so both are taken off.
     """
     return max(0, int((reserved_bytes - STUB_BASE_BYTES) / MEMBER_COST_FACTOR))
+
+
+def needs_resize(loaded_budget: int, wanted_budget: int) -> bool:
+    """Whether a loaded replica's residency budget is far enough from the wanted one to reload it for that
+    (a factor of two either way): a reload costs a stub start and cold members, so small drifts wait for
+    the pack's next generation."""
+    if loaded_budget <= 0 or wanted_budget <= 0:
+        return False
+    return wanted_budget >= 2 * loaded_budget or loaded_budget >= 2 * wanted_budget
 
 
 def wanted_replicas(pack: PackView, current: int, family_servers: int, policy: PlacementPolicy) -> int:

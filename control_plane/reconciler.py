@@ -43,6 +43,7 @@ from control_plane.placement import (
     PackView,
     PlacementPolicy,
     ServerView,
+    needs_resize,
     plan_placement,
     residency_budget,
     working_set_bytes,
@@ -81,7 +82,7 @@ class LoadResult:
     state: str  # loaded | pending (serves an older generation, or none yet) | failed
     generation: int  # the generation the server was read back to serve (-1: none or unknown)
     error: str | None
-    residency_bytes: int | None = None
+    residency_bytes: int = -1  # the max_resident_bytes it was read back to run with (-1: unknown)
 
 
 class Reconciler:
@@ -421,17 +422,20 @@ class Reconciler:
         self._each(self.pool, publish, changed)
 
     def load_placements(self) -> None:
+        """Load placements behind their pack's generation; reload loaded ones whose residency budget is far
+        from what their reservation now allows (needs_resize), with a config override."""
         with self.sessions() as session:
             rows = session.execute(
-                select(Placement.pack, Placement.server, Placement.reserved_bytes, Pack.built_generation,
+                select(Placement.pack, Placement.server, Placement.reserved_bytes, Placement.residency_bytes,
+                       Placement.state, Placement.loaded_generation, Pack.built_generation,
                        Server.http_url, Server.repository_path)
                 .join(Pack, Pack.name == Placement.pack).join(Server, Server.name == Placement.server)
-                .where(Server.healthy.is_(True), Placement.retiring.is_(False), Pack.built_generation >= 0,
-                       (Placement.loaded_generation < Pack.built_generation) | (Placement.state != "loaded"))
-            ).all()
+                .where(Server.healthy.is_(True), Placement.retiring.is_(False), Pack.built_generation >= 0)).all()
         by_server: dict[str, list] = defaultdict(list)
         for row in rows:
-            by_server[row.server].append(row)
+            behind = row.state != "loaded" or row.loaded_generation < row.built_generation
+            if behind or needs_resize(row.residency_bytes, residency_budget(row.reserved_bytes)):
+                by_server[row.server].append(row)
         self._each(self.pool, self._load_server, by_server.values())
 
     def _load_server(self, rows: list) -> None:
@@ -450,6 +454,9 @@ class Reconciler:
                 # The server keeps its last good copy of the pack (sync never half-applies a model), so the
                 # placement keeps its state and generation; the next tick tries again.
                 outcomes.append((row.pack, None, problem, row.built_generation, "pack.sync_failed"))
+            elif row.state == "loaded" and row.loaded_generation >= row.built_generation:
+                result = self.resize(row.http_url, row.pack, row.built_generation, residency_budget(row.reserved_bytes))
+                outcomes.append((row.pack, result, result.error, row.built_generation, "pack.resize"))
             else:
                 result = self.load_and_verify(row.http_url, row.pack, row.built_generation,
                                               residency_budget(row.reserved_bytes))
@@ -472,6 +479,7 @@ class Reconciler:
                     placement.state = result.state
                     if result.state != "failed":  # what the server was read back to serve, maybe an older one
                         placement.loaded_generation = result.generation
+                        placement.residency_bytes = max(result.residency_bytes, 0)
                 placement.error = error
                 if changed:
                     session.add(AuditEntry(action=action, subject=pack, detail={
@@ -494,20 +502,38 @@ class Reconciler:
             return LoadResult("failed", -1, error)
         served = _parameter(config, "generation")
         if served != str(generation):
-            return LoadResult("pending", _as_int(served), behind_reason(served, generation))
+            return LoadResult("pending", _as_int(served), behind_reason(served, generation),
+                              _as_int(_parameter(config, "max_resident_bytes")))
         if residency and _parameter(config, "max_resident_bytes") != str(residency):
-            override = {**config, "parameters": {**config.get("parameters", {}),
-                                                 "max_resident_bytes": {"string_value": str(residency)}}}
-            error = self._repository_call(http_url, pack, "load", {"parameters": {"config": json.dumps(override)}})
-            if error is not None:
-                return LoadResult("failed", -1, f"residency budget override: {error}")
-            config, error = self._config(http_url, pack)
-            if config is None:
-                return LoadResult("failed", -1, error)
-            served = _parameter(config, "generation")
-            if served != str(generation):
-                return LoadResult("pending", _as_int(served), behind_reason(served, generation))
-        return LoadResult("loaded", generation, None, residency)
+            return self._override_residency(http_url, pack, generation, config, residency)
+        return LoadResult("loaded", generation, None, _as_int(_parameter(config, "max_resident_bytes")))
+
+    def resize(self, http_url: str, pack: str, generation: int, residency: int) -> LoadResult:
+        """Reload a loaded pack with another residency budget, keeping the files the server has."""
+        config, error = self._config(http_url, pack)
+        if config is None:
+            return LoadResult("failed", -1, error)
+        served = _parameter(config, "generation")
+        if served != str(generation):
+            return LoadResult("pending", _as_int(served), behind_reason(served, generation),
+                              _as_int(_parameter(config, "max_resident_bytes")))
+        return self._override_residency(http_url, pack, generation, config, residency)
+
+    def _override_residency(self, http_url: str, pack: str, generation: int, config: dict,
+                            residency: int) -> LoadResult:
+        override = {**config, "parameters": {**config.get("parameters", {}),
+                                             "max_resident_bytes": {"string_value": str(residency)}}}
+        error = self._repository_call(http_url, pack, "load", {"parameters": {"config": json.dumps(override)}})
+        if error is not None:
+            return LoadResult("failed", -1, f"residency budget override: {error}")
+        config, error = self._config(http_url, pack)
+        if config is None:
+            return LoadResult("failed", -1, error)
+        served = _parameter(config, "generation")
+        if served != str(generation):
+            return LoadResult("pending", _as_int(served), behind_reason(served, generation),
+                              _as_int(_parameter(config, "max_resident_bytes")))
+        return LoadResult("loaded", generation, None, _as_int(_parameter(config, "max_resident_bytes")))
 
     def _config(self, http_url: str, pack: str) -> tuple[dict | None, str | None]:
         try:

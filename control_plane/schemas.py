@@ -160,6 +160,7 @@ class PlacementOut(BaseModel):
     loaded_generation: int
     members: int
     reserved_bytes: int
+    residency_bytes: int = Field(description="the residency budget (max_resident_bytes) it was read back to run with")
     retiring: bool = Field(description="surplus: served until the pack's other replicas are loaded, then unloaded")
     error: str | None
 

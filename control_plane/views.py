@@ -90,5 +90,6 @@ def placement_out(session: Session, placement: Placement, pack: Pack) -> dict:
     members = session.scalar(select(func.count()).select_from(Model).where(Model.pack == pack.name))
     return {"pack": placement.pack, "server": placement.server, "state": placement.state,
             "generation": pack.generation, "loaded_generation": placement.loaded_generation,
-            "members": members or 0, "reserved_bytes": placement.reserved_bytes, "retiring": placement.retiring,
+            "members": members or 0, "reserved_bytes": placement.reserved_bytes,
+            "residency_bytes": placement.residency_bytes, "retiring": placement.retiring,
             "error": placement.error}

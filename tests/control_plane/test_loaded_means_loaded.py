@@ -74,7 +74,7 @@ def test_the_residency_budget_reaches_the_runtime_through_a_config_override(serv
     entries = write_pack(server, generated_models, generation=7, members=2, name="lml-budget")
     # a budget of one byte: the runtime can keep only the member it is running, so each call evicts
     result = reconciler().load_and_verify(server.http_url, "lml-budget", generation=7, residency=1)
-    assert (result.state, result.generation) == ("loaded", 7)
+    assert (result.state, result.generation, result.residency_bytes) == ("loaded", 7, 1)
     config = requests.get(f"{server.http_url}/v2/models/lml-budget/config", timeout=10).json()
     assert config["parameters"]["max_resident_bytes"]["string_value"] == "1"
     assert config["parameters"]["generation"]["string_value"] == "7", "the override kept the server's generation"
@@ -90,3 +90,8 @@ def test_the_residency_budget_reaches_the_runtime_through_a_config_override(serv
         infer(server, "lml-budget", entries[0])  # the runtime flushes its counters on requests
         infer(server, "lml-budget", entries[1])
     assert evictions() >= 2, "the runtime evicted members: it runs with the overridden budget"
+
+    # a loaded pack's budget changes (its reservation grew with traffic): one reload with the new budget
+    resized = reconciler().resize(server.http_url, "lml-budget", generation=7, residency=64 * 2**20)
+    assert (resized.state, resized.generation, resized.residency_bytes) == ("loaded", 7, 64 * 2**20)
+    assert infer(server, "lml-budget", entries[0]).shape[0] == 1

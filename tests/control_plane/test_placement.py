@@ -4,6 +4,7 @@ from __future__ import annotations
 import pytest
 
 from control_plane.placement import (
+    RESIDENT_FLOOR_BYTES,
     STUB_BASE_BYTES,
     PackFill,
     PackView,
@@ -11,6 +12,7 @@ from control_plane.placement import (
     ServerView,
     choose_pack,
     member_fits_reason,
+    needs_resize,
     plan_placement,
     wanted_replicas,
     working_set_bytes,
@@ -158,11 +160,14 @@ def test_surplus_replicas_leave_the_fullest_server():
 
 
 def test_working_set_is_traffic_weighted_not_the_sum_of_all_members():
-    members = [10 * MB] * 99 + [40 * MB]
+    members = [10 * MB] * 99 + [100 * MB]
     # no traffic yet: the largest member is the floor
-    assert working_set_bytes(members) == STUB_BASE_BYTES + 2 * 40 * MB
-    # five members seen in traffic
-    assert working_set_bytes(members, [10 * MB] * 5) == STUB_BASE_BYTES + 2 * 50 * MB
+    assert working_set_bytes(members) == STUB_BASE_BYTES + 2 * 100 * MB
+    # twelve members seen in traffic
+    assert working_set_bytes(members, [10 * MB] * 12) == STUB_BASE_BYTES + 2 * 120 * MB
+    # small packs keep every member resident (up to RESIDENT_FLOOR_BYTES), traffic or not
+    assert working_set_bytes([100_000] * 300) == STUB_BASE_BYTES + 2 * 30_000_000
+    assert working_set_bytes([MB] * 1000) == STUB_BASE_BYTES + 2 * RESIDENT_FLOOR_BYTES
     # traffic can never claim more than the pack holds
     assert working_set_bytes([MB, MB], [MB] * 10) == STUB_BASE_BYTES + 2 * 2 * MB
     assert working_set_bytes([]) == 0
@@ -198,3 +203,10 @@ def test_policy_rejects_nonsense():
         PlacementPolicy(replicas_min=3, replicas_max=2)
     with pytest.raises(ValueError, match="hysteresis"):
         PlacementPolicy(hot_rps_per_replica=10, cool_rps_per_replica=10)
+
+
+@pytest.mark.parametrize("loaded, wanted, resize", [
+    (100, 100, False), (100, 190, False), (100, 200, True), (100, 50, True), (100, 60, False), (0, 100, False),
+])
+def test_a_loaded_budget_is_reloaded_only_when_far_from_the_wanted_one(loaded, wanted, resize):
+    assert needs_resize(loaded, wanted) is resize

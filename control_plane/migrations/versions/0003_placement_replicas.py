@@ -21,12 +21,14 @@ def upgrade() -> None:
         batch.add_column(sa.Column('neuron_cores', sa.Integer(), nullable=True))
     with op.batch_alter_table('placements') as batch:
         batch.add_column(sa.Column('reserved_bytes', sa.BigInteger(), server_default='0', nullable=False))
+        batch.add_column(sa.Column('residency_bytes', sa.BigInteger(), server_default='0', nullable=False))
         batch.add_column(sa.Column('retiring', sa.Boolean(), server_default=sa.false(), nullable=False))
 
 
 def downgrade() -> None:
     with op.batch_alter_table('placements') as batch:
         batch.drop_column('retiring')
+        batch.drop_column('residency_bytes')
         batch.drop_column('reserved_bytes')
     with op.batch_alter_table('servers') as batch:
         for column in ('neuron_cores', 'gpu_budget_bytes', 'disk_budget_bytes', 'instance_type', 'metrics_url',
