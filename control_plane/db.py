@@ -4,7 +4,20 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from sqlalchemy import JSON, BigInteger, Boolean, DateTime, ForeignKey, Integer, String, Text, create_engine, event
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    create_engine,
+    event,
+    false,
+)
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
 
@@ -50,6 +63,11 @@ class Pack(Base):
     kind: Mapped[str] = mapped_column(String(64))
     generation: Mapped[int] = mapped_column(Integer, default=0)  # bumped on every membership change
     built_generation: Mapped[int] = mapped_column(Integer, default=-1)  # last generation uploaded
+    # Observed by the reconciler: requests per second over all replicas, the bytes one replica costs
+    # (stub plus the members recent traffic keeps resident), and why it has fewer replicas than it wants.
+    request_rate: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")
+    working_set_bytes: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    pending_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
 
 
 class Server(Base):
@@ -58,11 +76,20 @@ class Server(Base):
     family: Mapped[str] = mapped_column(String(16))
     http_url: Mapped[str] = mapped_column(String(256))
     grpc_url: Mapped[str] = mapped_column(String(256))
-    capacity_bytes: Mapped[int] = mapped_column(BigInteger)
+    capacity_bytes: Mapped[int] = mapped_column(BigInteger)  # host RAM budget for pack replicas
     repository_path: Mapped[str | None] = mapped_column(String(1024), nullable=True)
     healthy: Mapped[bool] = mapped_column(Boolean, default=True)
     last_seen: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # A draining server gets no new replicas; its replicas are placed elsewhere before they are unloaded.
+    draining: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    metrics_url: Mapped[str | None] = mapped_column(String(256), nullable=True)
+    instance_type: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    # Tier budgets besides host RAM (capacity_bytes): the disk cache the sync keeps, GPU memory for the
+    # gpu family, NeuronCores for inf2. Stored and served here; the sync and the runtime enforce them.
+    disk_budget_bytes: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    gpu_budget_bytes: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    neuron_cores: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
 
 class Placement(Base):
@@ -72,6 +99,12 @@ class Placement(Base):
     state: Mapped[str] = mapped_column(String(16), default="pending")  # pending|loaded|failed
     loaded_generation: Mapped[int] = mapped_column(Integer, default=-1)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # Bytes the placement reserved on its server; the pack's residency budget there is this less the stub.
+    reserved_bytes: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    # The residency budget the loaded replica was read back to run with (its config's max_resident_bytes).
+    residency_bytes: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    # No longer in the target assignment: served until the pack's other replicas are loaded, then unloaded.
+    retiring: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
 
 

@@ -16,9 +16,10 @@ from botocore.exceptions import BotoCoreError, ClientError
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from control_plane.db import AuditEntry, Model, ModelVersion, Pack
+from control_plane.db import AuditEntry, Model, ModelVersion, Pack, Server
 from control_plane.errors import ApiError, not_found
 from control_plane.locking import lock_pack_choice, retry_on_conflict, write_transaction
+from control_plane.placement import PackFill, choose_pack, member_fits_reason
 from control_plane.schemas import Signature
 from control_plane.settings import Settings
 from control_plane.staging import TRANSFER, StagedArtifact, check_size, inspect_archive, sha256_of
@@ -47,23 +48,9 @@ def entry_for(model: Model, version: ModelVersion) -> ModelEntry:
                       outputs=[TensorSpec(**s) for s in signature["outputs"]])
 
 
-@dataclass(frozen=True)
-class PackFill:
-    """A pack of the right kind and family, and how full it is."""
-
-    name: str
-    members: int
-    bytes: int
-
-
-def count_and_bytes_rule(fills: list[PackFill], new_bytes: int, settings: Settings) -> str | None:
-    """The first pack with a free member slot whose bytes stay within pack_max_bytes with the new model
-    (an empty pack takes any model, however large); None opens a new pack."""
-    for fill in fills:
-        if fill.members < settings.pack_size and (
-                fill.members == 0 or fill.bytes + new_bytes <= settings.pack_max_bytes):
-            return fill.name
-    return None
+def bytes_rule(fills: list[PackFill], new_bytes: int, settings: Settings) -> str | None:
+    """Packs sized by bytes and bounded in members (control_plane.placement.choose_pack)."""
+    return choose_pack(fills, new_bytes, settings.pack_max_bytes, settings.pack_size)
 
 
 PackRule = Callable[[list[PackFill], int, Settings], "str | None"]
@@ -71,7 +58,7 @@ PackRule = Callable[[list[PackFill], int, Settings], "str | None"]
 
 class Registry:
     def __init__(self, sessions: sessionmaker, settings: Settings, s3, validator: ArtifactValidator,
-                 choose_pack: PackRule = count_and_bytes_rule):
+                 choose_pack: PackRule = bytes_rule):
         self.sessions, self.settings, self.s3, self.validator = sessions, settings, s3, validator
         # Which pack a model joins is a plain function of the packs' fill, so a placement-aware rule can
         # replace it; the database (control_plane/locking.py), not a process lock, makes the choice safe
@@ -156,6 +143,7 @@ class Registry:
         if existing:
             return existing
         self._validate(artifact, signature)
+        self._refuse_unservable(artifact.bytes, family)
         key = self.artifact_key(name, sha, artifact.format)
         self._put(key, artifact)
         try:
@@ -195,6 +183,16 @@ class Registry:
             raise
         return registered
 
+    def _refuse_unservable(self, size: int, family: str) -> None:
+        """A model no registered server of its family could ever hold is refused now, not left pending."""
+        with self.sessions() as session:
+            budgets = dict(session.execute(select(Server.name, Server.capacity_bytes)
+                                           .where(Server.family == family)).all())
+        reason = member_fits_reason(size, budgets, family)
+        if reason:
+            raise ApiError(422, "model_too_large", f"{reason}. Nothing was registered.",
+                           {"bytes": size, "largest_budget_bytes": max(budgets.values())})
+
     def _key_in_use(self, key: str) -> bool:
         with self.sessions() as session:
             return session.scalar(select(func.count()).select_from(ModelVersion)
@@ -233,7 +231,7 @@ class Registry:
             .outerjoin(current, current.c.pack == Pack.name)
             .where(Pack.kind == version.pack_kind, Pack.family == model.family)
             .order_by(Pack.name)).all()
-        chosen = self.choose_pack([PackFill(name, int(n), int(b)) for name, n, b in rows], version.bytes,
+        chosen = self.choose_pack([PackFill(name, int(b), int(n)) for name, n, b in rows], version.bytes,
                                   self.settings)
         if chosen is None:
             base = f"{version.pack_kind}-{model.family}-".replace("_", "-")

@@ -33,8 +33,11 @@ class RepositoryBuilder:
             self.registry.download_artifact(version.s3_key, path)  # streamed to disk, never held in memory
         return path
 
-    def build(self, session: Session, pack: Pack) -> int:
-        """Write one pack as the registry declares it now; returns its member count (0 removes it)."""
+    def build(self, session: Session, pack: Pack, settings: PackSettings | None = None) -> int:
+        """Write one pack as the registry declares it now; returns its member count (0 removes it).
+
+        `settings` (default: the builder's) carries what differs per pack: its generation and residency budget.
+        """
         rows = session.execute(
             select(Model, ModelVersion)
             .join(ModelVersion, (ModelVersion.model == Model.name) & (ModelVersion.version == Model.current_version))
@@ -49,7 +52,7 @@ class RepositoryBuilder:
             entries.append(entry_for(model, version).model_copy(
                 update={"file": f"{version.sha256}{SUFFIX[version.format]}"}))
         write_triton_model(PackPlan(pack.name, "custom", tuple(entries)), self.cache, self.repo,
-                           self.pack_settings)
+                           settings or self.pack_settings)
         wanted = {Path(member_file(e)).name for e in entries}
         for stale in (target / "1" / "members").iterdir():
             if stale.name not in wanted:

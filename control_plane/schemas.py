@@ -119,6 +119,7 @@ class ModelOut(BaseModel):
     family: str
     pack: str | None
     status: Literal["servable", "pending", "unloaded"]
+    pending_reason: str | None = Field(None, description="why the model is not servable yet (pending only)")
     signature: Signature
     endpoints: list[Endpoint] = Field(description="where to send KServe v2 gRPC requests")
     request_parameters: dict[str, str] = Field(description="parameters to put on each inference request")
@@ -151,8 +152,23 @@ class ServerIn(BaseModel):
     family: Family
     http_url: str = Field(pattern=r"^https?://[^/\s]+$")
     grpc_url: str = Field(pattern=r"^[^/\s]+:[0-9]+$")
-    capacity_bytes: int = Field(ge=64 * 2**20, le=2**63 - 1)  # stored as a SQL BIGINT
+    capacity_bytes: int | None = Field(None, ge=64 * 2**20, le=2**63 - 1, description="host RAM budget for pack "
+                                       "replicas; default: the instance type's")  # stored as a SQL BIGINT
     repository_path: str | None = Field(None, description="local servers only: where to sync packs")
+    metrics_url: str | None = Field(None, pattern=r"^https?://\S+$", description="Triton's Prometheus metrics, "
+                                    "for request rates per pack (replicas for hot packs)")
+    instance_type: str | None = Field(None, max_length=64, examples=["g4dn.xlarge"],
+                                      description="fills in the tier budgets not given")
+    disk_budget_bytes: int | None = Field(None, ge=0, le=2**63 - 1, description="the sync's disk cache")
+    gpu_budget_bytes: int | None = Field(None, ge=0, le=2**63 - 1, description="gpu family: GPU memory")
+    neuron_cores: int | None = Field(None, ge=1, le=192, description="inf2 family: NeuronCores")
+
+
+class TierBudgetsOut(BaseModel):
+    host_ram_bytes: int
+    disk_bytes: int | None
+    gpu_bytes: int | None
+    neuron_cores: int | None
 
 
 class ServerOut(BaseModel):
@@ -160,8 +176,13 @@ class ServerOut(BaseModel):
     family: str
     http_url: str
     grpc_url: str
-    capacity_bytes: int
+    capacity_bytes: int = Field(description="host RAM budget for pack replicas (tiers.host_ram_bytes)")
+    instance_type: str | None = None
+    tiers: TierBudgetsOut
+    reserved_bytes: int = Field(description="host RAM its placements reserve")
+    free_bytes: int
     healthy: bool
+    draining: bool = Field(description="gets no new replicas; its replicas move elsewhere before unloading")
     last_seen: datetime | None
     last_error: str | None
     placed_packs: list[str]
@@ -178,6 +199,9 @@ class PlacementOut(BaseModel):
     generation: int
     loaded_generation: int
     members: int
+    reserved_bytes: int
+    residency_bytes: int = Field(description="the residency budget (max_resident_bytes) it was read back to run with")
+    retiring: bool = Field(description="surplus: served until the pack's other replicas are loaded, then unloaded")
     error: str | None
 
 

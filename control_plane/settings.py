@@ -23,8 +23,19 @@ class Settings(BaseModel):
     upload_staging_dir: Path | None = Field(None, description="where uploads and S3 downloads are staged on "
                                             "disk while hashed and validated (default: work_dir/staging); "
                                             "keep it off tmpfs, it holds whole artifacts")
-    pack_size: int = 100
+    pack_size: int = Field(1000, description="most members one pack holds (bounds members.json and stub start)")
+    pack_max_bytes: int = Field(256 * 2**20, description="a pack's members' artifact bytes stay within this; a "
+                                "larger member gets a pack of its own")
+    replicas_min: int = Field(2, ge=1, description="replicas per pack, where that many servers of its family exist")
+    replicas_max: int = Field(4, ge=1, description="most replicas a hot pack gets")
+    hot_rps_per_replica: float = Field(200.0, gt=0, description="a pack above this rate per replica gets one more")
+    cool_rps_per_replica: float = Field(100.0, gt=0, description="a replica is given back only when the rate per "
+                                        "replica after removing it stays below this (hysteresis)")
+    hot_member_window_s: float = Field(300.0, gt=0, description="members called within this count in a pack's "
+                                       "working set")
     reconcile_interval_s: float = 1.0
+    reconcile_workers: int = Field(8, ge=1, description="syncs, loads and probes run concurrently across servers")
+    health_interval_s: float = Field(1.0, gt=0, description="health checks run on their own thread at this cadence")
     server_dead_after_s: float = 5.0
     stub_probe_interval_s: float = Field(5.0, description="how often each loaded pack's stub is probed; a "
                                          "pack whose stub does not answer is reloaded (0: never)")
@@ -40,8 +51,6 @@ class Settings(BaseModel):
                                             "of artifact: limit = base + factor x artifact bytes")
     public_url: str | None = Field(None, description="how load generators reach this API (set by serve)")
     # ---- several replicas (docs/control-plane.md) ----
-    pack_max_bytes: int = Field(2 * 2**30, ge=1, description="a pack takes no new member once the artifact "
-                                "bytes of its members would pass this (as well as pack_size members)")
     leader_lock_id: int = Field(0x666C656574, description="PostgreSQL advisory lock key the reconciler "
                                 "leader holds; replicas sharing a database must agree on it")
     leader_heartbeat_s: float = Field(1.0, gt=0, description="how often the leader checks its lock "

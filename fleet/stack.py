@@ -193,10 +193,15 @@ def up(models: int = 1000, loadtest_seconds: int = 20, users: int = 16, seed: in
     _record(stack)
     api = Api(url, token)
     apis = [api] + [Api(other, token) for other in urls[1:]]  # registrations spread over the replicas
+    from control_plane.capacity import local_capacity_bytes
+
+    # Each server's budget is its share of the memory this machine has available now, not a fixed figure.
+    capacity = local_capacity_bytes(len(servers))
+    click.echo(f"   each server's memory budget: {capacity / 2**30:.1f} GiB (its share of what is available)")
     for name, server, repo in servers:
         api.call("POST", "/api/v1/servers", json={
             "name": name, "family": "cpu", "http_url": server.http_url, "grpc_url": server.grpc_url,
-            "capacity_bytes": 8 * 2**30, "repository_path": str(repo)})
+            "metrics_url": server.metrics_url, "capacity_bytes": capacity, "repository_path": str(repo)})
 
     phase = f", the last {len(real_size)} real-size ({', '.join(real_size)})" if real_size else ""
     click.echo(f"4/7 generating {models} unique models ({profile}{phase})")

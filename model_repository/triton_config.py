@@ -53,6 +53,7 @@ class PackSettings:
     max_waiting_per_member: int = 64
     max_waiting: int = 256
     verify_sha256: str = "never"
+    generation: int | None = None  # the pack's generation; the control plane reads it back after a load
 
 
 def _tensor(config_list, name: str, dtype: str, dims: list[int]) -> None:
@@ -89,6 +90,8 @@ def _common(config: pb.ModelConfig, family: Family, settings: PackSettings) -> N
         "max_waiting": str(settings.max_waiting),
         "verify_sha256": settings.verify_sha256,
     }
+    if settings.generation is not None:
+        params["generation"] = str(settings.generation)
     if family == "inf2":
         params["neuron_core_offset"] = "0"
     for key, value in params.items():

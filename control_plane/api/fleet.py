@@ -6,6 +6,7 @@ from apiflask import APIBlueprint
 from flask import current_app
 from sqlalchemy import select
 
+from control_plane.capacity import INSTANCE_TYPES
 from control_plane.db import AuditEntry, Deployment, Pack, Placement, Server
 from control_plane.errors import ApiError, not_found
 from control_plane.schemas import DeploymentIn, DeploymentOut, Message, PlacementList, ServerIn, ServerList, ServerOut
@@ -36,12 +37,24 @@ def add_server(body: ServerIn):
         raise ApiError(503, "server_unreachable",
                        f"no ready Triton server answers at {body.http_url}/v2/health/ready; start it (or fix "
                        "http_url) and add it again. Nothing was recorded.")
+    defaults = INSTANCE_TYPES.get(body.instance_type or "")
+    if body.instance_type and defaults is None:
+        raise ApiError(422, "unknown_instance_type",
+                       f"no tier defaults for instance type '{body.instance_type}' (known: "
+                       f"{', '.join(sorted(INSTANCE_TYPES))}); give capacity_bytes and the other budgets instead")
+    capacity = body.capacity_bytes or (defaults.host_ram_bytes if defaults else None)
+    if capacity is None:
+        raise ApiError(422, "capacity_required",
+                       "give capacity_bytes (host RAM the server may spend on packs) or a known instance_type")
     with state.sessions.begin() as session:
         if session.get(Server, body.name) is not None:
             raise ApiError(409, "name_taken", f"server '{body.name}' already exists; DELETE it first")
         server = Server(name=body.name, family=body.family, http_url=body.http_url, grpc_url=body.grpc_url,
-                        capacity_bytes=body.capacity_bytes, repository_path=repository_path,
-                        healthy=True)
+                        capacity_bytes=capacity, repository_path=repository_path, healthy=True,
+                        metrics_url=body.metrics_url, instance_type=body.instance_type,
+                        disk_budget_bytes=body.disk_budget_bytes or (defaults.disk_bytes if defaults else None),
+                        gpu_budget_bytes=body.gpu_budget_bytes or (defaults.gpu_bytes if defaults else None),
+                        neuron_cores=body.neuron_cores or (defaults.neuron_cores if defaults else None))
         session.add(server)
         session.add(AuditEntry(action="server.add", subject=body.name, detail={"family": body.family}))
         session.flush()
@@ -54,7 +67,7 @@ def _trusted(body: ServerIn, settings) -> str | None:
     """Refuse (422, before contacting it) a server outside the allowed networks or a repository_path outside
     the repository root; the Triton admin key and the sync's deletions only ever reach what passes here."""
     try:
-        for address in (body.http_url, body.grpc_url):
+        for address in (body.http_url, body.grpc_url, *([body.metrics_url] if body.metrics_url else [])):
             check_address(address, settings.allowed_server_networks)
         if body.repository_path is None:
             return None
@@ -82,6 +95,24 @@ def get_server(name: str):
         if server is None:
             raise not_found("server", name)
         return server_out(session, server)
+
+
+@bp.post("/servers/<string:name>/drain")
+@bp.output(ServerOut)
+@bp.doc(summary="Drain a server: its replicas are placed elsewhere and loaded, then unloaded here",
+        responses=[200, 404])
+def drain_server(name: str):
+    state = _state()
+    with state.sessions.begin() as session:
+        server = session.get(Server, name)
+        if server is None:
+            raise not_found("server", name)
+        if not server.draining:
+            server.draining = True
+            session.add(AuditEntry(action="server.drain", subject=name))
+        result = server_out(session, server)
+    state.reconciler.nudge()
+    return result
 
 
 @bp.delete("/servers/<string:name>")

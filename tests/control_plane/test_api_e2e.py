@@ -202,13 +202,18 @@ def test_every_api_route_requires_the_bearer_token(stack):
         assert spec["paths"][path][method]["security"] == [{"BearerAuth": []}]
 
 
-def test_many_models_become_servable_across_both_servers(stack, generated_models):
+def test_many_models_become_servable_on_both_servers(stack, generated_models):
     entries = Manifest.read(generated_models).models[10:40]
     for entry in entries:
         assert register(stack, entry, generated_models).status_code == 201
     wait_for(lambda: all(servable(stack, e.id) for e in entries))
-    servers = {servable(stack, e.id)["endpoints"][0]["server"] for e in entries}
-    assert servers == {"triton-a", "triton-b"}, "packs are spread by free memory"
+    # replicas_min 2: every pack is verified loaded on both servers before its models leave "pending"...
+    wait_for(lambda: all(len(servable(stack, e.id)["endpoints"]) == 2 for e in entries))
+    for entry in entries[:3]:  # ...and each replica answers
+        model = servable(stack, entry.id)
+        for endpoint in model["endpoints"]:
+            (x,) = example_inputs(entry, batch=1)
+            assert infer({**model, "endpoints": [endpoint]}, entry, x).shape[0] == 1
     listed = get(stack, "/models", params={"status": "servable", "per_page": 5, "page": 2}).json()
     assert listed["page"] == 2 and len(listed["items"]) == 5 and listed["total"] >= 30
 
@@ -227,13 +232,21 @@ def test_a_load_test_started_through_the_api_reaches_many_models_without_failure
     assert test["results"]["models_hit"] >= min(20, servable_count)
 
 
-def test_a_killed_server_s_packs_become_servable_on_the_other(stack, generated_models):
+def test_a_killed_server_s_replicas_keep_answering_on_the_other(stack, generated_models):
     entries = Manifest.read(generated_models).models[10:40]
-    victim = servable(stack, entries[0].id)["endpoints"][0]["server"]
+    before = {e.id: servable(stack, e.id) for e in entries}
+    assert all(len(m["endpoints"]) == 2 for m in before.values()), "every pack has a replica on each server"
+    victim = before[entries[0].id]["endpoints"][0]["server"]
     survivor = ({"triton-a", "triton-b"} - {victim}).pop()
     server, _ = stack["servers"][victim]
     os.killpg(server.process.pid, signal.SIGKILL)
     server.process.wait()
+    # The surviving replica answers at once, before the control plane has even noticed the death.
+    for entry in entries[::5]:
+        model = before[entry.id]
+        (x,) = example_inputs(entry, batch=1)
+        on_survivor = [e for e in model["endpoints"] if e["server"] == survivor]
+        assert infer({**model, "endpoints": on_survivor}, entry, x).shape[0] == 1
 
     def all_on_survivor():
         models = [servable(stack, e.id) for e in entries]

@@ -1,0 +1,97 @@
+"""Loaded means loaded: the reconciler's load step against a real tritonserver 2.51.
+
+A placement is `loaded` only when Triton's config for the pack, read back after the load, carries the
+generation the control plane built; a server whose copy is older stays pending with the reason. The
+residency budget a placement sets reaches the pack runtime through Triton's config override, with the
+pack's files kept.
+"""
+from __future__ import annotations
+
+import re
+import time
+
+import numpy as np
+import pytest
+import requests
+import tritonclient.grpc as grpcclient
+
+from control_plane.reconciler import Reconciler
+from control_plane.settings import Settings
+from fleet.triton_server import TritonServer
+from model_repository.generator import example_inputs
+from model_repository.manifest import Manifest
+from model_repository.packing import PackPlan, write_triton_model
+from model_repository.triton_config import PackSettings
+
+pytestmark = pytest.mark.slow
+ADMIN_KEY = "lml-admin-key"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    repo = tmp_path_factory.mktemp("lml") / "repository"
+    repo.mkdir()
+    with TritonServer(repo, admin_key=ADMIN_KEY) as triton:
+        yield triton
+
+
+def write_pack(server: TritonServer, models_dir, generation: int, members: int = 2, name: str = "lml-pack"):
+    entries = [m for m in Manifest.read(models_dir).models if m.architecture == "mlp"][:members]
+    write_triton_model(PackPlan(name, "mlp", tuple(entries)), models_dir, server.repository,
+                       PackSettings(generation=generation))
+    return entries
+
+
+def reconciler() -> Reconciler:
+    # load_and_verify talks to Triton only: no registry or builder is needed for it
+    return Reconciler(None, Settings(triton_admin_key=ADMIN_KEY, api_token="t"), None)  # type: ignore[arg-type]
+
+
+def infer(server: TritonServer, pack: str, entry) -> np.ndarray:
+    (x,) = example_inputs(entry, batch=1)
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+    try:
+        tensor = grpcclient.InferInput("INPUT__0", list(x.shape), entry.inputs[0].dtype)
+        tensor.set_data_from_numpy(x)
+        return client.infer(pack, [tensor], parameters={"model_id": entry.id}).as_numpy("OUTPUT__0")
+    finally:
+        client.close()
+
+
+def test_a_server_with_an_older_copy_stays_pending_with_the_reason(server, generated_models):
+    write_pack(server, generated_models, generation=3, name="lml-late")
+    result = reconciler().load_and_verify(server.http_url, "lml-late", generation=4, residency=None)
+    assert result.state == "pending"
+    assert result.generation == 3, "what the server serves now is recorded: members of generation 3 stay servable"
+    assert result.error == "server has generation 3, waiting for 4: its sync is behind"
+    # the server's copy catches up: the next attempt verifies generation 4
+    write_pack(server, generated_models, generation=4, members=3, name="lml-late")
+    result = reconciler().load_and_verify(server.http_url, "lml-late", generation=4, residency=None)
+    assert (result.state, result.generation, result.error) == ("loaded", 4, None)
+
+
+def test_the_residency_budget_reaches_the_runtime_through_a_config_override(server, generated_models):
+    entries = write_pack(server, generated_models, generation=7, members=2, name="lml-budget")
+    # a budget of one byte: the runtime can keep only the member it is running, so each call evicts
+    result = reconciler().load_and_verify(server.http_url, "lml-budget", generation=7, residency=1)
+    assert (result.state, result.generation, result.residency_bytes) == ("loaded", 7, 1)
+    config = requests.get(f"{server.http_url}/v2/models/lml-budget/config", timeout=10).json()
+    assert config["parameters"]["max_resident_bytes"]["string_value"] == "1"
+    assert config["parameters"]["generation"]["string_value"] == "7", "the override kept the server's generation"
+    for entry in entries + entries:  # the files are still the pack's: both members answer
+        assert infer(server, "lml-budget", entry).shape[0] == 1
+
+    def evictions() -> float:
+        text = requests.get(server.metrics_url, timeout=10).text
+        found = re.findall(r'fleet_member_evictions_total\{[^}]*pack="lml-budget"[^}]*\} ([0-9.e+]+)', text)
+        return sum(float(v) for v in found)
+    deadline = time.monotonic() + 30
+    while evictions() < 2 and time.monotonic() < deadline:
+        infer(server, "lml-budget", entries[0])  # the runtime flushes its counters on requests
+        infer(server, "lml-budget", entries[1])
+    assert evictions() >= 2, "the runtime evicted members: it runs with the overridden budget"
+
+    # a loaded pack's budget changes (its reservation grew with traffic): one reload with the new budget
+    resized = reconciler().resize(server.http_url, "lml-budget", generation=7, residency=64 * 2**20)
+    assert (resized.state, resized.generation, resized.residency_bytes) == ("loaded", 7, 64 * 2**20)
+    assert infer(server, "lml-budget", entries[0]).shape[0] == 1

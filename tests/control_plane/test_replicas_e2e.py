@@ -1,0 +1,159 @@
+"""Replicas on three real tritonservers: two per pack, spread; a draining server's replicas move before it
+is emptied; a killed server's replicas keep answering on the survivors and are placed again."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+import uuid
+
+import pytest
+import tritonclient.grpc as grpcclient
+
+from fleet.triton_server import TritonServer, free_port
+from model_repository.generator import example_inputs
+from model_repository.manifest import Manifest
+
+from .conftest import ADMIN_KEY, TOKEN, ControlPlane
+
+pytestmark = pytest.mark.slow
+SERVERS = ("r-a", "r-b", "r-c")
+MODELS = 9
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory, seaweed, generated_models):
+    root = tmp_path_factory.mktemp("replicas")
+    servers = {}
+    for name in SERVERS:
+        repo = root / name / "repository"
+        repo.mkdir(parents=True)
+        servers[name] = TritonServer(repo, admin_key=ADMIN_KEY).start()
+    env = {**os.environ, **seaweed.environment(), "FLEET_API_TOKEN": TOKEN, "FLEET_TRITON_ADMIN_KEY": ADMIN_KEY,
+           "FLEET_DATABASE_URL": f"sqlite:///{root / 'registry.db'}", "FLEET_WORK_DIR": str(root / "work"),
+           "FLEET_REPOSITORY_URI": f"s3://models/rep-{uuid.uuid4().hex[:8]}",
+           "FLEET_S3_ENDPOINT_URL": seaweed.endpoint_url, "FLEET_RECONCILE_INTERVAL_S": "0.5",
+           "FLEET_SERVER_DEAD_AFTER_S": "2", "FLEET_PACK_SIZE": "2", "PYTHONSAFEPATH": "1"}
+    cp = ControlPlane(f"http://127.0.0.1:{free_port()}", env, root / "control-plane.log").start()
+    api = cp.api()
+    for name, server in servers.items():
+        response = api.post(f"{cp.url}/api/v1/servers", json={
+            "name": name, "family": "cpu", "http_url": server.http_url, "grpc_url": server.grpc_url,
+            "metrics_url": server.metrics_url, "capacity_bytes": 2 * 2**30,
+            "repository_path": str(server.repository)})
+        assert response.status_code == 201, response.text
+    entries = [m for m in Manifest.read(generated_models).models if m.architecture == "mlp"][:MODELS]
+    for entry in entries:
+        signature = json.dumps({"inputs": [i.model_dump(mode="json") for i in entry.inputs],
+                                "outputs": [o.model_dump(mode="json") for o in entry.outputs]})
+        response = api.post(f"{cp.url}/api/v1/models", data={"name": entry.id, "signature": signature},
+                            files={"artifact": ("model.pt", (generated_models / entry.file).read_bytes())})
+        assert response.status_code == 201, response.text
+    state = {"cp": cp, "servers": servers, "entries": entries}
+    wait_for(lambda: all(len(model(state, e.id)["endpoints"]) == 2 for e in entries), timeout_s=180)
+    yield state
+    cp.stop()
+    for server in servers.values():
+        server.stop()
+
+
+def get(fleet, path: str) -> dict:
+    response = fleet["cp"].api().get(f"{fleet['cp'].url}/api/v1{path}")
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def model(fleet, name: str) -> dict:
+    return get(fleet, f"/models/{name}")
+
+
+def usable(fleet) -> list[str]:
+    return [s["name"] for s in get(fleet, "/servers")["items"] if s["healthy"] and not s["draining"]]
+
+
+def wait_for(predicate, timeout_s: float = 120.0):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.3)
+    raise AssertionError(f"condition not met within {timeout_s} s")
+
+
+def replicas_settled(fleet) -> bool:
+    """Every pack has min(2, usable servers) loaded replicas at its generation, on usable servers only."""
+    want, servers = min(2, len(usable(fleet))), set(usable(fleet))
+    by_pack: dict[str, list[dict]] = {}
+    for p in get(fleet, "/placements")["items"]:
+        by_pack.setdefault(p["pack"], []).append(p)
+    return bool(by_pack) and all(
+        len(ps) == want and all(p["state"] == "loaded" and p["loaded_generation"] == p["generation"]
+                                and p["server"] in servers for p in ps) for ps in by_pack.values())
+
+
+def infer(grpc_url: str, pack: str, entry) -> None:
+    (x,) = example_inputs(entry, batch=1)
+    client = grpcclient.InferenceServerClient(grpc_url)
+    try:
+        tensor = grpcclient.InferInput("INPUT__0", list(x.shape), entry.inputs[0].dtype)
+        tensor.set_data_from_numpy(x)
+        assert client.infer(pack, [tensor], parameters={"model_id": entry.id}).as_numpy("OUTPUT__0").shape[0] == 1
+    finally:
+        client.close()
+
+
+def test_each_pack_has_two_verified_replicas_spread_over_the_servers(fleet):
+    wait_for(lambda: replicas_settled(fleet))
+    servers = get(fleet, "/servers")["items"]
+    holding = [s for s in servers if s["placed_packs"]]
+    assert len(holding) >= 2
+    for server in holding:
+        assert 0 < server["reserved_bytes"] <= server["tiers"]["host_ram_bytes"]
+        assert server["free_bytes"] == server["capacity_bytes"] - server["reserved_bytes"]
+    entry = fleet["entries"][0]
+    for endpoint in model(fleet, entry.id)["endpoints"]:  # every replica answers
+        infer(endpoint["grpc_url"], model(fleet, entry.id)["pack"], entry)
+
+
+def test_a_draining_server_s_replicas_move_before_it_is_emptied(fleet):
+    wait_for(lambda: replicas_settled(fleet))
+    victim = max(get(fleet, "/servers")["items"], key=lambda s: len(s["placed_packs"]))["name"]
+    unservable: list[str] = []
+    stop = threading.Event()
+
+    def watch() -> None:  # every model stays servable throughout the drain
+        while not stop.is_set():
+            for entry in fleet["entries"]:
+                if model(fleet, entry.id)["status"] != "servable":
+                    unservable.append(entry.id)
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        response = fleet["cp"].api().post(f"{fleet['cp'].url}/api/v1/servers/{victim}/drain")
+        assert response.status_code == 200 and response.json()["draining"] is True
+        wait_for(lambda: get(fleet, f"/servers/{victim}")["placed_packs"] == [] and replicas_settled(fleet))
+    finally:
+        stop.set()
+        watcher.join()
+    assert unservable == [], f"models unservable during the drain: {sorted(set(unservable))}"
+
+
+def test_a_killed_server_s_replicas_answer_on_the_survivors_and_are_placed_again(fleet):
+    wait_for(lambda: replicas_settled(fleet))
+    entries = fleet["entries"]
+    before = {e.id: model(fleet, e.id) for e in entries}
+    victim = before[entries[0].id]["endpoints"][0]["server"]
+    server = fleet["servers"][victim]
+    os.killpg(server.process.pid, signal.SIGKILL)
+    server.process.wait()
+    # at once, before the control plane notices: another replica of every model answers
+    for entry in entries:
+        others = [e for e in before[entry.id]["endpoints"] if e["server"] != victim]
+        assert others, f"{entry.id} had no replica besides {victim}"
+        infer(others[0]["grpc_url"], before[entry.id]["pack"], entry)
+    wait_for(lambda: not get(fleet, f"/servers/{victim}")["healthy"])
+    wait_for(lambda: replicas_settled(fleet))
+    assert all(model(fleet, e.id)["status"] == "servable" for e in entries)
