@@ -96,34 +96,70 @@ def upload(repository: Path, uri: str, endpoint_url: str | None) -> None:
 @click.option("--endpoint-url", envvar="AWS_ENDPOINT_URL_S3", help="Any S3 endpoint (default: AWS).")
 @click.option("--interval", type=click.FloatRange(0), default=0, show_default=True,
               help="Seconds between syncs; 0 syncs once and exits (a sidecar uses e.g. 30).")
-def sync(uri: str, repository: Path, endpoint_url: str | None, interval: float) -> None:
-    """Bring a local repository in step with S3: incremental, verified, atomic per model."""
-    from model_repository.s3_sync import SyncError, s3_client
+@click.option("--server", envvar="FLEET_SYNC_SERVER", default=None,
+              help="Sync only this server's assignment (.fleet/assignments/NAME.json, written by the control "
+                   "plane); without it the whole repository is synced.")
+@click.option("--disk-budget-bytes", envvar="FLEET_SYNC_DISK_BUDGET_BYTES", type=click.IntRange(0), default=None,
+              help="Bytes the repository may hold (with --server); default: free disk less 5%.")
+@click.option("--triton-metrics-url", envvar="FLEET_SYNC_TRITON_METRICS_URL", default=None,
+              help="e.g. http://127.0.0.1:8002/metrics: packs that get requests count as recently used.")
+def sync(uri: str, repository: Path, endpoint_url: str | None, interval: float, server: str | None,
+         disk_budget_bytes: int | None, triton_metrics_url: str | None) -> None:
+    """Bring a local repository in step with S3: incremental, verified, atomic per model.
+
+    Writes REPOSITORY.sync-status.json and REPOSITORY.sync.prom (Prometheus text) next to the repository.
+    With --interval, failures (no index, S3 unreachable) are logged and retried with back-off.
+    """
+    from tenacity import Retrying, retry_if_exception_type, wait_exponential
+
+    from model_repository.s3_sync import SyncError, UsageTracker, s3_client
     from model_repository.s3_sync import sync as run
 
     client = s3_client(endpoint_url)
+    usage = UsageTracker(triton_metrics_url)
     stop = {"now": False}
     signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
+
+    def pause(seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline and not stop["now"]:
+            time.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
+
+    def one_round():
+        with tqdm(unit="B", unit_scale=True, desc="sync", dynamic_ncols=True, disable=bool(interval)) as bar:
+            report = run(uri, repository, client, on_progress=bar.update, server=server,
+                         disk_budget_bytes=disk_budget_bytes, used_at=usage.poll())
+        click.echo(f"synced {len(report.downloaded)} files ({report.bytes} B); changed models: "
+                   f"{sorted(report.changed_models) or 'none'}; removed: {sorted(report.removed_models) or 'none'}"
+                   + (f"; {report.resident_packs} packs, {report.resident_bytes} B on disk" if server else ""))
+        if report.over_budget_packs:
+            click.echo(f"OVER BUDGET: {len(report.over_budget_packs)} assigned packs do not fit in "
+                       f"{report.budget_bytes} B and are not on disk: {report.over_budget_packs}", err=True)
+        for path, reason in report.refused.items():
+            click.echo(f"REFUSED {path}: {reason}", err=True)
+        return report
+
+    def explain(state) -> None:
+        click.echo(f"sync failed (attempt {state.attempt_number}), retrying in {state.next_action.sleep:.0f} s: "
+                   f"{state.outcome.exception()}", err=True)
+
     while True:
-        try:
-            with tqdm(unit="B", unit_scale=True, desc="sync", dynamic_ncols=True) as bar:
-                report = run(uri, repository, client, on_progress=bar.update)
-            click.echo(f"synced {len(report.downloaded)} files ({report.bytes} B); changed models: "
-                       f"{sorted(report.changed_models) or 'none'}; removed: "
-                       f"{sorted(report.removed_models) or 'none'}")
-            for path, reason in report.refused.items():
-                click.echo(f"REFUSED {path}: {reason}", err=True)
-        except SyncError as error:
-            if not interval:
-                raise click.ClickException(str(error)) from None
-            click.echo(f"sync failed, will retry: {error}", err=True)
         if not interval:
+            try:
+                report = one_round()
+            except SyncError as error:
+                raise click.ClickException(str(error)) from None
             if not report.ok:
                 raise SystemExit(1)
             return
-        deadline = time.monotonic() + interval
-        while time.monotonic() < deadline and not stop["now"]:
-            time.sleep(0.5)
+        retrying = Retrying(retry=retry_if_exception_type(SyncError), before_sleep=explain, sleep=pause,
+                            wait=wait_exponential(multiplier=1, min=1, max=max(300.0, interval)),
+                            stop=lambda _state: stop["now"], reraise=True)
+        try:
+            retrying(one_round)
+        except SyncError:
+            return  # stopped (SIGTERM) while retrying
+        pause(interval)
         if stop["now"]:
             return
 
