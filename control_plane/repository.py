@@ -101,8 +101,11 @@ class RepositoryBuilder:
         return before
 
     # ---- build ---------------------------------------------------------------------------------
-    def build(self, session: Session, pack: Pack) -> int:
-        """Write one pack as the registry declares it now; returns its member count (0 removes it)."""
+    def build(self, session: Session, pack: Pack, settings: PackSettings | None = None) -> int:
+        """Write one pack as the registry declares it now; returns its member count (0 removes it).
+
+        `settings` (default: the builder's) carries what differs per pack (e.g. generation, residency budget).
+        """
         rows = session.execute(
             select(Model, ModelVersion)
             .join(ModelVersion, (ModelVersion.model == Model.name) & (ModelVersion.version == Model.current_version))
@@ -115,7 +118,7 @@ class RepositoryBuilder:
             formats = {model.name: (version.format or "torchscript") for model, version in rows}
             entries = [entry_for(model, version).model_copy(
                 update={"file": f"members/{model.name}{SUFFIX[formats[model.name]]}"}) for model, version in rows]
-            small = pack_files(PackPlan(pack.name, "custom", tuple(entries)), self.pack_settings,
+            small = pack_files(PackPlan(pack.name, "custom", tuple(entries)), settings or self.pack_settings,
                                lambda m: m.file, pack.generation, formats)
             for relative, body in small.items():
                 files[relative] = {"sha256": hashlib.sha256(body).hexdigest(), "size": len(body)}

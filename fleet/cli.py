@@ -228,11 +228,12 @@ main.add_command(adfilter_commands)
 @click.option("--models", type=click.IntRange(1), default=1000, show_default=True)
 @click.option("--loadtest-seconds", type=click.IntRange(1), default=20, show_default=True)
 @click.option("--users", type=click.IntRange(1), default=16, show_default=True)
-def up_command(models: int, loadtest_seconds: int, users: int) -> None:
-    """Start the local stack (S3, 2 tritonservers, control plane), register models, load-test it."""
+@click.option("--servers", type=click.IntRange(1), default=2, show_default=True, help="Local tritonservers.")
+def up_command(models: int, loadtest_seconds: int, users: int, servers: int) -> None:
+    """Start the local stack (S3, N tritonservers, control plane), register models, load-test it."""
     from fleet.stack import print_summary, up
 
-    print_summary(up(models=models, loadtest_seconds=loadtest_seconds, users=users))
+    print_summary(up(models=models, loadtest_seconds=loadtest_seconds, users=users, servers=servers))
 
 
 @main.command(name="down")
@@ -242,6 +243,66 @@ def down_command() -> None:
 
     stopped = down()
     click.echo(f"stopped: {', '.join(stopped)}" if stopped else "nothing was running")
+
+
+@main.group(name="server")
+def server_commands() -> None:
+    """Servers of a running fleet: drain one before it leaves, stop one of the local stack."""
+
+
+def _server_api(url: str | None, token: str | None):
+    from fleet.servers import ControlPlaneApi, local_stack_api
+    from fleet.stack import STACK_FILE
+
+    if url:
+        return ControlPlaneApi(url, token)
+    api = local_stack_api(STACK_FILE)
+    if api is None:
+        raise click.ClickException("no control plane: pass --url/--token (FLEET_CONTROL_PLANE_URL, FLEET_API_TOKEN) "
+                                   "or start the local stack with `fleet up`")
+    return api
+
+
+_URL = click.option("--url", envvar="FLEET_CONTROL_PLANE_URL", default=None,
+                    help="Control plane (default: the one `fleet up` started).")
+_TOKEN = click.option("--token", envvar="FLEET_API_TOKEN", default=None, help="API bearer token.")
+
+
+@server_commands.command(name="drain")
+@click.argument("name")
+@click.option("--wait", "wait_s", type=click.FloatRange(0), default=0, show_default=True,
+              help="Seconds to wait until the server holds no replica (0: return at once).")
+@_URL
+@_TOKEN
+def server_drain(name: str, wait_s: float, url: str | None, token: str | None) -> None:
+    """Drain NAME: no new replicas; its replicas move elsewhere, then unload here."""
+    from fleet.servers import ServerCommandError, drain
+
+    try:
+        server = drain(_server_api(url, token), name, wait_s,
+                       on_progress=lambda s: click.echo(f"{name}: still holds {len(s['placed_packs'])} packs"))
+    except ServerCommandError as error:
+        raise click.ClickException(str(error)) from None
+    click.echo(f"{name}: draining; holds {len(server.get('placed_packs', []))} packs")
+
+
+@server_commands.command(name="stop")
+@click.argument("name")
+@click.option("--wait", "wait_s", type=click.FloatRange(0), default=300, show_default=True,
+              help="Seconds to wait for the drain before stopping anyway.")
+def server_stop(name: str, wait_s: float) -> None:
+    """Leave the local stack gracefully: drain NAME, remove it from the control plane, stop its process."""
+    from fleet.servers import ServerCommandError, drain
+    from fleet.stack import stop_server
+
+    api = _server_api(None, None)
+    try:
+        drain(api, name, wait_s,
+              on_progress=lambda s: click.echo(f"{name}: still holds {len(s['placed_packs'])} packs"))
+        api.call("DELETE", f"/servers/{name}")
+    except ServerCommandError as error:
+        raise click.ClickException(f"{error}; {name} keeps running") from None
+    click.echo(f"{name}: drained, removed and {'stopped' if stop_server(name) else 'was not running'}")
 
 
 @main.command()

@@ -31,12 +31,15 @@ from tenacity import (
     retry_if_exception_type,
     stop_after_attempt,
     stop_after_delay,
-    wait_exponential_jitter,
+    wait_random_exponential,
 )
 from tritonclient.utils import InferenceServerException, triton_to_np_dtype
 
 # Codes on which another replica (or a fresh resolution) may succeed; everything else is final.
-RETRIED_CODES = ("UNAVAILABLE", "NOT_FOUND", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED", "CANCELLED", "INTERNAL")
+RETRIED_CODES = ("UNAVAILABLE", "NOT_FOUND", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED", "CANCELLED")
+# INTERNAL is final (bad input still answers INTERNAL on older pack runtimes), except a dead stub process,
+# which the control plane's stub probe reloads while another replica answers.
+RETRIED_INTERNAL = ("Stub process", "is not healthy")
 
 
 class FleetClientError(RuntimeError):
@@ -71,6 +74,11 @@ class Route:
 
 def code_of(error: InferenceServerException) -> str:
     return (error.status() or "").removeprefix("StatusCode.")
+
+
+def retried(error: InferenceServerException) -> bool:
+    code = code_of(error)
+    return code in RETRIED_CODES or (code == "INTERNAL" and any(m in str(error) for m in RETRIED_INTERNAL))
 
 
 class _Routes:
@@ -163,7 +171,7 @@ class _Routes:
 def _policy(attempts: int, deadline_s: float) -> dict:
     return {"retry": retry_if_exception_type(_Retry), "reraise": True,
             "stop": stop_after_attempt(attempts) | stop_after_delay(deadline_s),
-            "wait": wait_exponential_jitter(initial=0.02, max=1.0, jitter=0.05)}
+            "wait": wait_random_exponential(multiplier=0.02, max=1.0)}
 
 
 class FleetClient:
@@ -197,7 +205,7 @@ class FleetClient:
                                                       parameters=route.parameters,
                                                       client_timeout=self.request_timeout_s)
             except InferenceServerException as error:
-                if code_of(error) not in RETRIED_CODES:
+                if not retried(error):
                     raise
                 tried.add(endpoint)
                 self.routes.mark_bad(endpoint)
@@ -253,7 +261,7 @@ class AsyncFleetClient:
                             route.pack, self.routes.tensors(route, inputs, aiogrpcclient),
                             parameters=route.parameters, client_timeout=self.request_timeout_s)
                     except InferenceServerException as error:
-                        if code_of(error) not in RETRIED_CODES:
+                        if not retried(error):
                             raise
                         tried.add(endpoint)
                         self.routes.mark_bad(endpoint)

@@ -1,6 +1,6 @@
 """`fleet up` / `fleet down`: the whole stack on this machine, on real parts.
 
-Up starts SeaweedFS (S3), two tritonservers and the control plane (waitress), then does what a user
+Up starts SeaweedFS (S3), N tritonservers (default two) and the control plane (waitress), then does what a user
 would through the REST API: registers the servers, generates and registers 1,000 unique models, waits
 until every one is servable, runs a short locust load test and prints a summary. Everything it starts is
 recorded in .fleet/stack.json so `fleet down` stops all of it.
@@ -79,6 +79,19 @@ def down() -> list[str]:
     return stopped
 
 
+def stop_server(name: str) -> bool:
+    """Stop one tritonserver of the recorded stack (after it was drained); False if it was not running."""
+    if not STACK_FILE.exists():
+        return False
+    stack = json.loads(STACK_FILE.read_text())
+    pid = stack["pids"].pop(name, None)
+    if pid is None:
+        return False
+    _stop_group(pid)
+    _record(stack)
+    return True
+
+
 def _record(stack: dict) -> None:
     STACK_FILE.write_text(json.dumps(stack, indent=1))
 
@@ -97,7 +110,12 @@ def _wait_http(url: str, timeout_s: float, process: subprocess.Popen, log: Path)
     raise click.ClickException(f"{url} not ready after {timeout_s:.0f} s; see {log}")
 
 
-def up(models: int = 1000, loadtest_seconds: int = 20, users: int = 16, seed: int = 0) -> dict:
+def server_names(count: int) -> list[str]:
+    """triton-a, triton-b, ... (then triton-27, ...): the local stack's server names."""
+    return [f"triton-{chr(ord('a') + k)}" if k < 26 else f"triton-{k + 1}" for k in range(count)]
+
+
+def up(models: int = 1000, loadtest_seconds: int = 20, users: int = 16, seed: int = 0, servers: int = 2) -> dict:
     started = time.monotonic()
     if STACK_FILE.exists():
         click.echo("a previous stack is recorded; stopping it first")
@@ -114,15 +132,15 @@ def up(models: int = 1000, loadtest_seconds: int = 20, users: int = 16, seed: in
     _record(stack)
     s3.create_bucket(BUCKET)
 
-    click.echo("2/7 starting two tritonservers (explicit model control, repository API behind a key)")
-    servers = []
-    for name in ("triton-a", "triton-b"):
+    click.echo(f"2/7 starting {servers} tritonservers (explicit model control, repository API behind a key)")
+    started_servers = []
+    for name in server_names(servers):
         repo = (STATE_DIR / "servers" / name / "repository").resolve()
         repo.mkdir(parents=True, exist_ok=True)
         server = TritonServer(repo, admin_key=admin_key, log_path=repo.parent / "tritonserver.log").start()
         stack["pids"][name] = server.process.pid
         _record(stack)
-        servers.append((name, server, repo))
+        started_servers.append((name, server, repo))
 
     click.echo("3/7 starting the control plane under waitress")
     port = free_port()
@@ -142,7 +160,7 @@ def up(models: int = 1000, loadtest_seconds: int = 20, users: int = 16, seed: in
     _record(stack)
     _wait_http(f"{url}/readyz", 120, cp, log)
     api = Api(url, token)
-    for name, server, repo in servers:
+    for name, server, repo in started_servers:
         api.call("POST", "/api/v1/servers", json={
             "name": name, "family": "cpu", "http_url": server.http_url, "grpc_url": server.grpc_url,
             "capacity_bytes": 8 * 2**30, "repository_path": str(repo)})
@@ -191,7 +209,7 @@ def up(models: int = 1000, loadtest_seconds: int = 20, users: int = 16, seed: in
             test = api.call("GET", f"/api/v1/loadtests/{test['id']}").json()
     summary = {"wall_time_s": round(time.monotonic() - started, 1), "time_to_servable_s": round(servable_at, 1),
                "models_servable": servable, "loadtest": test, "control_plane": url, "token": token,
-               "servers": {name: server.grpc_url for name, server, _ in servers}, "s3": s3.endpoint_url}
+               "servers": {name: server.grpc_url for name, server, _ in started_servers}, "s3": s3.endpoint_url}
     (STATE_DIR / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
     return summary
 

@@ -42,14 +42,25 @@ class EcsDiscoverer:
                                  f"{settings.cluster}: {error}; the control plane's role needs "
                                  "elasticloadbalancing:DescribeTargetHealth, ecs:ListTasks and ecs:DescribeTasks") \
                 from None
-        found = []
+        found, memory_of = [], {}
         for task in tasks:
             address = private_ip(task)
             if address not in healthy:
                 continue
             memory = task.get("memory") or (task.get("overrides") or {}).get("memory")
+            if not memory:  # the task definition's task-level memory, once per definition
+                arn = task["taskDefinitionArn"]
+                if arn not in memory_of:
+                    memory_of[arn] = self._definition_memory(arn)
+                memory = memory_of[arn]
             capacity = int(memory) * 2**20 if memory and str(memory).isdigit() else settings.capacity_bytes
             found.append(Discovered(name=f"{self.prefix}{task['taskArn'].rsplit('/', 1)[-1]}", family="cpu",
                                     http_url=f"http://{address}:{settings.http_port}",
                                     grpc_url=f"{address}:{healthy[address]}", capacity_bytes=capacity))
         return sorted(found, key=lambda s: s.name)
+
+    def _definition_memory(self, arn: str) -> str | None:
+        try:
+            return self.ecs.describe_task_definition(taskDefinition=arn)["taskDefinition"].get("memory")
+        except (ClientError, BotoCoreError):
+            return None
