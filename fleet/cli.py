@@ -103,8 +103,11 @@ def upload(repository: Path, uri: str, endpoint_url: str | None) -> None:
               help="Bytes the repository may hold (with --server); default: free disk less 5%.")
 @click.option("--triton-metrics-url", envvar="FLEET_SYNC_TRITON_METRICS_URL", default=None,
               help="e.g. http://127.0.0.1:8002/metrics: packs that get requests count as recently used.")
+@click.option("--allow-unassigned", is_flag=True,
+              help="With --server and --interval 0: a server without an assignment yet exits 0 (an init "
+                   "container of a pod that is not yet discovered).")
 def sync(uri: str, repository: Path, endpoint_url: str | None, interval: float, server: str | None,
-         disk_budget_bytes: int | None, triton_metrics_url: str | None) -> None:
+         disk_budget_bytes: int | None, triton_metrics_url: str | None, allow_unassigned: bool) -> None:
     """Bring a local repository in step with S3: incremental, verified, atomic per model.
 
     Writes REPOSITORY.sync-status.json and REPOSITORY.sync.prom (Prometheus text) next to the repository.
@@ -112,7 +115,7 @@ def sync(uri: str, repository: Path, endpoint_url: str | None, interval: float, 
     """
     from tenacity import Retrying, retry_if_exception_type, wait_exponential
 
-    from model_repository.s3_sync import SyncError, UsageTracker, s3_client
+    from model_repository.s3_sync import NoAssignment, SyncError, UsageTracker, s3_client
     from model_repository.s3_sync import sync as run
 
     client = s3_client(endpoint_url)
@@ -147,6 +150,11 @@ def sync(uri: str, repository: Path, endpoint_url: str | None, interval: float, 
         if not interval:
             try:
                 report = one_round()
+            except NoAssignment as error:
+                if not allow_unassigned:
+                    raise click.ClickException(str(error)) from None
+                click.echo(f"nothing to sync yet: {error}")
+                return
             except SyncError as error:
                 raise click.ClickException(str(error)) from None
             if not report.ok:

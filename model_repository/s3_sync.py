@@ -57,6 +57,10 @@ class SyncError(RuntimeError):
     """Sync cannot proceed at all (no index, no access); the message says how to fix it."""
 
 
+class NoAssignment(SyncError):
+    """The server has no assignment yet (not registered, or nothing placed on it)."""
+
+
 class IntegrityError(RuntimeError):
     """An object's bytes do not match the sha256 the index declares."""
 
@@ -365,7 +369,7 @@ def sync(uri: str, repository: Path, client=None, on_progress: Callable[[int], N
     if server is not None:
         assignment = read_assignment(client, location, server)
         if assignment is None:
-            raise SyncError(f"no assignment for server '{server}' at {location}/{assignment_key(server)}: the "
+            raise NoAssignment(f"no assignment for server '{server}' at {location}/{assignment_key(server)}: the "
                             "control plane publishes it once the server is registered and packs are placed on "
                             "it; nothing was changed locally")
         remote = _select_share(report, state, repository, assignment, remote, local, disk_budget_bytes,

@@ -183,3 +183,17 @@ def test_the_sync_loop_explains_a_missing_index_retries_and_recovers(repository,
             process.kill()
             process.wait()
     assert [p.name for p in (tmp_path / "s").iterdir()] == ["cnn-pack-0001"]
+
+
+def test_an_init_pass_of_a_server_not_yet_assigned_succeeds_only_when_allowed(published, seaweed, s3_uri, tmp_path):
+    """The init container of a pod that discovery has not registered yet must not block the pod."""
+    import os
+    import subprocess
+    import sys
+
+    command = [sys.executable, "-m", "fleet.cli", "sync", s3_uri, str(tmp_path / "s"), "--server", "eks-new-0"]
+    env = {**os.environ, **seaweed.environment()}
+    strict = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    assert strict.returncode == 1 and "no assignment for server 'eks-new-0'" in strict.stderr
+    allowed = subprocess.run([*command, "--allow-unassigned"], env=env, capture_output=True, text=True, timeout=120)
+    assert allowed.returncode == 0 and "nothing to sync yet" in allowed.stdout

@@ -108,9 +108,13 @@ class TestTritonFamily:
         pod = sts["spec"]["template"]["spec"]
         source = "s3://$(REPOSITORY_BUCKET)/$(REPOSITORY_PREFIX)"
         first, sidecar = pod["initContainers"]
-        assert first["command"] == ["fleet", "sync", source, "/repository/models"]
+        # Each pod syncs only its own assignment, under the name discovery registers it with.
+        assert first["command"] == ["fleet", "sync", source, "/repository/models", "--server", "eks-$(POD_NAME)",
+                                    "--allow-unassigned"]
         assert "restartPolicy" not in first  # one pass, before anything else starts
-        assert sidecar["command"] == ["fleet", "sync", source, "/repository/models", "--interval", "30"]
+        assert sidecar["command"] == ["fleet", "sync", source, "/repository/models", "--interval", "30",
+                                      "--server", "eks-$(POD_NAME)"]
+        assert {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}} in sidecar["env"]
         assert sidecar["restartPolicy"] == "Always"  # a native sidecar
         assert first["image"] == sidecar["image"] == FAMILIES[family][0]  # the server image has `fleet`
         # The synced folder and fleet sync's sibling staging folder share one volume (renames stay on one
