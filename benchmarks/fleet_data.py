@@ -242,15 +242,24 @@ def render(result: dict) -> str:
              "| server | packs assigned | bytes, whole repository (baseline) | bytes, assigned share | share / "
              f"baseline | bytes, budget {disk['budget_bytes']:,} B | packs over budget |",
              "|---|---|---|---|---|---|---|"]
+    shares = [row["bytes_no_budget"] / disk["baseline_bytes_per_server"] for row in disk["per_server"]]
     for row in disk["per_server"]:
         lines.append(f"| {row['server']} | {row['assigned_packs']} | {disk['baseline_bytes_per_server']:,} | "
                      f"{row['bytes_no_budget']:,} | {row['bytes_no_budget'] / disk['baseline_bytes_per_server']:.2f} |"
                      f" {row['bytes_with_budget']:,} | {row['over_budget_packs']} |")
-    lines += ["", f"### Failed requests when the server holding the model is killed (fleet.client, "
+    expected = disk["replicas"] / disk["servers"]
+    lines += ["", f"Each server holds {min(shares):.2f}-{max(shares):.2f} of what the whole-repository sync put on "
+              f"every server ({disk['replicas']} replicas over {disk['servers']} servers: {expected:.2f} on average "
+              "by pack count; packs differ in size). With the budget, each stays within it and reports the packs "
+              "left out.",
+              "", f"### Failed requests when the server holding the model is killed (fleet.client, "
               f"{result['users']} threads, client deadline 5 s, {result['after_s']:.0f} s observed after the kill)",
               "", "| pack on | requests ok | failed | slowest answer (s) |", "|---|---|---|---|"]
     for label, row in kill.items():
         lines.append(f"| {label} | {row['ok']} | {row['failed']} | {row['max_latency_s']} |")
+    for label, row in kill.items():
+        if row["errors"]:
+            lines.append(f"\n{label}: e.g. `{row['errors'][0]}`")
     lines += ["", "### Seconds for a new server to take its share", "",
               f"{newcomer['packs']} packs ({newcomer['bytes']:,} B): assignment published -> on disk in "
               f"{newcomer['sync_seconds']} s, loaded in {newcomer['load_seconds']} s more; "
@@ -274,7 +283,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--after-s", type=float, default=10.0)
     parser.add_argument("--out", type=Path, default=Path("results/fleet_data.json"))
     parser.add_argument("--docs", type=Path, default=Path("docs/benchmarks-fleet.md"))
+    parser.add_argument("--render", type=Path, default=None, help="Measure nothing: re-render a saved JSON.")
     args = parser.parse_args(argv)
+    if args.render:
+        write_section(args.docs, render(json.loads(args.render.read_text())))
+        return 0
     import platform
 
     with tempfile.TemporaryDirectory(prefix="fleet-data-") as tmp, SeaweedS3(Path(tmp) / "s3") as s3:
