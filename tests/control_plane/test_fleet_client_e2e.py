@@ -11,9 +11,12 @@ import json
 import os
 import re
 import signal
+import subprocess
+import sys
 import threading
 import time
 import uuid
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -24,6 +27,7 @@ from tritonclient.utils import InferenceServerException
 from control_plane.db import Pack, Placement, make_engine, make_sessionmaker
 from fleet.client import AsyncFleetClient, FleetClient, ModelNotFound
 from fleet.triton_server import TritonServer, free_port
+from loadtest.results import parse_stats_csv
 from model_repository.generator import example_inputs
 from model_repository.manifest import Manifest
 from model_repository.s3_sync import sync
@@ -31,6 +35,7 @@ from model_repository.s3_sync import sync
 from .conftest import ADMIN_KEY, TOKEN, ControlPlane
 
 pytestmark = pytest.mark.slow
+LOCUSTFILE = Path(__file__).resolve().parents[2] / "loadtest" / "triton_models.py"
 
 
 def wait_for(predicate, what: str, timeout_s: float = 120.0):
@@ -97,7 +102,8 @@ def replicated(tmp_path_factory, seaweed, generated_models):
             server.stop()
 
 
-def test_a_model_is_called_by_name_spread_over_replicas_and_survives_a_replica_kill(replicated, generated_models):
+def test_a_model_is_called_by_name_spread_over_replicas_and_survives_a_replica_kill(replicated, generated_models,
+                                                                                    tmp_path):
     entry, servers = replicated["entry"], replicated["servers"]
     (x,) = example_inputs(entry, batch=2)
     expected = torch.jit.load(str(generated_models / entry.file))(torch.from_numpy(x)).detach().numpy()
@@ -124,6 +130,15 @@ def test_a_model_is_called_by_name_spread_over_replicas_and_survives_a_replica_k
 
     for outputs in asyncio.run(run()):
         np.testing.assert_allclose(outputs[entry.outputs[0].name], expected, rtol=1e-5, atol=1e-5)
+
+    # The locust user calls models by name through the same client (--fleet-client).
+    prefix = tmp_path / "locust"
+    command = [str(Path(sys.executable).with_name("locust")), "-f", str(LOCUSTFILE), "--headless", "-u", "2",
+               "-r", "2", "-t", "5s", "--csv", str(prefix), "--only-summary", "--models-from",
+               replicated["cp"].url, "--token", TOKEN, "--fleet-client", "--mix", "uniform"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    stats = parse_stats_csv(Path(f"{prefix}_stats.csv").read_text()).aggregated
+    assert done.returncode == 0 and stats.requests > 20 and stats.failures == 0, (done.stdout + done.stderr)[-2000:]
 
     # Killing the server that holds one of the two replicas, under load, fails no request.
     victim = servers[replicated["first"]]
