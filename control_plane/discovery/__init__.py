@@ -22,6 +22,9 @@ __all__ = ["Discovered", "Discoverer", "DiscoveryError", "DiscoveryResult", "Dis
            "discover", "make_discoverer"]
 
 
+_DISCOVERERS: dict[str, object] = {}
+
+
 def make_discoverer(settings: DiscoverySettings, platform_factory: Callable[[], object] | None = None):
     """The discoverer for `settings.target`, or None. `platform_factory` makes the platform's client: a
     kubernetes ApiClient (EKS; default: in-cluster config, else kubeconfig) or a boto3 Session (ECS)."""
@@ -57,7 +60,13 @@ def discover(session_factory: sessionmaker, settings=None, discovery: DiscoveryS
     cannot be asked: a transient API failure must never deregister every server.
     """
     discovery = discovery or DiscoverySettings.from_env()
-    discoverer = make_discoverer(discovery, platform_factory)
-    if discoverer is None:
+    if discovery.target == "none":
         return None
+    if platform_factory is None:  # one platform client per configuration, reused every interval
+        key = discovery.model_dump_json()
+        if key not in _DISCOVERERS:
+            _DISCOVERERS[key] = make_discoverer(discovery)
+        discoverer = _DISCOVERERS[key]
+    else:
+        discoverer = make_discoverer(discovery, platform_factory)
     return apply(session_factory, discoverer.list_servers(), discoverer.prefix)
