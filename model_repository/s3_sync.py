@@ -164,9 +164,14 @@ def verified_local_index(repository: Path) -> dict[str, dict]:
 
 
 def _write_json(path: Path, document: object) -> None:
+    """Best effort: the sync's own bookkeeping must never fail a sync (a read-only sibling folder costs
+    re-hashing and status, not models)."""
     tmp = path.with_name(f"{path.name}.{uuid.uuid4().hex[:6]}.tmp")
-    tmp.write_text(json.dumps(document, sort_keys=True, indent=1))
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(json.dumps(document, sort_keys=True, indent=1))
+        os.replace(tmp, path)
+    except OSError as error:
+        log.warning("cannot write %s (%s); continuing without it", path, error)
 
 
 def _model_of(relative: str) -> str:
@@ -516,8 +521,11 @@ def _write_status(repository: Path, report: SyncReport, state: dict) -> None:
     for name, kind, help_text, value in metrics:
         lines += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}", f"{name}{labels} {value}"]
     tmp = prom_path.with_name(f"{prom_path.name}.tmp")
-    tmp.write_text("\n".join(lines) + "\n")
-    os.replace(tmp, prom_path)
+    try:
+        tmp.write_text("\n".join(lines) + "\n")
+        os.replace(tmp, prom_path)
+    except OSError as error:
+        log.warning("cannot write %s (%s); continuing without it", prom_path, error)
 
 
 def _apply_model(repository: Path, staging: Path, model: str, remote: dict[str, dict]) -> None:

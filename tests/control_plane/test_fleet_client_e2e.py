@@ -30,7 +30,7 @@ from fleet.triton_server import TritonServer, free_port
 from loadtest.results import parse_stats_csv
 from model_repository.generator import example_inputs
 from model_repository.manifest import Manifest
-from model_repository.s3_sync import sync
+from model_repository.s3_sync import UsageTracker, sync
 
 from .conftest import ADMIN_KEY, TOKEN, ControlPlane
 
@@ -108,6 +108,10 @@ def test_a_model_is_called_by_name_spread_over_replicas_and_survives_a_replica_k
     (x,) = example_inputs(entry, batch=2)
     expected = torch.jit.load(str(generated_models / entry.file))(torch.from_numpy(x)).detach().numpy()
     before = {name: requests_served(s, replicated["pack"]) for name, s in servers.items()}
+    # The disk tier's LRU learns from Triton's metrics which packs get requests.
+    usage = {name: UsageTracker(server.metrics_url) for name, server in servers.items()}
+    for tracker in usage.values():
+        tracker.poll()
     with FleetClient(replicated["cp"].url, TOKEN) as client:
         for _ in range(20):
             outputs = client.infer(entry.id, {entry.inputs[0].name: x})
@@ -119,6 +123,7 @@ def test_a_model_is_called_by_name_spread_over_replicas_and_survives_a_replica_k
             client.infer(entry.id, [x[:, :1]])
     for name, server in servers.items():
         assert requests_served(server, replicated["pack"]) - before[name] >= 5, f"{name} got its share"
+        assert replicated["pack"] in usage[name].poll(), f"{name}'s sync would count the pack as used"
 
     # The asyncio client answers the same.
     async def run():
