@@ -16,7 +16,8 @@ class Settings(BaseModel):
     triton_admin_key: str | None = Field(None, description="Triton restricted repository-API key")
     repository_uri: str = Field("s3://fleet-models/repository", description="s3://bucket/prefix of packs")
     s3_endpoint_url: str | None = None
-    work_dir: Path = Field(Path(".fleet/control-plane"), description="Local build copy of the repository")
+    work_dir: Path = Field(Path(".fleet/control-plane"), description="unused: packs are built in S3 (kept so old "
+                           "configurations still load)")
     max_upload_bytes: int = 64 * 2**20
     pack_size: int = 100
     reconcile_interval_s: float = 1.0
