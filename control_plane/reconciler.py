@@ -37,6 +37,8 @@ import requests
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from control_plane.assignments import publish_assignment
+from control_plane.discovery import DiscoveryError, DiscoverySettings, apply, make_discoverer
 from control_plane.db import AuditEntry, Model, ModelVersion, Pack, Placement, Server
 from control_plane.leader import AlwaysLeader, Leadership
 from control_plane.placement import (
@@ -51,31 +53,19 @@ from control_plane.placement import (
 )
 from control_plane.repository import RepositoryBuilder
 from control_plane.settings import Settings
+from control_plane.trust import Untrusted, check_address
 from control_plane.traffic import TrafficMeter, parse
 from fleet.triton_server import ADMIN_HEADER
 from model_repository.s3_sync import SyncError, sync
 
-try:  # branch sync: control_plane.assignments publishes per-server assignments that its sync reads
-    from control_plane.assignments import publish_assignment
-except ImportError:  # until it lands: the same signature and object layout, see _publish_assignment
-    publish_assignment = None
-
 log = logging.getLogger(__name__)
+DISCOVERY_EVERY_S = 10.0  # platform APIs are asked at most this often
 # The stub probe names a member no pack can hold (model names start with a letter or digit): a live stub
 # answers "model '__fleet_probe__' is not in pack ..." without running any model.
 PROBE_MEMBER = "__fleet_probe__"
 PROBE_MAX_ELEMENTS = 2**16
 RECORD_BATCH, RECORD_EVERY_S = 50, 1.0
-_SYNC_PER_SERVER = "server" in inspect.signature(sync).parameters
 __all__ = ["STUB_BASE_BYTES", "Reconciler", "wait_until"]
-
-
-def _publish_assignment(s3, settings: Settings, server: str, packs: dict[str, int]) -> None:
-    """Stand-in for control_plane.assignments.publish_assignment (branch sync), same contract."""
-    key = "/".join(filter(None, [settings.prefix, ".fleet", "assignments", f"{server}.json"]))
-    body = {"server": server, "packs": packs, "updated_at": datetime.now(UTC).isoformat()}
-    s3.put_object(Bucket=settings.bucket, Key=key, Body=json.dumps(body, sort_keys=True).encode(),
-                  ContentType="application/json")
 
 
 @dataclass(frozen=True)
@@ -107,7 +97,11 @@ class Reconciler:
         self.policy = PlacementPolicy(settings.replicas_min, max(settings.replicas_min, settings.replicas_max),
                                       settings.hot_rps_per_replica, settings.cool_rps_per_replica)
         self._published: dict[str, dict[str, int]] = {}
-        self.publish: Callable[..., None] = publish_assignment or _publish_assignment
+        self.publish: Callable[..., None] = publish_assignment
+        # Servers that join and leave by themselves (EKS pods, ECS tasks): FLEET_DISCOVERY_TARGET.
+        self.discovery = DiscoverySettings.from_env()
+        self._discoverer = None
+        self._last_discovery = float("-inf")
 
     @property
     def http(self) -> requests.Session:
@@ -166,6 +160,7 @@ class Reconciler:
             self._stop.wait(self.settings.health_interval_s)
 
     def tick(self) -> None:
+        self.discover_servers()
         self.probe_packs()
         self.build_changed_packs()
         self.measure_traffic()
@@ -173,6 +168,28 @@ class Reconciler:
         self.publish_assignments()
         self.load_placements()
         self.retire_replicas()
+
+    def discover_servers(self) -> None:
+        """Register Triton pods (EKS) or tasks (ECS) that appeared and deregister those that left, every
+        DISCOVERY_EVERY_S; only servers inside the allowed networks are registered (they get the admin key).
+        A platform API failure changes nothing (control_plane/discovery)."""
+        if self.discovery.target == "none" or time.monotonic() - self._last_discovery < DISCOVERY_EVERY_S:
+            return
+        self._last_discovery = time.monotonic()
+        try:
+            if self._discoverer is None:
+                self._discoverer = make_discoverer(self.discovery)
+            found = []
+            for server in self._discoverer.list_servers():
+                try:
+                    for address in (server.http_url, server.grpc_url):
+                        check_address(address, self.settings.allowed_server_networks)
+                    found.append(server)
+                except Untrusted as error:
+                    log.warning("discovered server %s refused: %s", server.name, error)
+            apply(self.sessions, found, self._discoverer.prefix)
+        except DiscoveryError as error:
+            log.error("discovery (%s) failed, nothing changed: %s", self.discovery.target, error)
 
     def _each(self, pool: ThreadPoolExecutor, function: Callable, items: Iterable) -> list:
         """Run function over items on the pool; results in order; the first error is raised."""
@@ -553,11 +570,7 @@ class Reconciler:
     def _sync_server(self, server: str, repository_path: str) -> dict[str, str]:
         """Sync one server's repository from S3; returns, per pack ("*": all), why it could not be updated."""
         try:
-            if _SYNC_PER_SERVER:
-                report = sync(self.settings.repository_uri, repository_path, self.builder.registry.s3,
-                              server=server)
-            else:
-                report = sync(self.settings.repository_uri, repository_path, self.builder.registry.s3)
+            report = sync(self.settings.repository_uri, repository_path, self.builder.registry.s3, server=server)
         except SyncError as error:
             log.error("sync to %s failed: %s", server, error)
             return {"*": f"sync failed, serving the last good version: {error}"}

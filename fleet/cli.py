@@ -155,34 +155,78 @@ def upload(repository: Path, uri: str, endpoint_url: str | None) -> None:
 @click.option("--endpoint-url", envvar="AWS_ENDPOINT_URL_S3", help="Any S3 endpoint (default: AWS).")
 @click.option("--interval", type=click.FloatRange(0), default=0, show_default=True,
               help="Seconds between syncs; 0 syncs once and exits (a sidecar uses e.g. 30).")
-def sync(uri: str, repository: Path, endpoint_url: str | None, interval: float) -> None:
-    """Bring a local repository in step with S3: incremental, verified, atomic per model."""
-    from model_repository.s3_sync import SyncError, s3_client
+@click.option("--server", envvar="FLEET_SYNC_SERVER", default=None,
+              help="Sync only this server's assignment (.fleet/assignments/NAME.json, written by the control "
+                   "plane); without it the whole repository is synced.")
+@click.option("--disk-budget-bytes", envvar="FLEET_SYNC_DISK_BUDGET_BYTES", type=click.IntRange(0), default=None,
+              help="Bytes the repository may hold (with --server); default: free disk less 5%.")
+@click.option("--triton-metrics-url", envvar="FLEET_SYNC_TRITON_METRICS_URL", default=None,
+              help="e.g. http://127.0.0.1:8002/metrics: packs that get requests count as recently used.")
+@click.option("--allow-unassigned", is_flag=True,
+              help="With --server and --interval 0: a server without an assignment yet exits 0 (an init "
+                   "container of a pod that is not yet discovered).")
+def sync(uri: str, repository: Path, endpoint_url: str | None, interval: float, server: str | None,
+         disk_budget_bytes: int | None, triton_metrics_url: str | None, allow_unassigned: bool) -> None:
+    """Bring a local repository in step with S3: incremental, verified, atomic per model.
+
+    Writes REPOSITORY.sync-status.json and REPOSITORY.sync.prom (Prometheus text) next to the repository.
+    With --interval, failures (no index, S3 unreachable) are logged and retried with back-off.
+    """
+    from tenacity import Retrying, retry_if_exception_type, wait_exponential
+
+    from model_repository.s3_sync import NoAssignment, SyncError, UsageTracker, s3_client
     from model_repository.s3_sync import sync as run
 
     client = s3_client(endpoint_url)
+    usage = UsageTracker(triton_metrics_url)
     stop = {"now": False}
     signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
+
+    def pause(seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline and not stop["now"]:
+            time.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
+
+    def one_round():
+        with tqdm(unit="B", unit_scale=True, desc="sync", dynamic_ncols=True, disable=bool(interval)) as bar:
+            report = run(uri, repository, client, on_progress=bar.update, server=server,
+                         disk_budget_bytes=disk_budget_bytes, used_at=usage.poll())
+        click.echo(f"synced {len(report.downloaded)} files ({report.bytes} B); changed models: "
+                   f"{sorted(report.changed_models) or 'none'}; removed: {sorted(report.removed_models) or 'none'}"
+                   + (f"; {report.resident_packs} packs, {report.resident_bytes} B on disk" if server else ""))
+        if report.over_budget_packs:
+            click.echo(f"OVER BUDGET: {len(report.over_budget_packs)} assigned packs do not fit in "
+                       f"{report.budget_bytes} B and are not on disk: {report.over_budget_packs}", err=True)
+        for path, reason in report.refused.items():
+            click.echo(f"REFUSED {path}: {reason}", err=True)
+        return report
+
+    def explain(state) -> None:
+        click.echo(f"sync failed (attempt {state.attempt_number}), retrying in {state.next_action.sleep:.0f} s: "
+                   f"{state.outcome.exception()}", err=True)
+
     while True:
-        try:
-            with tqdm(unit="B", unit_scale=True, desc="sync", dynamic_ncols=True) as bar:
-                report = run(uri, repository, client, on_progress=bar.update)
-            click.echo(f"synced {len(report.downloaded)} files ({report.bytes} B); changed models: "
-                       f"{sorted(report.changed_models) or 'none'}; removed: "
-                       f"{sorted(report.removed_models) or 'none'}")
-            for path, reason in report.refused.items():
-                click.echo(f"REFUSED {path}: {reason}", err=True)
-        except SyncError as error:
-            if not interval:
-                raise click.ClickException(str(error)) from None
-            click.echo(f"sync failed, will retry: {error}", err=True)
         if not interval:
+            try:
+                report = one_round()
+            except NoAssignment as error:
+                if not allow_unassigned:
+                    raise click.ClickException(str(error)) from None
+                click.echo(f"nothing to sync yet: {error}")
+                return
+            except SyncError as error:
+                raise click.ClickException(str(error)) from None
             if not report.ok:
                 raise SystemExit(1)
             return
-        deadline = time.monotonic() + interval
-        while time.monotonic() < deadline and not stop["now"]:
-            time.sleep(0.5)
+        retrying = Retrying(retry=retry_if_exception_type(SyncError), before_sleep=explain, sleep=pause,
+                            wait=wait_exponential(multiplier=1, min=1, max=max(300.0, interval)),
+                            stop=lambda _state: stop["now"], reraise=True)
+        try:
+            retrying(one_round)
+        except SyncError:
+            return  # stopped (SIGTERM) while retrying
+        pause(interval)
         if stop["now"]:
             return
 
@@ -255,9 +299,10 @@ def compile_(repository: Path, family: str, static_batch: int) -> None:
               help="Real-size phase: one model of each listed kind, counted in --models ('' for none).")
 @click.option("--control-planes", type=click.IntRange(1, 16), default=1, show_default=True,
               help="Control-plane replicas; more than one run on an embedded PostgreSQL with one leader.")
+@click.option("--servers", type=click.IntRange(1), default=2, show_default=True, help="Local tritonservers.")
 def up_command(models: int, loadtest_seconds: int, users: int, profile: str, real_size: str,
-               control_planes: int) -> None:
-    """Start the local stack (S3, 2 tritonservers, control plane), register models, load-test it."""
+               control_planes: int, servers: int) -> None:
+    """Start the local stack (S3, N tritonservers, control plane), register models, load-test it."""
     from fleet.stack import print_summary, up
 
     kinds = tuple(k.strip() for k in real_size.split(",") if k.strip())
@@ -266,7 +311,7 @@ def up_command(models: int, loadtest_seconds: int, users: int, profile: str, rea
         raise click.BadParameter(f"{unknown} are not real-size kinds; choose from bert-mini, bert-small, "
                                  "bert-base, resnet50", param_hint="--real-size")
     print_summary(up(models=models, loadtest_seconds=loadtest_seconds, users=users, profile=profile,
-                     real_size=kinds, control_planes=control_planes))
+                     real_size=kinds, control_planes=control_planes, servers=servers))
 
 
 @main.command(name="down")
@@ -276,6 +321,66 @@ def down_command() -> None:
 
     stopped = down()
     click.echo(f"stopped: {', '.join(stopped)}" if stopped else "nothing was running")
+
+
+@main.group(name="server")
+def server_commands() -> None:
+    """Servers of a running fleet: drain one before it leaves, stop one of the local stack."""
+
+
+def _server_api(url: str | None, token: str | None):
+    from fleet.servers import ControlPlaneApi, local_stack_api
+    from fleet.stack import STACK_FILE
+
+    if url:
+        return ControlPlaneApi(url, token)
+    api = local_stack_api(STACK_FILE)
+    if api is None:
+        raise click.ClickException("no control plane: pass --url/--token (FLEET_CONTROL_PLANE_URL, FLEET_API_TOKEN) "
+                                   "or start the local stack with `fleet up`")
+    return api
+
+
+_URL = click.option("--url", envvar="FLEET_CONTROL_PLANE_URL", default=None,
+                    help="Control plane (default: the one `fleet up` started).")
+_TOKEN = click.option("--token", envvar="FLEET_API_TOKEN", default=None, help="API bearer token.")
+
+
+@server_commands.command(name="drain")
+@click.argument("name")
+@click.option("--wait", "wait_s", type=click.FloatRange(0), default=0, show_default=True,
+              help="Seconds to wait until the server holds no replica (0: return at once).")
+@_URL
+@_TOKEN
+def server_drain(name: str, wait_s: float, url: str | None, token: str | None) -> None:
+    """Drain NAME: no new replicas; its replicas move elsewhere, then unload here."""
+    from fleet.servers import ServerCommandError, drain
+
+    try:
+        server = drain(_server_api(url, token), name, wait_s,
+                       on_progress=lambda s: click.echo(f"{name}: still holds {len(s['placed_packs'])} packs"))
+    except ServerCommandError as error:
+        raise click.ClickException(str(error)) from None
+    click.echo(f"{name}: draining; holds {len(server.get('placed_packs', []))} packs")
+
+
+@server_commands.command(name="stop")
+@click.argument("name")
+@click.option("--wait", "wait_s", type=click.FloatRange(0), default=300, show_default=True,
+              help="Seconds to wait for the drain before stopping anyway.")
+def server_stop(name: str, wait_s: float) -> None:
+    """Leave the local stack gracefully: drain NAME, remove it from the control plane, stop its process."""
+    from fleet.servers import ServerCommandError, drain
+    from fleet.stack import stop_server
+
+    api = _server_api(None, None)
+    try:
+        drain(api, name, wait_s,
+              on_progress=lambda s: click.echo(f"{name}: still holds {len(s['placed_packs'])} packs"))
+        api.call("DELETE", f"/servers/{name}")
+    except ServerCommandError as error:
+        raise click.ClickException(f"{error}; {name} keeps running") from None
+    click.echo(f"{name}: drained, removed and {'stopped' if stop_server(name) else 'was not running'}")
 
 
 @main.command()

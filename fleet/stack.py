@@ -1,6 +1,6 @@
 """`fleet up` / `fleet down`: the whole stack on this machine, on real parts.
 
-Up starts SeaweedFS (S3), two tritonservers and the control plane (waitress), then does what a user
+Up starts SeaweedFS (S3), N tritonservers (default two) and the control plane (waitress), then does what a user
 would through the REST API: registers the servers, generates and registers 1,000 unique models, waits
 until every one is servable, runs a short locust load test and prints a summary. Everything it starts is
 recorded in .fleet/stack.json so `fleet down` stops all of it.
@@ -93,6 +93,19 @@ def down() -> list[str]:
     return stopped
 
 
+def stop_server(name: str) -> bool:
+    """Stop one tritonserver of the recorded stack (after it was drained); False if it was not running."""
+    if not STACK_FILE.exists():
+        return False
+    stack = json.loads(STACK_FILE.read_text())
+    pid = stack["pids"].pop(name, None)
+    if pid is None:
+        return False
+    _stop_group(pid)
+    _record(stack)
+    return True
+
+
 def _record(stack: dict) -> None:
     STACK_FILE.write_text(json.dumps(stack, indent=1))
 
@@ -150,8 +163,14 @@ def leaders(urls: list[str]) -> list[bool]:
     return flags
 
 
+def server_names(count: int) -> list[str]:
+    """triton-a, triton-b, ... (then triton-27, ...): the local stack's server names."""
+    return [f"triton-{chr(ord('a') + k)}" if k < 26 else f"triton-{k + 1}" for k in range(count)]
+
+
 def up(models: int = 1000, loadtest_seconds: int = 20, users: int = 16, seed: int = 0, profile: str = "tiny",
-       real_size: tuple[str, ...] = demo_models.REAL_SIZE_PHASE, control_planes: int = 1) -> dict:
+       real_size: tuple[str, ...] = demo_models.REAL_SIZE_PHASE, control_planes: int = 1,
+       servers: int = 2) -> dict:
     started = time.monotonic()
     if STACK_FILE.exists():
         click.echo("a previous stack is recorded; stopping it first")
@@ -168,15 +187,15 @@ def up(models: int = 1000, loadtest_seconds: int = 20, users: int = 16, seed: in
     _record(stack)
     s3.create_bucket(BUCKET)
 
-    click.echo("2/7 starting two tritonservers (explicit model control, repository API behind a key)")
-    servers = []
-    for name in ("triton-a", "triton-b"):
+    click.echo(f"2/7 starting {servers} tritonservers (explicit model control, repository API behind a key)")
+    started_servers = []
+    for name in server_names(servers):
         repo = (STATE_DIR / "servers" / name / "repository").resolve()
         repo.mkdir(parents=True, exist_ok=True)
         server = TritonServer(repo, admin_key=admin_key, log_path=repo.parent / "tritonserver.log").start()
         stack["pids"][name] = server.process.pid
         _record(stack)
-        servers.append((name, server, repo))
+        started_servers.append((name, server, repo))
 
     click.echo(f"3/7 starting {control_planes} control plane(s) under waitress"
                + (" on an embedded PostgreSQL" if control_planes > 1 else ""))
@@ -196,9 +215,9 @@ def up(models: int = 1000, loadtest_seconds: int = 20, users: int = 16, seed: in
     from control_plane.capacity import local_capacity_bytes
 
     # Each server's budget is its share of the memory this machine has available now, not a fixed figure.
-    capacity = local_capacity_bytes(len(servers))
+    capacity = local_capacity_bytes(len(started_servers))
     click.echo(f"   each server's memory budget: {capacity / 2**30:.1f} GiB (its share of what is available)")
-    for name, server, repo in servers:
+    for name, server, repo in started_servers:
         api.call("POST", "/api/v1/servers", json={
             "name": name, "family": "cpu", "http_url": server.http_url, "grpc_url": server.grpc_url,
             "metrics_url": server.metrics_url, "capacity_bytes": capacity, "repository_path": str(repo)})
@@ -253,7 +272,7 @@ def up(models: int = 1000, loadtest_seconds: int = 20, users: int = 16, seed: in
                "largest_model": {"name": largest_name, "bytes": largest_bytes}, "real_size": first_answers,
                "loadtest": test, "control_plane": url, "token": token,
                "control_planes": [{"url": u, "leader": lead} for u, lead in zip(urls, leaders(urls), strict=True)],
-               "servers": {name: server.grpc_url for name, server, _ in servers}, "s3": s3.endpoint_url}
+               "servers": {name: server.grpc_url for name, server, _ in started_servers}, "s3": s3.endpoint_url}
     (STATE_DIR / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
     return summary
 

@@ -56,6 +56,9 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
                         help="Rows per request.")
     parser.add_argument("--name-by", choices=NAME_BY, default="member", env_var="LOCUST_NAME_BY",
                         help="Request name in statistics.")
+    parser.add_argument("--fleet-client", action="store_true", default=False, env_var="LOCUST_FLEET_CLIENT",
+                        help="With a control-plane URL: call each model by its name through fleet.client, which "
+                             "spreads requests over replicas and retries another replica on UNAVAILABLE/NOT_FOUND.")
     parser.add_argument("--refresh-catalogue", type=float, default=0.0, env_var="LOCUST_REFRESH_CATALOGUE",
                         help="With a control-plane URL: re-read where each model is served every this many "
                              "seconds (0: never), so the load follows models the control plane re-places, "
@@ -116,6 +119,12 @@ class TritonModelsUser(User):
         self._pace = pacing(options.rps_per_user)
         self._timeout_s = options.request_timeout
         self._clients = ClientPool()
+        self._fleet = None
+        if options.fleet_client and options.models_from.startswith(("http://", "https://")):
+            from fleet.client import FleetClient
+
+            self._fleet = FleetClient(options.models_from, options.token or None,
+                                      request_timeout_s=self._timeout_s, deadline_s=self._timeout_s)
         seed = worker_seed(environment, options.mix_seed, next(_user_numbers))
         self._sampler = _workload.sampler(seed) if _workload else None
 
@@ -127,6 +136,9 @@ class TritonModelsUser(User):
         if self._sampler is None:  # the workload failed to build; stop_run is shutting the run down
             raise StopUser()
         target = _workload.targets[self._sampler.next()]
+        if self._fleet is not None:
+            send_by_name(self.environment, self._fleet, target.model.id, target.inputs, target.name)
+            return
         server = _servers.get(target.model.id, target.model.server)
         client = self._clients.get(server or self.host)
         send(self.environment, client, target.model.pack, target.inputs, target.parameters, target.name,
@@ -134,3 +146,21 @@ class TritonModelsUser(User):
 
     def on_stop(self) -> None:
         self._clients.close()
+        if self._fleet is not None:
+            self._fleet.close()
+
+
+def send_by_name(environment: Environment, fleet, model: str, inputs, name: str) -> None:
+    """One inference through fleet.client, reported as a locust request event (retries included)."""
+    import time
+
+    start = time.perf_counter()
+    try:
+        result = fleet.infer_tensors(model, inputs)
+    except Exception as error:  # noqa: BLE001  every failure is a failed request in the statistics
+        environment.events.request.fire(request_type="grpc", name=name, response_length=0, exception=error,
+                                        response_time=(time.perf_counter() - start) * 1000, context={})
+        return
+    environment.events.request.fire(request_type="grpc", name=name, exception=None, context={},
+                                    response_time=(time.perf_counter() - start) * 1000,
+                                    response_length=sum(len(c) for c in result.get_response().raw_output_contents))

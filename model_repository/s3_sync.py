@@ -5,9 +5,16 @@ cache, so thousands of members would be fetched again at each reload. Instead:
 
 * `upload` writes changed files, then an index (`.fleet/index.json`: path -> sha256, size) last, so a
   reader never sees an index that names files not yet written;
-* `sync` diffs that index against the local files, downloads only what changed into a staging folder,
-  verifies every object's sha256 and moves complete Triton models into place atomically. An object that
-  fails verification is refused and its model keeps its last good version.
+* `sync` diffs that index against the local files, streams only what changed into a staging folder
+  (bounded memory: objects go to disk chunk by chunk while they are hashed), verifies every object's
+  sha256 and moves complete Triton models into place atomically. An object that fails verification is
+  refused and its model keeps its last good version. A file's sha256 is computed once, at download: a
+  verified index next to the repository (keyed by size and mtime) spares later syncs from re-hashing;
+* with `server=NAME` a server holds only its share: the packs of its assignment
+  (`.fleet/assignments/NAME.json`, published by the control plane), within a disk budget. When the
+  assigned packs exceed the budget, the most recently assigned or used ones are kept (LRU) and the rest
+  are reported as over budget. Each sync writes its status as JSON and as Prometheus text next to the
+  repository (see `status_paths`), so an operator, the control plane or a node exporter can read it.
 """
 from __future__ import annotations
 
@@ -15,27 +22,43 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
+import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from urllib.parse import urlparse
 
 import boto3
+import requests
+from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
+from s3transfer.exceptions import RetriesExceededError
 from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_exponential
 
 log = logging.getLogger(__name__)
 INDEX_KEY = ".fleet/index.json"
+ASSIGNMENTS_PREFIX = ".fleet/assignments"
+# Objects stream to disk in parts; out-of-order parts wait in memory, at most this many at a time.
+TRANSFER = TransferConfig(multipart_threshold=64 * 2**20, multipart_chunksize=16 * 2**20, max_concurrency=4,
+                          io_chunksize=2**20)
+TRANSFER.max_in_memory_download_chunks = 8  # s3transfer's knob; boto3's constructor does not take it
+DISK_RESERVE_FRACTION = 0.05  # the default budget leaves this share of the filesystem free
+TRANSFER_ERRORS = (BotoCoreError, ClientError, RetriesExceededError)
 # Written last inside a model, so the pack runtime never reads a members.json naming missing files.
 LAST_FILES = ("members.json", "config.pbtxt")
 
 
 class SyncError(RuntimeError):
     """Sync cannot proceed at all (no index, no access); the message says how to fix it."""
+
+
+class NoAssignment(SyncError):
+    """The server has no assignment yet (not registered, or nothing placed on it)."""
 
 
 class IntegrityError(RuntimeError):
@@ -68,6 +91,17 @@ class SyncReport:
     changed_models: set[str] = field(default_factory=set)
     removed_models: set[str] = field(default_factory=set)
     refused: dict[str, str] = field(default_factory=dict)  # path -> reason
+    server: str | None = None
+    assigned_packs: list[str] = field(default_factory=list)  # in LRU order, most recent first
+    missing_packs: list[str] = field(default_factory=list)  # assigned but not in the repository index
+    over_budget_packs: list[str] = field(default_factory=list)  # assigned but left out for the budget
+    evicted_packs: list[str] = field(default_factory=list)  # removed from disk to stay within the budget
+    budget_bytes: int | None = None
+    resident_bytes: int = 0
+    resident_packs: int = 0
+    hits: int = 0  # packs wanted and already complete on disk
+    misses: int = 0  # packs wanted that needed downloads
+    fill_seconds: float = 0.0
 
     @property
     def ok(self) -> bool:
@@ -101,6 +135,45 @@ def local_index(repository: Path) -> dict[str, dict]:
     return index
 
 
+def verified_index_path(repository: Path) -> Path:
+    return Path(repository).parent / f".{Path(repository).name}.verified.json"
+
+
+def verified_local_index(repository: Path) -> dict[str, dict]:
+    """Like `local_index`, but hashes only files whose size or mtime changed since they were verified.
+
+    Why: a sidecar syncs every 30 s; re-hashing gigabytes each time would cost more than the downloads.
+    """
+    repository = Path(repository)
+    try:
+        known = json.loads(verified_index_path(repository).read_text())
+    except (OSError, ValueError):
+        known = {}
+    index = {}
+    for path in sorted(repository.rglob("*")):
+        if not path.is_file() or "__pycache__" in path.parts:
+            continue
+        relative, stat = path.relative_to(repository).as_posix(), path.stat()
+        record = known.get(relative)
+        if record and record.get("size") == stat.st_size and record.get("mtime_ns") == stat.st_mtime_ns:
+            index[relative] = record
+        else:
+            index[relative] = {"sha256": file_sha256(path), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    _write_json(verified_index_path(repository), index)
+    return index
+
+
+def _write_json(path: Path, document: object) -> None:
+    """Best effort: the sync's own bookkeeping must never fail a sync (a read-only sibling folder costs
+    re-hashing and status, not models)."""
+    tmp = path.with_name(f"{path.name}.{uuid.uuid4().hex[:6]}.tmp")
+    try:
+        tmp.write_text(json.dumps(document, sort_keys=True, indent=1))
+        os.replace(tmp, path)
+    except OSError as error:
+        log.warning("cannot write %s (%s); continuing without it", path, error)
+
+
 def _model_of(relative: str) -> str:
     return PurePosixPath(relative).parts[0]
 
@@ -117,6 +190,29 @@ def read_remote_index(client, location: S3Location) -> dict[str, dict] | None:
                         "changed locally: check the endpoint (--endpoint-url) and the network, then sync again") \
             from None
     return json.loads(body)["files"]
+
+
+def assignment_key(server: str) -> str:
+    return f"{ASSIGNMENTS_PREFIX}/{server}.json"
+
+
+def read_assignment(client, location: S3Location, server: str) -> dict | None:
+    """A server's assignment ({"server", "packs": {pack: generation}, "updated_at"}), or None if none."""
+    try:
+        body = client.get_object(Bucket=location.bucket, Key=location.key(assignment_key(server)))["Body"].read()
+    except ClientError as error:
+        if error.response["Error"]["Code"] in ("NoSuchKey", "404"):
+            return None
+        raise _explain(error, location) from None
+    except BotoCoreError as error:
+        raise SyncError(f"cannot reach S3 for {location} at {client.meta.endpoint_url} ({error}); nothing was "
+                        "changed locally: check the endpoint (--endpoint-url) and the network, then sync again") \
+            from None
+    document = json.loads(body)
+    if not isinstance(document.get("packs"), dict):
+        raise SyncError(f"the assignment {location}/{assignment_key(server)} has no 'packs' object; it is "
+                        "written by the control plane (control_plane.assignments.publish_assignment)")
+    return document
 
 
 def _explain(error: ClientError, location: S3Location) -> SyncError:
@@ -156,17 +252,32 @@ def upload(repository: Path, uri: str, client=None,
     return changed
 
 
-@retry(retry=retry_if_exception_type((IntegrityError, BotoCoreError, ClientError)),
+class _HashingWriter:
+    """A write-only (non-seekable) file object: s3transfer then hands it the parts in order, so the
+    digest is computed while the bytes go to disk, and no object is ever held whole in memory."""
+
+    def __init__(self, handle) -> None:
+        self.handle, self.digest, self.size = handle, hashlib.sha256(), 0
+
+    def write(self, data: bytes) -> int:
+        self.digest.update(data)
+        self.size += len(data)
+        return self.handle.write(data)
+
+
+@retry(retry=retry_if_exception_type((IntegrityError, *TRANSFER_ERRORS)),
        stop=stop_after_attempt(3), wait=wait_exponential(multiplier=0.2, max=2), reraise=True)
 def _download_verified(client, location: S3Location, relative: str, expected: str, target: Path) -> int:
     target.parent.mkdir(parents=True, exist_ok=True)
-    body = client.get_object(Bucket=location.bucket, Key=location.key(relative))["Body"].read()
-    actual = hashlib.sha256(body).hexdigest()
+    with open(target, "wb") as handle:
+        writer = _HashingWriter(handle)
+        client.download_fileobj(location.bucket, location.key(relative), writer, Config=TRANSFER)
+    actual = writer.digest.hexdigest()
     if actual != expected:
+        target.unlink(missing_ok=True)
         raise IntegrityError(f"{relative}: sha256 {actual[:12]}... does not match the index's "
                              f"{expected[:12]}... (corrupt or partially written object)")
-    target.write_bytes(body)
-    return len(body)
+    return writer.size
 
 
 def _staging_dir(repository: Path) -> Path:
@@ -174,9 +285,82 @@ def _staging_dir(repository: Path) -> Path:
     return repository.parent / f".{repository.name}.staging"
 
 
-def sync(uri: str, repository: Path, client=None,
-         on_progress: Callable[[int], None] | None = None) -> SyncReport:
-    """Bring `repository` in step with the S3 prefix; see the module docstring for the guarantees."""
+class UsageTracker:
+    """Which packs got requests since the last poll, read from Triton's Prometheus metrics.
+
+    Why: the disk tier's LRU should keep what is used, not only what was assigned last. Without a URL (or
+    when Triton does not answer) it reports nothing and the order is by assignment time alone.
+    """
+
+    _LINE = re.compile(r'^nv_inference_request_success\{[^}]*model="([^"]+)"[^}]*\}\s+([0-9.eE+]+)', re.M)
+
+    def __init__(self, metrics_url: str | None) -> None:
+        self.metrics_url, self.counts = metrics_url, {}
+
+    def poll(self) -> dict[str, float]:
+        if not self.metrics_url:
+            return {}
+        try:
+            text = requests.get(self.metrics_url, timeout=2).text
+        except requests.RequestException as error:
+            log.info("no request counts from %s (%s); LRU order by assignment only", self.metrics_url, error)
+            return {}
+        now, used = time.time(), {}
+        for model, value in self._LINE.findall(text):
+            count = float(value)
+            if count > self.counts.get(model, 0.0):
+                used[model] = now
+            self.counts[model] = count
+        return used
+
+
+def status_paths(repository: Path) -> tuple[Path, Path]:
+    """Where a sync reports: `<repo>.sync-status.json` and `<repo>.sync.prom` (Prometheus text format,
+    readable by node_exporter's textfile collector or any scraper that reads a file)."""
+    repository = Path(repository)
+    return (repository.parent / f"{repository.name}.sync-status.json",
+            repository.parent / f"{repository.name}.sync.prom")
+
+
+def _state_path(repository: Path) -> Path:
+    return Path(repository).parent / f".{Path(repository).name}.sync-state.json"
+
+
+def default_disk_budget(repository: Path, resident_bytes: int) -> int:
+    """What the repository may hold: what it holds now plus the free space, less a reserve."""
+    usage = shutil.disk_usage(Path(repository))
+    return max(0, resident_bytes + usage.free - int(usage.total * DISK_RESERVE_FRACTION))
+
+
+def _pack_bytes(remote: dict[str, dict]) -> dict[str, int]:
+    sizes: dict[str, int] = {}
+    for relative, meta in remote.items():
+        sizes[_model_of(relative)] = sizes.get(_model_of(relative), 0) + int(meta.get("size", 0))
+    return sizes
+
+
+def _choose_within_budget(assigned: list[str], sizes: dict[str, int], budget: int) -> tuple[list[str], list[str]]:
+    """Keep packs in LRU order (most recent first) while they fit; a pack too big is skipped, not a stop,
+    so a smaller, older pack can still use the room."""
+    kept, left_out, used = [], [], 0
+    for pack in assigned:
+        if used + sizes.get(pack, 0) <= budget:
+            kept.append(pack)
+            used += sizes.get(pack, 0)
+        else:
+            left_out.append(pack)
+    return kept, left_out
+
+
+def sync(uri: str, repository: Path, client=None, on_progress: Callable[[int], None] | None = None, *,
+         server: str | None = None, disk_budget_bytes: int | None = None,
+         used_at: Mapping[str, float] | None = None) -> SyncReport:
+    """Bring `repository` in step with the S3 prefix; see the module docstring for the guarantees.
+
+    Without `server` the whole repository is synced (small setups). With it, only that server's
+    assignment, within `disk_budget_bytes` (default: free disk less a reserve). `used_at` (pack -> unix
+    time of its last request, e.g. from Triton's metrics) refines the LRU order.
+    """
     client = client or s3_client()
     location = S3Location.parse(uri)
     repository = Path(repository)
@@ -184,25 +368,39 @@ def sync(uri: str, repository: Path, client=None,
     remote = read_remote_index(client, location)
     if remote is None:
         raise SyncError(f"no repository index at {location}/{INDEX_KEY}: run `fleet upload` first")
-    local = local_index(repository)
-    report = SyncReport()
+    report = SyncReport(server=server)
+    local = verified_local_index(repository)
+    state = _load_state(repository)
+    if server is not None:
+        assignment = read_assignment(client, location, server)
+        if assignment is None:
+            raise NoAssignment(f"no assignment for server '{server}' at {location}/{assignment_key(server)}: the "
+                            "control plane publishes it once the server is registered and packs are placed on "
+                            "it; nothing was changed locally")
+        remote = _select_share(report, state, repository, assignment, remote, local, disk_budget_bytes,
+                               used_at or {})
+    present_before = {_model_of(p) for p in local}
     wanted = [p for p, meta in remote.items() if local.get(p, {}).get("sha256") != meta["sha256"]]
     staging = _staging_dir(repository) / uuid.uuid4().hex
     staging.mkdir(parents=True)
+    verified: dict[str, str] = {}
 
     def fetch(relative: str) -> tuple[str, str | None, int]:
         try:
             size = _download_verified(client, location, relative, remote[relative]["sha256"],
                                       staging / relative)
+            verified[relative] = remote[relative]["sha256"]
             if on_progress:
                 on_progress(size)
             return relative, None, size
-        except (IntegrityError, BotoCoreError, ClientError, OSError) as error:
+        except (IntegrityError, *TRANSFER_ERRORS, OSError) as error:
             return relative, str(error), 0
 
+    started = time.monotonic()
     try:
         with ThreadPoolExecutor(8) as pool:
             results = list(pool.map(fetch, wanted))
+        report.fill_seconds = round(time.monotonic() - started, 3) if wanted else 0.0
         for relative, problem, size in results:
             if problem:
                 report.refused[relative] = problem
@@ -219,7 +417,115 @@ def sync(uri: str, repository: Path, client=None,
         report.removed_models = _remove_vanished(repository, local, remote, bad_models, report)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+    _record_verified(repository, local, remote, verified, report)
+    wanted_models = {_model_of(p) for p in wanted}
+    report.misses = len(wanted_models)
+    report.hits = len({_model_of(p) for p in remote} - wanted_models)
+    if server is not None:
+        report.evicted_packs = sorted(report.removed_models & set(report.over_budget_packs) & present_before)
+    _write_status(repository, report, state)
     return report
+
+
+def _load_state(repository: Path) -> dict:
+    try:
+        state = json.loads(_state_path(repository).read_text())
+    except (OSError, ValueError):
+        state = {}
+    state.setdefault("packs", {})
+    state.setdefault("counters", {"hits": 0, "misses": 0, "evictions": 0, "fill_seconds": 0.0})
+    return state
+
+
+def _select_share(report: SyncReport, state: dict, repository: Path, assignment: dict, remote: dict[str, dict],
+                  local: dict[str, dict], budget: int | None, used_at: Mapping[str, float]) -> dict[str, dict]:
+    """The part of the index this server holds: its assigned packs, LRU-ordered, within the budget."""
+    now = time.time()
+    packs = state["packs"]
+    assigned = [str(p) for p in assignment["packs"]]
+    for pack in assigned:
+        record = packs.setdefault(pack, {"assigned_at": now, "used_at": now})
+        record["used_at"] = max(record["used_at"], float(used_at.get(pack, 0)))
+    for pack in set(packs) - set(assigned):
+        del packs[pack]  # unassigned: forgotten, so a later assignment counts as new
+    sizes = _pack_bytes(remote)
+    report.missing_packs = sorted(p for p in assigned if p not in sizes)
+    if report.missing_packs:
+        log.warning("assigned packs not in the repository index yet (the control plane may still be "
+                    "building them): %s", report.missing_packs)
+    order = sorted((p for p in assigned if p in sizes), key=lambda p: (-packs[p]["used_at"], p))
+    report.assigned_packs = order
+    resident = sum(meta["size"] for p, meta in local.items() if _model_of(p) in sizes)
+    report.budget_bytes = budget if budget is not None else default_disk_budget(repository, resident)
+    kept, report.over_budget_packs = _choose_within_budget(order, sizes, report.budget_bytes)
+    if report.over_budget_packs:
+        log.warning("server %s: the assigned packs need %d B but the disk budget is %d B; keeping the %d most "
+                    "recently assigned or used, leaving out %s (raise --disk-budget-bytes or place fewer packs "
+                    "on this server)", report.server, sum(sizes[p] for p in order), report.budget_bytes,
+                    len(kept), report.over_budget_packs)
+    keep = set(kept)
+    return {p: meta for p, meta in remote.items() if _model_of(p) in keep}
+
+
+def _record_verified(repository: Path, local: dict, remote: dict, verified: dict[str, str],
+                     report: SyncReport) -> None:
+    """Remember the hashes computed at download, keyed by size and mtime, for the next sync."""
+    index = {}
+    for relative in set(local) | set(verified):
+        path = repository / relative
+        try:
+            stat = path.stat()
+        except OSError:
+            continue
+        sha = verified.get(relative) or local[relative]["sha256"]
+        index[relative] = {"sha256": sha, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    _write_json(verified_index_path(repository), index)
+    report.resident_bytes = sum(meta["size"] for meta in index.values())
+    report.resident_packs = len({_model_of(p) for p in index})
+
+
+def _write_status(repository: Path, report: SyncReport, state: dict) -> None:
+    counters = state["counters"]
+    counters["hits"] += report.hits
+    counters["misses"] += report.misses
+    counters["evictions"] += len(report.evicted_packs)
+    counters["fill_seconds"] = round(counters["fill_seconds"] + report.fill_seconds, 3)
+    _write_json(_state_path(repository), state)
+    json_path, prom_path = status_paths(repository)
+    _write_json(json_path, {
+        "server": report.server, "updated_at": time.time(), "budget_bytes": report.budget_bytes,
+        "resident_bytes": report.resident_bytes, "resident_packs": report.resident_packs,
+        "assigned_packs": report.assigned_packs, "missing_packs": report.missing_packs,
+        "over_budget_packs": report.over_budget_packs, "evicted_packs": report.evicted_packs,
+        "last_sync": {"downloaded_files": len(report.downloaded), "downloaded_bytes": report.bytes,
+                      "hits": report.hits, "misses": report.misses, "fill_seconds": report.fill_seconds,
+                      "refused": report.refused},
+        "totals": counters})
+    labels = f'{{server="{report.server or ""}"}}'
+    metrics = [
+        ("fleet_sync_resident_bytes", "gauge", "bytes of packs on this server's disk", report.resident_bytes),
+        ("fleet_sync_resident_packs", "gauge", "packs on this server's disk", report.resident_packs),
+        ("fleet_sync_budget_bytes", "gauge", "disk budget of the repository (-1: whole repository synced)",
+         report.budget_bytes if report.budget_bytes is not None else -1),
+        ("fleet_sync_assigned_packs", "gauge", "packs assigned to this server", len(report.assigned_packs)),
+        ("fleet_sync_over_budget_packs", "gauge", "assigned packs left out to stay within the disk budget",
+         len(report.over_budget_packs)),
+        ("fleet_sync_hits_total", "counter", "packs a sync found complete on disk", counters["hits"]),
+        ("fleet_sync_misses_total", "counter", "packs a sync had to download", counters["misses"]),
+        ("fleet_sync_evictions_total", "counter", "packs removed to stay within the disk budget",
+         counters["evictions"]),
+        ("fleet_sync_fill_seconds_total", "counter", "seconds spent downloading", counters["fill_seconds"]),
+        ("fleet_sync_last_success_timestamp_seconds", "gauge", "when the last sync finished", time.time()),
+    ]
+    lines = []
+    for name, kind, help_text, value in metrics:
+        lines += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}", f"{name}{labels} {value}"]
+    tmp = prom_path.with_name(f"{prom_path.name}.tmp")
+    try:
+        tmp.write_text("\n".join(lines) + "\n")
+        os.replace(tmp, prom_path)
+    except OSError as error:
+        log.warning("cannot write %s (%s); continuing without it", prom_path, error)
 
 
 def _apply_model(repository: Path, staging: Path, model: str, remote: dict[str, dict]) -> None:

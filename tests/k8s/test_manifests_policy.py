@@ -110,10 +110,13 @@ class TestTritonFamily:
         first, sidecar = pod["initContainers"]
         # one full pass; a failed one logs its reason and is retried with back-off (not CrashLoopBackOff)
         assert first["command"][:2] == ["/bin/sh", "-c"]
-        assert f"until fleet sync {source} /repository/models --interval 0;" in first["command"][2]
+        assert (f"until fleet sync {source} /repository/models --interval 0 --server eks-$(POD_NAME) "
+                "--allow-unassigned;") in " ".join(first["command"][2].split())
         assert "retrying in $d s" in first["command"][2]
         assert "restartPolicy" not in first  # one pass, before anything else starts
-        assert sidecar["command"] == ["fleet", "sync", source, "/repository/models", "--interval", "30"]
+        assert sidecar["command"] == ["fleet", "sync", source, "/repository/models", "--interval", "30",
+                                      "--server", "eks-$(POD_NAME)"]
+        assert {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}} in sidecar["env"]
         assert sidecar["restartPolicy"] == "Always"  # a native sidecar
         assert first["image"] == sidecar["image"] == FAMILIES[family][0]  # the server image has `fleet`
         # The synced folder and fleet sync's sibling staging folder share one volume (renames stay on one

@@ -1,0 +1,314 @@
+"""Data side of the fleet, measured in one run (real SeaweedFS, real tritonservers, real control plane).
+
+1. Bytes on each server's disk: placement-aware sync (`sync(..., server=NAME)`) vs the whole repository
+   that every server synced before (the baseline, measured in the same run), with and without a budget.
+2. Failed requests when a server is killed under load, through `fleet.client`: the model's pack on one
+   server only (baseline) vs on two (a replica).
+3. Seconds for a new server to take its share: its assignment published -> packs on its disk (sync) ->
+   loaded in its tritonserver.
+
+Run: `python -m benchmarks.fleet_data` (about 5 minutes on 2 cores); writes results/fleet_data.json and
+the "## Data side" section of docs/benchmarks-fleet.md (other sections of that file are left alone).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import requests
+
+from control_plane.assignments import publish_assignment
+from control_plane.settings import Settings
+from fleet.client import FleetClient
+from fleet.seaweedfs import SeaweedS3
+from fleet.triton_server import TritonServer, free_port
+from model_repository.generator import example_inputs, generate
+from model_repository.manifest import Manifest
+from model_repository.packing import build_repository
+from model_repository.s3_sync import local_index, sync, upload
+
+TOKEN, ADMIN_KEY = "bench-token", "bench-admin-key"
+SECTION = "## Data side"
+
+
+def wait_for(predicate, what: str, timeout_s: float = 180.0):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise RuntimeError(f"not in time: {what}")
+
+
+def _bytes(index: dict) -> int:
+    return sum(meta["size"] for meta in index.values())
+
+
+def disk_share(s3: SeaweedS3, root: Path, models: int, servers: int, replicas: int) -> dict:
+    """Bytes per server: whole repository (baseline) vs assigned share, without and with a budget."""
+    generated = root / "generated"
+    generate(models, generated, seed=1)
+    repository = root / "repository"
+    plans = build_repository(generated, repository, pack_size=10)
+    uri = f"s3://bench/{uuid.uuid4().hex[:8]}"
+    client = s3.client()
+    upload(repository, uri, client)
+    whole = _bytes(local_index(repository))
+    baseline = sync(uri, root / "whole", client).resident_bytes
+    names = [f"server-{k}" for k in range(servers)]
+    packs = [plan.name for plan in plans]
+    assignment: dict[str, dict[str, int]] = {name: {} for name in names}
+    for k, pack in enumerate(packs):  # a round-robin stand-in for placement: `replicas` servers per pack
+        for r in range(replicas):
+            assignment[names[(k + r) % servers]][pack] = 1
+    settings = Settings(repository_uri=uri)
+    budget = int(whole * 0.4)
+    rows = []
+    for name in names:
+        publish_assignment(client, settings, name, assignment[name])
+        free = sync(uri, root / name / "unbounded", client, server=name)
+        bounded = sync(uri, root / name / "bounded", client, server=name, disk_budget_bytes=budget)
+        rows.append({"server": name, "assigned_packs": len(assignment[name]),
+                     "bytes_no_budget": free.resident_bytes, "bytes_with_budget": bounded.resident_bytes,
+                     "over_budget_packs": len(bounded.over_budget_packs), "fill_seconds": free.fill_seconds})
+    return {"models": models, "packs": len(packs), "servers": servers, "replicas": replicas,
+            "repository_bytes": whole, "baseline_bytes_per_server": baseline, "budget_bytes": budget,
+            "per_server": rows, "uri": uri, "share_of_first": sorted(assignment[names[0]])}
+
+
+def new_server_share(s3: SeaweedS3, root: Path, uri: str, packs: list[str]) -> dict:
+    """A new server: assignment published -> synced -> every pack loaded in a real tritonserver."""
+    repo = root / "newcomer" / "repository"
+    repo.mkdir(parents=True)
+    client = s3.client()
+    with TritonServer(repo) as server:
+        started = time.monotonic()
+        publish_assignment(client, Settings(repository_uri=uri), "newcomer", {p: 1 for p in packs})
+        report = sync(uri, repo, client, server="newcomer")
+        synced = time.monotonic()
+        for pack in packs:
+            server.load(pack)
+        loaded = time.monotonic()
+    return {"packs": len(packs), "bytes": report.resident_bytes, "sync_seconds": round(synced - started, 2),
+            "load_seconds": round(loaded - synced, 2), "total_seconds": round(loaded - started, 2)}
+
+
+class ControlPlaneProcess:
+    def __init__(self, root: Path, s3: SeaweedS3, env_extra: dict[str, str]) -> None:
+        self.url = f"http://127.0.0.1:{free_port()}"
+        self.database = f"sqlite:///{root / 'registry.db'}"
+        self.uri = f"s3://bench/cp-{uuid.uuid4().hex[:8]}"
+        env = {**os.environ, **s3.environment(), "FLEET_API_TOKEN": TOKEN, "FLEET_TRITON_ADMIN_KEY": ADMIN_KEY,
+               "FLEET_DATABASE_URL": self.database, "FLEET_WORK_DIR": str(root / "work"),
+               "FLEET_REPOSITORY_URI": self.uri, "FLEET_S3_ENDPOINT_URL": s3.endpoint_url,
+               "FLEET_RECONCILE_INTERVAL_S": "0.5", "FLEET_SERVER_DEAD_AFTER_S": "2", "FLEET_PACK_SIZE": "1",
+               "PYTHONSAFEPATH": "1", **env_extra}
+        self.log = open(root / "control-plane.log", "ab")  # noqa: SIM115  closed in stop()
+        self.process = subprocess.Popen([sys.executable, "-m", "fleet.cli", "control-plane", "serve", "--port",
+                                         self.url.rsplit(":", 1)[1]], env=env, stdout=self.log,
+                                        stderr=subprocess.STDOUT, start_new_session=True)
+        self.http = requests.Session()
+        self.http.headers["Authorization"] = f"Bearer {TOKEN}"
+        wait_for(lambda: self._ready(), "control plane ready", 120)
+
+    def _ready(self) -> bool:
+        try:
+            return requests.get(f"{self.url}/readyz", timeout=1).status_code == 200
+        except requests.RequestException:
+            return False
+
+    def api(self, method: str, path: str, **kwargs) -> requests.Response:
+        return self.http.request(method, f"{self.url}/api/v1{path}", timeout=60, **kwargs)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            self.process.wait(30)
+        self.log.close()
+
+
+def _register(cp: ControlPlaneProcess, entry, generated: Path) -> dict:
+    signature = json.dumps({"inputs": [i.model_dump(mode="json") for i in entry.inputs],
+                            "outputs": [o.model_dump(mode="json") for o in entry.outputs]})
+    response = cp.api("POST", "/models", data={"name": entry.id, "signature": signature},
+                      files={"artifact": ("model.pt", (generated / entry.file).read_bytes())})
+    response.raise_for_status()
+    return wait_for(lambda: (b := cp.api("GET", f"/models/{entry.id}").json())["status"] == "servable" and b,
+                    f"{entry.id} servable")
+
+
+def _add_replica(cp: ControlPlaneProcess, s3: SeaweedS3, server: TritonServer, name: str, pack: str) -> None:
+    """Until placement keeps replicas by itself (branch fleet): sync, load and record a second replica."""
+    from control_plane.db import Pack, Placement, make_engine, make_sessionmaker
+
+    sync(cp.uri, server.repository, s3.client())
+    server.load(pack)
+    sessions = make_sessionmaker(make_engine(cp.database))
+    with sessions.begin() as session:
+        generation = session.get(Pack, pack).built_generation
+        session.merge(Placement(pack=pack, server=name, state="loaded", loaded_generation=generation))
+
+
+def _kill_under_load(cp: ControlPlaneProcess, model: str, inputs, victim: TritonServer, users: int,
+                     after_s: float) -> dict:
+    counts = {"ok": 0, "failed": 0}
+    latencies: list[float] = []
+    errors: list[str] = []
+    stop = threading.Event()
+    lock = threading.Lock()
+
+    def user() -> None:
+        with FleetClient(cp.url, TOKEN, request_timeout_s=5, deadline_s=5) as client:
+            while not stop.is_set():
+                started = time.monotonic()
+                try:
+                    client.infer(model, inputs)
+                    with lock:
+                        counts["ok"] += 1
+                        latencies.append(time.monotonic() - started)
+                except Exception as error:  # noqa: BLE001  counted and shown
+                    with lock:
+                        counts["failed"] += 1
+                        errors.append(repr(error)[:200])
+
+    threads = [threading.Thread(target=user) for _ in range(users)]
+    for thread in threads:
+        thread.start()
+    wait_for(lambda: counts["ok"] >= 100, "load running", 60)
+    os.killpg(victim.process.pid, signal.SIGKILL)
+    victim.process.wait()
+    time.sleep(after_s)  # a fixed observation window of the benchmark, not a synchronisation
+    stop.set()
+    for thread in threads:
+        thread.join(30)
+    latencies.sort()
+    return {"ok": counts["ok"], "failed": counts["failed"], "errors": sorted(set(errors))[:3],
+            "max_latency_s": round(latencies[-1], 3) if latencies else None}
+
+
+def kill_with_and_without_replicas(s3: SeaweedS3, root: Path, after_s: float, users: int) -> dict:
+    generated = root / "generated-kill"
+    generate(2, generated, seed=2)
+    servers = {}
+    for name in ("triton-a", "triton-b", "triton-c"):
+        repo = root / name / "repository"
+        repo.mkdir(parents=True)
+        servers[name] = TritonServer(repo, admin_key=ADMIN_KEY).start()
+    cp = ControlPlaneProcess(root, s3, {})
+    results = {}
+    try:
+        for name, server in servers.items():
+            cp.api("POST", "/servers", json={"name": name, "family": "cpu", "http_url": server.http_url,
+                                             "grpc_url": server.grpc_url, "capacity_bytes": 8 * 2**30,
+                                             "repository_path": str(server.repository)}).raise_for_status()
+        single, replicated = Manifest.read(generated).models[:2]
+        for label, entry in (("one replica (baseline)", single), ("two replicas", replicated)):
+            model = _register(cp, entry, generated)
+            holder = model["endpoints"][0]["server"]
+            if label == "two replicas":
+                other = next(n for n, s in servers.items() if n != holder and s.process.poll() is None)
+                _add_replica(cp, s3, servers[other], other, model["pack"])
+                wait_for(lambda e=entry: len(cp.api("GET", f"/models/{e.id}").json()["endpoints"]) == 2,
+                         "two endpoints")
+            results[label] = _kill_under_load(cp, entry.id, example_inputs(entry, batch=1), servers[holder],
+                                              users, after_s)
+    finally:
+        cp.stop()
+        for server in servers.values():
+            server.stop()
+    return results
+
+
+def render(result: dict) -> str:
+    disk, kill, newcomer = result["disk"], result["kill"], result["new_server"]
+    whole = disk["repository_bytes"]
+    lines = [SECTION, "",
+             f"One run of `python -m benchmarks.fleet_data` on {result['machine']} ({result['date']}); real "
+             "SeaweedFS, tritonservers and control plane. Placement here is a round-robin stand-in (each pack on "
+             f"{disk['replicas']} of {disk['servers']} servers); the fleet branch's placement decides in production.",
+             "", f"### Bytes on each server's disk ({disk['models']} models in {disk['packs']} packs, repository "
+             f"{whole:,} B)", "",
+             "| server | packs assigned | bytes, whole repository (baseline) | bytes, assigned share | share / "
+             f"baseline | bytes, budget {disk['budget_bytes']:,} B | packs over budget |",
+             "|---|---|---|---|---|---|---|"]
+    shares = [row["bytes_no_budget"] / disk["baseline_bytes_per_server"] for row in disk["per_server"]]
+    for row in disk["per_server"]:
+        lines.append(f"| {row['server']} | {row['assigned_packs']} | {disk['baseline_bytes_per_server']:,} | "
+                     f"{row['bytes_no_budget']:,} | {row['bytes_no_budget'] / disk['baseline_bytes_per_server']:.2f} |"
+                     f" {row['bytes_with_budget']:,} | {row['over_budget_packs']} |")
+    expected = disk["replicas"] / disk["servers"]
+    lines += ["", f"Each server holds {min(shares):.2f}-{max(shares):.2f} of what the whole-repository sync put on "
+              f"every server ({disk['replicas']} replicas over {disk['servers']} servers: {expected:.2f} on average "
+              "by pack count; packs differ in size). With the budget, each stays within it and reports the packs "
+              "left out.",
+              "", f"### Failed requests when the server holding the model is killed (fleet.client, "
+              f"{result['users']} threads, client deadline 5 s, {result['after_s']:.0f} s observed after the kill)",
+              "", "| pack on | requests ok | failed | slowest answer (s) |", "|---|---|---|---|"]
+    for label, row in kill.items():
+        lines.append(f"| {label} | {row['ok']} | {row['failed']} | {row['max_latency_s']} |")
+    for label, row in kill.items():
+        if row["errors"]:
+            lines.append(f"\n{label}: e.g. `{row['errors'][0]}`")
+    lines += ["", "### Seconds for a new server to take its share", "",
+              f"{newcomer['packs']} packs ({newcomer['bytes']:,} B): assignment published -> on disk in "
+              f"{newcomer['sync_seconds']} s, loaded in {newcomer['load_seconds']} s more; "
+              f"**{newcomer['total_seconds']} s** in all (loads one pack after another; each starts a stub that "
+              "imports torch). The assignment was published by this benchmark; in the fleet the reconciler's "
+              "leader publishes it, which this run does not include.", ""]
+    return "\n".join(lines)
+
+
+def write_section(docs: Path, section: str) -> None:
+    text = docs.read_text() if docs.exists() else "# Fleet benchmarks\n\n"
+    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.M | re.S)
+    text = pattern.sub(section + "\n", text) if pattern.search(text) else text.rstrip("\n") + "\n\n" + section + "\n"
+    docs.write_text(text)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", type=int, default=120)
+    parser.add_argument("--servers", type=int, default=3)
+    parser.add_argument("--users", type=int, default=4)
+    parser.add_argument("--after-s", type=float, default=10.0)
+    parser.add_argument("--out", type=Path, default=Path("results/fleet_data.json"))
+    parser.add_argument("--docs", type=Path, default=Path("docs/benchmarks-fleet.md"))
+    parser.add_argument("--render", type=Path, default=None, help="Measure nothing: re-render a saved JSON.")
+    args = parser.parse_args(argv)
+    if args.render:
+        write_section(args.docs, render(json.loads(args.render.read_text())))
+        return 0
+    import platform
+
+    with tempfile.TemporaryDirectory(prefix="fleet-data-") as tmp, SeaweedS3(Path(tmp) / "s3") as s3:
+        root = Path(tmp)
+        s3.create_bucket("bench")
+        disk = disk_share(s3, root, args.models, args.servers, replicas=2)
+        print(json.dumps(disk, indent=1), flush=True)
+        newcomer = new_server_share(s3, root, disk["uri"], disk["share_of_first"])
+        print(json.dumps(newcomer), flush=True)
+        kill = kill_with_and_without_replicas(s3, root, args.after_s, args.users)
+        print(json.dumps(kill, indent=1), flush=True)
+    result = {"disk": disk, "new_server": newcomer, "kill": kill, "users": args.users, "after_s": args.after_s,
+              "machine": f"{os.cpu_count()} cores, {platform.machine()}", "date": time.strftime("%Y-%m-%d %H:%M UTC",
+                                                                                             time.gmtime())}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=1))
+    write_section(args.docs, render(result))
+    print(render(result))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

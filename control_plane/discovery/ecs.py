@@ -1,0 +1,66 @@
+"""ECS: the healthy targets of the Triton target group, named after their tasks (ELBv2 + ECS via boto3).
+
+Why the target group: it is what the load balancer already health-checks (Triton's /v2/health/ready),
+so a task counts as a server exactly when clients could reach it through the balancer.
+"""
+from __future__ import annotations
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from control_plane.discovery.base import Discovered, DiscoveryError, DiscoverySettings
+from control_plane.targets.ecs_tasks import private_ip
+
+READY_STATES = ("healthy",)
+
+
+class EcsDiscoverer:
+    prefix = "ecs-"
+
+    def __init__(self, session, settings: DiscoverySettings) -> None:
+        if not settings.cluster or not settings.target_group_arn:
+            raise DiscoveryError("ECS discovery needs FLEET_DISCOVERY_CLUSTER and FLEET_DISCOVERY_TARGET_GROUP_ARN "
+                                 "(the stack's ClusterName and target group outputs)")
+        self.elbv2 = session.client("elbv2", region_name=settings.region)
+        self.ecs = session.client("ecs", region_name=settings.region)
+        self.settings = settings
+
+    def list_servers(self) -> list[Discovered]:
+        settings = self.settings
+        try:
+            health = self.elbv2.describe_target_health(TargetGroupArn=settings.target_group_arn)
+            healthy = {t["Target"]["Id"]: t["Target"].get("Port", settings.grpc_port)
+                       for t in health["TargetHealthDescriptions"] if t["TargetHealth"]["State"] in READY_STATES}
+            arns = []
+            for page in self.ecs.get_paginator("list_tasks").paginate(cluster=settings.cluster,
+                                                                      desiredStatus="RUNNING"):
+                arns += page["taskArns"]
+            tasks = []
+            for start in range(0, len(arns), 100):
+                tasks += self.ecs.describe_tasks(cluster=settings.cluster, tasks=arns[start:start + 100])["tasks"]
+        except (ClientError, BotoCoreError) as error:
+            raise DiscoveryError(f"cannot list the Triton tasks behind {settings.target_group_arn} in cluster "
+                                 f"{settings.cluster}: {error}; the control plane's role needs "
+                                 "elasticloadbalancing:DescribeTargetHealth, ecs:ListTasks and ecs:DescribeTasks") \
+                from None
+        found, memory_of = [], {}
+        for task in tasks:
+            address = private_ip(task)
+            if address not in healthy:
+                continue
+            memory = task.get("memory") or (task.get("overrides") or {}).get("memory")
+            if not memory:  # the task definition's task-level memory, once per definition
+                arn = task["taskDefinitionArn"]
+                if arn not in memory_of:
+                    memory_of[arn] = self._definition_memory(arn)
+                memory = memory_of[arn]
+            capacity = int(memory) * 2**20 if memory and str(memory).isdigit() else settings.capacity_bytes
+            found.append(Discovered(name=f"{self.prefix}{task['taskArn'].rsplit('/', 1)[-1]}", family="cpu",
+                                    http_url=f"http://{address}:{settings.http_port}",
+                                    grpc_url=f"{address}:{healthy[address]}", capacity_bytes=capacity))
+        return sorted(found, key=lambda s: s.name)
+
+    def _definition_memory(self, arn: str) -> str | None:
+        try:
+            return self.ecs.describe_task_definition(taskDefinition=arn)["taskDefinition"].get("memory")
+        except (ClientError, BotoCoreError):
+            return None

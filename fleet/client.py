@@ -1,0 +1,291 @@
+"""Call a model by its own name: `FleetClient(url, token).infer("my-model", {"INPUT__0": x})`.
+
+Why a client at all: a model lives in a pack (one Triton model holding many members) on one or more
+servers, and both can change while a client runs (placement moves packs, servers die, replicas come and
+go). The client asks the control plane where a model is served (`GET /api/v1/models/{name}`: endpoints
+and request parameters), caches the answer, spreads requests over the replicas, and when a replica
+answers UNAVAILABLE or NOT_FOUND (or cannot be reached) it resolves again and retries on another
+replica. INVALID_ARGUMENT (wrong shape, dtype, range) is the caller's mistake and is never retried.
+If the control plane cannot be reached, the last known endpoints keep being used.
+
+Plain tritonclient users can do the same by hand: send the pack name as the model and the
+`request_parameters` (`model_id`) as request parameters.
+"""
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import requests
+import tritonclient.grpc as grpcclient
+import tritonclient.grpc.aio as aiogrpcclient
+from tenacity import (
+    AsyncRetrying,
+    Retrying,
+    retry_if_exception_type,
+    stop_after_attempt,
+    stop_after_delay,
+    wait_random_exponential,
+)
+from tritonclient.utils import InferenceServerException, triton_to_np_dtype
+
+# Codes on which another replica (or a fresh resolution) may succeed; everything else is final.
+RETRIED_CODES = ("UNAVAILABLE", "NOT_FOUND", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED", "CANCELLED")
+# INTERNAL is final (bad input still answers INTERNAL on older pack runtimes), except a dead stub process,
+# which the control plane's stub probe reloads while another replica answers.
+RETRIED_INTERNAL = ("Stub process", "is not healthy")
+
+
+class FleetClientError(RuntimeError):
+    """The request cannot succeed; the message says why."""
+
+
+class ModelNotFound(FleetClientError):
+    """The control plane does not know the model."""
+
+
+class ModelUnavailable(FleetClientError):
+    """No replica answered within the retry budget (pending model, all replicas down)."""
+
+
+class _Retry(Exception):
+    """Internal: this attempt failed in a way another attempt may not."""
+
+
+@dataclass
+class Route:
+    """Where a model is served now, as the control plane said at `resolved_at`."""
+
+    name: str
+    pack: str
+    endpoints: tuple[str, ...]
+    parameters: dict[str, str]
+    inputs: list[dict]
+    outputs: list[dict]
+    status: str
+    resolved_at: float = field(default_factory=time.monotonic)
+
+
+def code_of(error: InferenceServerException) -> str:
+    return (error.status() or "").removeprefix("StatusCode.")
+
+
+def retried(error: InferenceServerException) -> bool:
+    code = code_of(error)
+    return code in RETRIED_CODES or (code == "INTERNAL" and any(m in str(error) for m in RETRIED_INTERNAL))
+
+
+class _Routes:
+    """Resolution cache and replica choice, shared by the sync and asyncio clients."""
+
+    def __init__(self, control_plane_url: str, token: str | None, cache_ttl_s: float, bad_for_s: float) -> None:
+        self.url = control_plane_url.rstrip("/")
+        self.http = requests.Session()
+        token = token if token is not None else os.environ.get("FLEET_API_TOKEN")
+        if token:
+            self.http.headers["Authorization"] = f"Bearer {token}"
+        self.cache_ttl_s, self.bad_for_s = cache_ttl_s, bad_for_s
+        self._routes: dict[str, Route] = {}
+        self._bad: dict[str, float] = {}  # endpoint -> until when it is avoided
+        self._turn = itertools.count()
+        self._lock = threading.Lock()
+
+    def resolve(self, name: str, refresh: bool = False) -> Route:
+        cached = self._routes.get(name)
+        if cached and not refresh and time.monotonic() - cached.resolved_at < self.cache_ttl_s:
+            return cached
+        try:
+            response = self.http.get(f"{self.url}/api/v1/models/{name}", timeout=5)
+        except requests.RequestException as error:
+            if cached:
+                return cached  # the control plane is away: the last known replicas are the best guess
+            raise ModelUnavailable(f"cannot reach the control plane at {self.url} to resolve '{name}': "
+                                   f"{type(error).__name__}") from None
+        if response.status_code == 404:
+            raise ModelNotFound(f"model '{name}' is not registered at {self.url} (GET /api/v1/models)")
+        if response.status_code in (401, 403):
+            raise FleetClientError(f"the control plane refused the token (HTTP {response.status_code}): pass "
+                                   "token= or set FLEET_API_TOKEN")
+        if response.status_code != 200:
+            if cached:
+                return cached
+            raise ModelUnavailable(f"resolving '{name}' failed: HTTP {response.status_code} {response.text[:200]}")
+        body = response.json()
+        route = Route(name=name, pack=body.get("pack") or "", status=body["status"],
+                      endpoints=tuple(e["grpc_url"] for e in body.get("endpoints", [])),
+                      parameters=dict(body.get("request_parameters") or {}),
+                      inputs=body["signature"]["inputs"], outputs=body["signature"]["outputs"])
+        self._routes[name] = route
+        return route
+
+    def pick(self, route: Route, avoid: set[str]) -> str:
+        if not route.endpoints:
+            raise _Retry(f"model '{route.name}' is {route.status}: no server serves it yet")
+        now = time.monotonic()
+        with self._lock:
+            turn = next(self._turn)
+            live = [e for e in route.endpoints if e not in avoid and self._bad.get(e, 0) <= now]
+            candidates = live or [e for e in route.endpoints if e not in avoid] or list(route.endpoints)
+            return candidates[turn % len(candidates)]
+
+    def mark_bad(self, endpoint: str) -> None:
+        with self._lock:
+            self._bad[endpoint] = time.monotonic() + self.bad_for_s
+
+    @staticmethod
+    def tensors(route: Route, inputs: Mapping[str, np.ndarray] | Sequence[np.ndarray], module) -> list:
+        specs = route.inputs
+        if not isinstance(inputs, Mapping):
+            if len(inputs) != len(specs):
+                raise FleetClientError(f"model '{route.name}' takes {len(specs)} inputs "
+                                       f"({[s['name'] for s in specs]}), got {len(inputs)}")
+            inputs = {spec["name"]: array for spec, array in zip(specs, inputs, strict=True)}
+        unknown = set(inputs) - {s["name"] for s in specs}
+        if unknown:
+            raise FleetClientError(f"model '{route.name}' has no inputs {sorted(unknown)}; its inputs are "
+                                   f"{[s['name'] for s in specs]}")
+        tensors = []
+        for spec in specs:
+            if spec["name"] not in inputs:
+                raise FleetClientError(f"input '{spec['name']}' of model '{route.name}' is missing")
+            array = np.ascontiguousarray(inputs[spec["name"]], dtype=triton_to_np_dtype(spec["dtype"]))
+            tensor = module.InferInput(spec["name"], list(array.shape), spec["dtype"])
+            tensor.set_data_from_numpy(array)
+            tensors.append(tensor)
+        return tensors
+
+    @staticmethod
+    def outputs(route: Route, result) -> dict[str, np.ndarray]:
+        names = [o["name"] for o in route.outputs]
+        # Packs name their outputs OUTPUT__k whatever the member calls them; map back by position.
+        return {name: result.as_numpy(f"OUTPUT__{k}") if result.as_numpy(name) is None else result.as_numpy(name)
+                for k, name in enumerate(names)}
+
+
+def _policy(attempts: int, deadline_s: float) -> dict:
+    return {"retry": retry_if_exception_type(_Retry), "reraise": True,
+            "stop": stop_after_attempt(attempts) | stop_after_delay(deadline_s),
+            "wait": wait_random_exponential(multiplier=0.02, max=1.0)}
+
+
+class FleetClient:
+    """Blocking client (tritonclient.grpc); one gRPC channel per server, shared by threads."""
+
+    def __init__(self, control_plane_url: str, token: str | None = None, *, attempts: int = 6,
+                 deadline_s: float = 30.0, request_timeout_s: float = 10.0, cache_ttl_s: float = 30.0,
+                 bad_for_s: float = 2.0) -> None:
+        self.routes = _Routes(control_plane_url, token, cache_ttl_s, bad_for_s)
+        self.attempts, self.deadline_s, self.request_timeout_s = attempts, deadline_s, request_timeout_s
+        self._clients: dict[str, grpcclient.InferenceServerClient] = {}
+        self._lock = threading.Lock()
+
+    def _client(self, endpoint: str) -> grpcclient.InferenceServerClient:
+        with self._lock:
+            if endpoint not in self._clients:
+                self._clients[endpoint] = grpcclient.InferenceServerClient(endpoint)
+            return self._clients[endpoint]
+
+    def infer(self, name: str, inputs: Mapping[str, np.ndarray] | Sequence[np.ndarray]) -> dict[str, np.ndarray]:
+        """Run model `name`; returns its outputs by name. Raises FleetClientError subclasses, or
+        tritonclient's InferenceServerException for errors no retry can fix (INVALID_ARGUMENT)."""
+        route_of: dict[str, Route] = {}
+
+        def tensors(route: Route) -> list:
+            route_of["last"] = route
+            return self.routes.tensors(route, inputs, grpcclient)
+
+        result = self._infer(name, tensors)
+        return self.routes.outputs(route_of["last"], result)
+
+    def infer_tensors(self, name: str, tensors: Sequence[grpcclient.InferInput]) -> grpcclient.InferResult:
+        """Like `infer`, with tensors already built (load generators build them once, ahead of time)."""
+        return self._infer(name, lambda _route: list(tensors))
+
+    def _infer(self, name: str, tensors_for) -> grpcclient.InferResult:
+        tried: set[str] = set()
+        state = {"refresh": False}
+
+        def attempt() -> grpcclient.InferResult:
+            route = self.routes.resolve(name, refresh=state["refresh"])
+            endpoint = self.routes.pick(route, tried)
+            try:
+                return self._client(endpoint).infer(route.pack, tensors_for(route), parameters=route.parameters,
+                                                    client_timeout=self.request_timeout_s)
+            except InferenceServerException as error:
+                if not retried(error):
+                    raise
+                tried.add(endpoint)
+                self.routes.mark_bad(endpoint)
+                state["refresh"] = True
+                raise _Retry(f"{endpoint}: {error}") from None
+
+        try:
+            return Retrying(**_policy(self.attempts, self.deadline_s))(attempt)
+        except _Retry as error:
+            raise ModelUnavailable(f"model '{name}' could not be served after {self.attempts} attempts: "
+                                   f"{error}") from None
+
+    def close(self) -> None:
+        with self._lock:
+            for client in self._clients.values():
+                client.close()
+            self._clients.clear()
+
+    def __enter__(self) -> FleetClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class AsyncFleetClient:
+    """asyncio client (tritonclient.grpc.aio); resolutions run in a worker thread."""
+
+    def __init__(self, control_plane_url: str, token: str | None = None, *, attempts: int = 6,
+                 deadline_s: float = 30.0, request_timeout_s: float = 10.0, cache_ttl_s: float = 30.0,
+                 bad_for_s: float = 2.0) -> None:
+        self.routes = _Routes(control_plane_url, token, cache_ttl_s, bad_for_s)
+        self.attempts, self.deadline_s, self.request_timeout_s = attempts, deadline_s, request_timeout_s
+        self._clients: dict[str, aiogrpcclient.InferenceServerClient] = {}
+
+    def _client(self, endpoint: str) -> aiogrpcclient.InferenceServerClient:
+        if endpoint not in self._clients:
+            self._clients[endpoint] = aiogrpcclient.InferenceServerClient(endpoint)
+        return self._clients[endpoint]
+
+    async def infer(self, name: str,
+                    inputs: Mapping[str, np.ndarray] | Sequence[np.ndarray]) -> dict[str, np.ndarray]:
+        tried: set[str] = set()
+        refresh = False
+        try:
+            async for attempt in AsyncRetrying(**_policy(self.attempts, self.deadline_s)):
+                with attempt:
+                    route = await asyncio.to_thread(self.routes.resolve, name, refresh)
+                    endpoint = self.routes.pick(route, tried)
+                    try:
+                        result = await self._client(endpoint).infer(
+                            route.pack, self.routes.tensors(route, inputs, aiogrpcclient),
+                            parameters=route.parameters, client_timeout=self.request_timeout_s)
+                    except InferenceServerException as error:
+                        if not retried(error):
+                            raise
+                        tried.add(endpoint)
+                        self.routes.mark_bad(endpoint)
+                        refresh = True
+                        raise _Retry(f"{endpoint}: {error}") from None
+                    return self.routes.outputs(route, result)
+        except _Retry as error:
+            raise ModelUnavailable(f"model '{name}' could not be served after {self.attempts} attempts: "
+                                   f"{error}") from None
+        raise AssertionError("unreachable")
+
+    async def close(self) -> None:
+        for client in self._clients.values():
+            await client.close()
+        self._clients.clear()

@@ -1,0 +1,187 @@
+"""fleet.client against a real control plane and two real tritonservers that both serve one pack.
+
+Until placement keeps replicas by itself (branch fleet), the second replica is made by hand here: the pack
+is synced to the second server, loaded there, and recorded as a loaded placement in the registry, so the
+control plane's own `GET /api/v1/models/{name}` lists both endpoints.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+import requests
+import torch
+from tritonclient.utils import InferenceServerException
+
+from control_plane.db import Pack, Placement, make_engine, make_sessionmaker
+from fleet.client import AsyncFleetClient, FleetClient, ModelNotFound
+from fleet.triton_server import TritonServer, free_port
+from loadtest.results import parse_stats_csv
+from model_repository.generator import example_inputs
+from model_repository.manifest import Manifest
+from model_repository.s3_sync import UsageTracker, sync
+
+from .conftest import ADMIN_KEY, TOKEN, ControlPlane
+
+pytestmark = pytest.mark.slow
+LOCUSTFILE = Path(__file__).resolve().parents[2] / "loadtest" / "triton_models.py"
+
+
+def wait_for(predicate, what: str, timeout_s: float = 120.0):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"not in time: {what}")
+
+
+def requests_served(server: TritonServer, pack: str) -> float:
+    match = re.search(rf'^nv_inference_request_success{{[^}}]*model="{pack}"[^}}]*}} (\S+)', server.metrics(), re.M)
+    return float(match.group(1)) if match else 0.0
+
+
+@pytest.fixture
+def replicated(tmp_path_factory, seaweed, generated_models):
+    """A model registered through the control plane, its pack loaded on two servers."""
+    root = tmp_path_factory.mktemp("client")
+    servers = {}
+    for name in ("replica-a", "replica-b"):
+        repo = root / name / "repository"
+        repo.mkdir(parents=True)
+        servers[name] = TritonServer(repo, admin_key=ADMIN_KEY).start()
+    uri = f"s3://models/client-{uuid.uuid4().hex[:8]}"
+    database = f"sqlite:///{root / 'registry.db'}"
+    env = {**os.environ, **seaweed.environment(), "FLEET_API_TOKEN": TOKEN, "FLEET_TRITON_ADMIN_KEY": ADMIN_KEY,
+           "FLEET_DATABASE_URL": database, "FLEET_WORK_DIR": str(root / "work"), "FLEET_REPOSITORY_URI": uri,
+           "FLEET_S3_ENDPOINT_URL": seaweed.endpoint_url, "FLEET_RECONCILE_INTERVAL_S": "0.5",
+           "FLEET_SERVER_DEAD_AFTER_S": "2", "PYTHONSAFEPATH": "1"}
+    cp = ControlPlane(f"http://127.0.0.1:{free_port()}", env, root / "control-plane.log").start()
+    try:
+        api = cp.api()
+        for name, server in servers.items():
+            response = api.post(f"{cp.url}/api/v1/servers", json={
+                "name": name, "family": "cpu", "http_url": server.http_url, "grpc_url": server.grpc_url,
+                "capacity_bytes": 8 * 2**30, "repository_path": str(server.repository)})
+            assert response.status_code == 201, response.text
+        entry = Manifest.read(generated_models).models[0]
+        response = api.post(f"{cp.url}/api/v1/models", data={"name": entry.id, "signature": json.dumps(
+            {"inputs": [i.model_dump(mode="json") for i in entry.inputs],
+             "outputs": [o.model_dump(mode="json") for o in entry.outputs]})},
+            files={"artifact": ("model.pt", (generated_models / entry.file).read_bytes())})
+        assert response.status_code == 201, response.text
+        model = wait_for(lambda: (b := api.get(f"{cp.url}/api/v1/models/{entry.id}").json())["status"] == "servable"
+                         and b, "the model is servable")
+        first = model["endpoints"][0]["server"]
+        second = next(name for name in servers if name != first)
+        # The second replica: the same pack generation synced, loaded and recorded as loaded.
+        sync(uri, servers[second].repository, seaweed.client())
+        servers[second].load(model["pack"])
+        sessions = make_sessionmaker(make_engine(database))
+        with sessions.begin() as session:
+            generation = session.get(Pack, model["pack"]).built_generation
+            session.merge(Placement(pack=model["pack"], server=second, state="loaded", loaded_generation=generation))
+        wait_for(lambda: len(api.get(f"{cp.url}/api/v1/models/{entry.id}").json()["endpoints"]) == 2,
+                 "both replicas are listed")
+        yield {"cp": cp, "servers": servers, "entry": entry, "pack": model["pack"], "first": first}
+    finally:
+        cp.stop()
+        for server in servers.values():
+            server.stop()
+
+
+def test_a_model_is_called_by_name_spread_over_replicas_and_survives_a_replica_kill(replicated, generated_models,
+                                                                                    tmp_path):
+    entry, servers = replicated["entry"], replicated["servers"]
+    (x,) = example_inputs(entry, batch=2)
+    expected = torch.jit.load(str(generated_models / entry.file))(torch.from_numpy(x)).detach().numpy()
+    before = {name: requests_served(s, replicated["pack"]) for name, s in servers.items()}
+    # The disk tier's LRU learns from Triton's metrics which packs get requests.
+    usage = {name: UsageTracker(server.metrics_url) for name, server in servers.items()}
+    for tracker in usage.values():
+        tracker.poll()
+    with FleetClient(replicated["cp"].url, TOKEN) as client:
+        for _ in range(20):
+            outputs = client.infer(entry.id, {entry.inputs[0].name: x})
+            np.testing.assert_allclose(outputs[entry.outputs[0].name], expected, rtol=1e-5, atol=1e-5)
+        with pytest.raises(ModelNotFound, match="not registered"):
+            client.infer("no-such-model", [x])
+        # A wrong shape is the caller's error: raised at once, never retried into ModelUnavailable.
+        with pytest.raises(InferenceServerException, match="must have shape"):
+            client.infer(entry.id, [x[:, :1]])
+    for name, server in servers.items():
+        assert requests_served(server, replicated["pack"]) - before[name] >= 5, f"{name} got its share"
+        assert replicated["pack"] in usage[name].poll(), f"{name}'s sync would count the pack as used"
+
+    # The asyncio client answers the same.
+    async def run():
+        client = AsyncFleetClient(replicated["cp"].url, TOKEN)
+        try:
+            return await asyncio.gather(*(client.infer(entry.id, [x]) for _ in range(8)))
+        finally:
+            await client.close()
+
+    for outputs in asyncio.run(run()):
+        np.testing.assert_allclose(outputs[entry.outputs[0].name], expected, rtol=1e-5, atol=1e-5)
+
+    # The locust user calls models by name through the same client (--fleet-client).
+    prefix = tmp_path / "locust"
+    command = [str(Path(sys.executable).with_name("locust")), "-f", str(LOCUSTFILE), "--headless", "-u", "2",
+               "-r", "2", "-t", "5s", "--csv", str(prefix), "--only-summary", "--models-from",
+               replicated["cp"].url, "--token", TOKEN, "--fleet-client", "--mix", "uniform"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    stats = parse_stats_csv(Path(f"{prefix}_stats.csv").read_text()).aggregated
+    assert done.returncode == 0 and stats.requests > 20 and stats.failures == 0, (done.stdout + done.stderr)[-2000:]
+
+    # Killing the server that holds one of the two replicas, under load, fails no request.
+    victim = servers[replicated["first"]]
+    (x,) = example_inputs(entry, batch=1)
+    counts = {"ok": 0, "failed": 0, "ok_after_kill": 0}
+    errors: list[str] = []
+    killed, stop = threading.Event(), threading.Event()
+    lock = threading.Lock()
+
+    def user() -> None:
+        with FleetClient(replicated["cp"].url, TOKEN, request_timeout_s=5) as client:
+            while not stop.is_set():
+                try:
+                    client.infer(entry.id, [x])
+                    with lock:
+                        counts["ok"] += 1
+                        counts["ok_after_kill"] += killed.is_set()
+                except Exception as error:  # noqa: BLE001  every failure is counted and shown
+                    with lock:
+                        counts["failed"] += 1
+                        errors.append(repr(error)[:300])
+
+    users = [threading.Thread(target=user) for _ in range(4)]
+    for thread in users:
+        thread.start()
+    try:
+        wait_for(lambda: counts["ok"] >= 200, "load is running", 60)
+        os.killpg(victim.process.pid, signal.SIGKILL)
+        victim.process.wait()
+        killed.set()
+        wait_for(lambda: counts["ok_after_kill"] >= 400, "requests keep succeeding after the kill", 90)
+        # The control plane notices the death and stops listing the dead replica.
+        wait_for(lambda: [e["server"] for e in requests.get(
+            f"{replicated['cp'].url}/api/v1/models/{entry.id}", headers={"Authorization": f"Bearer {TOKEN}"},
+            timeout=5).json()["endpoints"]] == [n for n in servers if servers[n] is not victim], "dead replica dropped")
+        wait_for(lambda: counts["ok_after_kill"] >= 500, "requests succeed after re-resolution", 60)
+    finally:
+        stop.set()
+        for thread in users:
+            thread.join(timeout=30)
+    assert counts["failed"] == 0, errors[:5]
