@@ -20,6 +20,7 @@ from control_plane.deployments import DeploymentRunner
 from control_plane.errors import ApiError, error_body
 from control_plane.loadtests import LoadTestRunner
 from control_plane.migrate import upgrade
+from control_plane.observability import install as install_observability
 from control_plane.reconciler import Reconciler
 from control_plane.registry import Registry
 from control_plane.repository import RepositoryBuilder
@@ -83,6 +84,7 @@ def create_app(settings: Settings | None = None, start_reconciler: bool = True) 
     app.extensions["fleet"] = state
     for blueprint in (models_api.bp, fleet_api.bp, loadtests_api.bp):
         app.register_blueprint(blueprint)
+    install_observability(app)  # /metrics, the status page at /, JSON logs with request ids
 
     @app.before_request
     def require_token():

@@ -22,6 +22,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from control_plane.db import AuditEntry, Model, ModelVersion, Pack, Placement, Server
+from control_plane.observability import metrics
 from control_plane.repository import RepositoryBuilder
 from control_plane.settings import Settings
 from fleet.triton_server import ADMIN_HEADER
@@ -62,7 +63,8 @@ class Reconciler:
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
-                self.tick()
+                with metrics.timed_tick():
+                    self.tick()
                 self.last_tick_error = None
             except Exception as error:  # noqa: BLE001  the loop must survive anything and retry
                 self.last_tick_error = str(error)
@@ -254,7 +256,9 @@ class Reconciler:
                                                        "error": problem}))
                 continue
             action = "load" if has_members else "unload"
+            started = time.monotonic()
             error = self._repository_call(http_url, pack, action)
+            metrics.record_load(action, time.monotonic() - started, error)
             with self.sessions.begin() as session:
                 placement = session.get(Placement, (pack, server))
                 if placement is None:
@@ -271,7 +275,8 @@ class Reconciler:
     def _sync_server(self, server: str, repository_path: str) -> dict[str, str]:
         """Sync one server's repository from S3; returns, per pack ("*": all), why it could not be updated."""
         try:
-            report = sync(self.settings.repository_uri, repository_path, self.builder.registry.s3)
+            with metrics.timed_sync():
+                report = sync(self.settings.repository_uri, repository_path, self.builder.registry.s3)
         except SyncError as error:
             log.error("sync to %s failed: %s", server, error)
             return {"*": f"sync failed, serving the last good version: {error}"}
