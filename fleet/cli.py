@@ -286,6 +286,10 @@ def _register_room_commands() -> None:
 
     main.add_command(loadtest)
     main.add_command(report)
+    from control_plane.observability.cli import dashboards_group, logs_command
+
+    main.add_command(logs_command)
+    main.add_command(dashboards_group)
 
 
 _register_room_commands()

@@ -210,6 +210,7 @@ def print_summary(summary: dict) -> None:
     else:
         click.echo(f"load test            {test['status']}: {test.get('error')}")
     click.echo(f"control plane        {summary['control_plane']}  (docs {summary['control_plane']}/docs)")
+    click.echo(f"status page          {summary['control_plane']}/  (logs: fleet logs)")
     click.echo(f"API token            {summary['token']}")
     for name, grpc in summary["servers"].items():
         click.echo(f"triton {name:13} grpc {grpc}")

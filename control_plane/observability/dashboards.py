@@ -32,7 +32,7 @@ METRICS = {
     # the pack runtime's (triton/backends/pack/model.py), on Triton's metrics port
     "member_requests": "fleet_member_requests_total",
     "member_loads": "fleet_member_loads_total",
-    "member_evictions": "fleet_member_evictions_total",
+    "resident_members": "fleet_pack_resident_members",
     "pack_resident_bytes": "fleet_pack_resident_bytes",
     # the control plane's (control_plane/observability/metrics.py)
     "models": "fleet_models",
@@ -123,10 +123,10 @@ PANELS: tuple[Panel, ...] = (
     Panel("Resident bytes per pack", "bytes",
           (("{{pack}}", f"sum by (pack) ({M['pack_resident_bytes']})"),),
           (Cw(M["pack_resident_bytes"], ("pack",), "Maximum"),)),
-    Panel("Member loads and evictions", "ops",
-          (("loads", f"sum(rate({M['member_loads']}[5m]))"),
-           ("evictions", f"sum(rate({M['member_evictions']}[5m]))")),
-          (Cw(M["member_loads"], ("pack",)), Cw(M["member_evictions"], ("pack",)))),
+    Panel("Member loads (per second) and resident members", "short",
+          (("loads/s", f"sum(rate({M['member_loads']}[5m]))"),
+           ("resident members", f"sum({M['resident_members']})")),
+          (Cw(M["member_loads"], ("pack",)), Cw(M["resident_members"], ("pack",), "Maximum"))),
     Panel("Models by status", "short",
           (("{{status}}", f"max by (status) ({M['models']})"),),
           (Cw(M["models"], ("status",), "Maximum"),)),

@@ -16,7 +16,7 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, d
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from control_plane.observability.snapshot import Snapshot, take_snapshot
+from control_plane.observability.snapshot import PENDING_REASONS, Snapshot, take_snapshot
 
 log = logging.getLogger(__name__)
 disable_created_metrics()  # *_created samples only add noise to every counter and histogram
@@ -124,8 +124,8 @@ class FleetCollector(Collector):
         yield models
         pending = GaugeMetricFamily("fleet_models_pending", "Pending models by why they are not servable yet",
                                     labels=["reason"])
-        for reason, count in sorted(snap.pending_by_reason.items()):
-            pending.add_metric([reason], count)
+        for reason in PENDING_REASONS:
+            pending.add_metric([reason], snap.pending_by_reason.get(reason, 0))
         yield pending
         placements = GaugeMetricFamily("fleet_placements", "Pack placements by state", labels=["state"])
         for state in ("pending", "loaded", "failed"):

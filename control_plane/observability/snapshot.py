@@ -19,6 +19,7 @@ log = logging.getLogger(__name__)
 _CHECKS = concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="observability-check")
 S3_TIMEOUT_S = 2.0
 PENDING_LISTED = 200
+PENDING_REASONS = ("no_pack", "building", "unplaced", "load_failed", "sync_failed", "loading")
 SERVER_FIELDS = {"name", "family", "http_url", "grpc_url", "capacity_bytes", "healthy", "last_seen", "last_error",
                  "placed_packs", "repository_path"}
 

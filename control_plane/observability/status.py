@@ -48,7 +48,7 @@ def latency_plot(results: dict | None, width: int = 420, height: int = 140) -> M
     if not rows:
         return Markup("")
     top = max(max(r.get("p99_ms", 0) for r in rows), 1e-9)
-    step = width / len(rows)
+    step = min(width / len(rows), 28.0)
     bars = []
     for i, row in enumerate(rows):
         for key, colour, shrink in (("p99_ms", "#e4a11b", 0.0), ("p50_ms", "#2f6db5", 0.25)):
