@@ -62,9 +62,10 @@ def configure(fmt: str = "json", level: int = logging.INFO) -> None:
     logging.basicConfig installs) and leaves subclasses alone, e.g. pytest's capture handlers."""
     root = logging.getLogger()
     for handler in list(root.handlers):
-        if type(handler) is logging.StreamHandler:
+        if type(handler) is logging.StreamHandler or getattr(handler, "fleet_observability", False):
             root.removeHandler(handler)
     handler = logging.StreamHandler(sys.stderr)
+    handler.fleet_observability = True  # type: ignore[attr-defined]  found and replaced on the next call
     handler.setFormatter(JsonFormatter() if fmt == "json" else
                          logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root.addHandler(handler)
