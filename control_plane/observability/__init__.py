@@ -70,13 +70,14 @@ def install(app: Flask, configure_logging: bool = True) -> None:
         seconds = time.monotonic() - getattr(g, "started", time.monotonic())
         metrics.HTTP_REQUESTS.labels(request.method, endpoint, f"{response.status_code // 100}xx").inc()
         metrics.HTTP_SECONDS.labels(endpoint).observe(seconds)
-        code = None
-        if response.status_code >= 400 and response.is_json:
-            code = ((response.get_json(silent=True) or {}).get("error") or {}).get("code")
+        code, body = None, None
+        if response.is_json and not response.direct_passthrough:
+            body = response.get_json(silent=True) or {}
+            code = (body.get("error") or {}).get("code") if response.status_code >= 400 else None
         if endpoint in ("models.register", "models.register_from_s3"):
             metrics.record_registration(response.status_code, code)
-            if request.form.get("name"):
-                logs.bind(model=request.form["name"])
+            if body and isinstance(body.get("name"), str):  # not request.form: it may be too large to parse
+                logs.bind(model=body["name"])
         if endpoint not in ("healthz", "readyz", "observability_metrics"):
             level = logging.WARNING if response.status_code >= 500 else logging.INFO
             log.log(level, "%s %s -> %d", request.method, request.path, response.status_code,
