@@ -38,14 +38,17 @@ class _Combined(Collector):
         yield from self.app_registry.collect()
 
 
-def install(app: Flask, configure_logging: bool = True) -> None:
+def configure_logging() -> None:
+    """The control plane's log format (FLEET_LOG_FORMAT: json, the default, or text)."""
+    logs.configure(ObservabilitySettings.from_env().log_format)
+
+
+def install(app: Flask) -> None:
     from control_plane.observability.status import bp as status_bp
 
     settings = ObservabilitySettings.from_env()
     state = app.extensions["fleet"]
     app.extensions["observability"] = settings
-    if configure_logging:
-        logs.configure(settings.log_format)
     scrape = CollectorRegistry(auto_describe=False)
     scrape.register(_Combined(metrics.make_registry(state)))
     _log_audit_entries(state.sessions)
