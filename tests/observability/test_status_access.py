@@ -77,3 +77,35 @@ def test_database_and_s3_down_the_page_and_metrics_stay_up_and_say_so(app):
     assert metrics.status_code == 200
     assert "fleet_registry_up 0.0" in metrics.text and "fleet_object_store_up 0.0" in metrics.text
     assert "fleet_models{" not in metrics.text, "no made-up state when the registry cannot be read"
+
+
+def test_pending_models_are_counted_and_listed_by_why_they_wait(app):
+    from control_plane.db import Model, Pack, Placement, Server
+
+    with app.extensions["fleet"].sessions.begin() as s:
+        s.add(Server(name="a", family="cpu", http_url="http://127.0.0.1:9", grpc_url="x", capacity_bytes=2**30))
+        s.add(Server(name="gone", family="cpu", http_url="http://127.0.0.1:9", grpc_url="x", capacity_bytes=2**30,
+                     healthy=False))
+        s.add_all([Pack(name="built", family="cpu", kind="k", generation=1, built_generation=1),
+                   Pack(name="stale", family="cpu", kind="k", generation=2, built_generation=1),
+                   Pack(name="nowhere", family="cpu", kind="k", generation=1, built_generation=1),
+                   Pack(name="broken", family="cpu", kind="k", generation=1, built_generation=1)])
+        s.flush()
+        s.add_all([Placement(pack="built", server="a", state="loaded", loaded_generation=1),
+                   Placement(pack="broken", server="a", state="failed", error="load failed (HTTP 400): bad")])
+        s.add_all([Model(name="servable", pack="built", joined_generation=1),
+                   Model(name="building", pack="stale", joined_generation=2),
+                   Model(name="unplaced", pack="nowhere", joined_generation=1),
+                   Model(name="failed", pack="broken", joined_generation=1),
+                   Model(name="off", pack="built", joined_generation=1, desired="unloaded")])
+    client = app.test_client()
+    text = client.get("/metrics", headers={"Authorization": f"Bearer {TOKEN}"}).text
+    for line in ('fleet_models{status="servable"} 1.0', 'fleet_models{status="pending"} 3.0',
+                 'fleet_models{status="unloaded"} 1.0', 'fleet_models_pending{reason="building"} 1.0',
+                 'fleet_models_pending{reason="unplaced"} 1.0', 'fleet_models_pending{reason="load_failed"} 1.0',
+                 'fleet_models_pending{reason="loading"} 0.0', 'fleet_servers{health="unhealthy"} 1.0',
+                 'fleet_pack_replicas{pack="built"} 1.0'):
+        assert line in text, line
+    page = client.get("/").text
+    assert "load failed (HTTP 400): bad" in page and "no healthy cpu server has room for pack nowhere" in page
+    assert "gone (not ready)" in page
