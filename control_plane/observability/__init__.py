@@ -74,10 +74,11 @@ def install(app: Flask) -> None:
         metrics.HTTP_REQUESTS.labels(request.method, endpoint, f"{response.status_code // 100}xx").inc()
         metrics.HTTP_SECONDS.labels(endpoint).observe(seconds)
         code, body = None, None
-        if response.is_json and not response.direct_passthrough:
+        registration = endpoint in ("models.register", "models.register_from_s3")
+        if (response.status_code >= 400 or registration) and response.is_json and not response.direct_passthrough:
             body = response.get_json(silent=True) or {}
             code = (body.get("error") or {}).get("code") if response.status_code >= 400 else None
-        if endpoint in ("models.register", "models.register_from_s3"):
+        if registration:
             metrics.record_registration(response.status_code, code)
             if body and isinstance(body.get("name"), str):  # not request.form: it may be too large to parse
                 logs.bind(model=body["name"])
