@@ -23,6 +23,8 @@ from control_plane.errors import ApiError, error_body
 from control_plane.leader import Leadership, leadership_for
 from control_plane.loadtests import LoadTestRunner
 from control_plane.migrate import upgrade
+from control_plane.observability import configure_logging
+from control_plane.observability import install as install_observability
 from control_plane.reconciler import Reconciler
 from control_plane.registry import Registry
 from control_plane.repository import RepositoryBuilder
@@ -68,6 +70,7 @@ class FleetState:
 
 def create_app(settings: Settings | None = None, start_reconciler: bool = True) -> APIFlask:
     settings = settings or Settings.from_env()
+    configure_logging()  # JSON lines (FLEET_LOG_FORMAT) from the first one, migrations included
     if settings.database_url.startswith("sqlite:///"):
         Path(settings.database_url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     engine = make_engine(settings.database_url)
@@ -94,6 +97,7 @@ def create_app(settings: Settings | None = None, start_reconciler: bool = True) 
     app.extensions["fleet"] = state
     for blueprint in (models_api.bp, fleet_api.bp, loadtests_api.bp):
         app.register_blueprint(blueprint)
+    install_observability(app)  # /metrics, the status page at /, JSON logs with request ids
 
     @app.before_request
     def require_token():

@@ -51,6 +51,7 @@ from control_plane.placement import (
     residency_budget,
     working_set_bytes,
 )
+from control_plane.observability import metrics
 from control_plane.repository import RepositoryBuilder
 from control_plane.settings import Settings
 from control_plane.trust import Untrusted, check_address
@@ -141,7 +142,8 @@ class Reconciler:
             started = time.monotonic()
             try:
                 if self.leadership.is_leader():  # several control planes, one reconciler
-                    self.tick()
+                    with metrics.timed_tick():
+                        self.tick()
                 self.last_tick_error = None
             except Exception as error:  # noqa: BLE001  the loop must survive anything and retry
                 self.last_tick_error = str(error)
@@ -481,8 +483,10 @@ class Reconciler:
                 result = self.resize(row.http_url, row.pack, row.built_generation, residency_budget(row.reserved_bytes))
                 outcomes.append((row.pack, result, result.error, row.built_generation, "pack.resize"))
             else:
+                started = time.monotonic()
                 result = self.load_and_verify(row.http_url, row.pack, row.built_generation,
                                               residency_budget(row.reserved_bytes))
+                metrics.record_load("load", time.monotonic() - started, result.error)
                 outcomes.append((row.pack, result, result.error, row.built_generation, "pack.load"))
             if len(outcomes) >= RECORD_BATCH or time.monotonic() - flushed > RECORD_EVERY_S:
                 self._record(server, outcomes)
@@ -570,7 +574,9 @@ class Reconciler:
     def _sync_server(self, server: str, repository_path: str) -> dict[str, str]:
         """Sync one server's repository from S3; returns, per pack ("*": all), why it could not be updated."""
         try:
-            report = sync(self.settings.repository_uri, repository_path, self.builder.registry.s3, server=server)
+            with metrics.timed_sync():
+                report = sync(self.settings.repository_uri, repository_path, self.builder.registry.s3,
+                              server=server)
         except SyncError as error:
             log.error("sync to %s failed: %s", server, error)
             return {"*": f"sync failed, serving the last good version: {error}"}

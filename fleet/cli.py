@@ -25,6 +25,9 @@ class LazyGroup(click.Group):
         "loadtest": ("loadtest.cli", "loadtest", "Run locust load tests against Triton."),
         "report": ("loadtest.cli", "report", "Render a load-test report from saved results."),
         "rehearse": ("deploy.rehearse", "rehearse", "Run every EKS/ECS runbook step that can run here."),
+        "logs": ("control_plane.observability.cli", "logs_command", "The local stack's logs merged in time order."),
+        "dashboards": ("control_plane.observability.cli", "dashboards_group",
+                       "Render the Grafana, CloudWatch and ECS dashboards and alarms."),
     }
 
     def list_commands(self, ctx: click.Context) -> list[str]:

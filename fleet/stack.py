@@ -299,6 +299,7 @@ def print_summary(summary: dict) -> None:
     for plane in summary.get("control_planes") or [{"url": summary["control_plane"], "leader": True}]:
         role = "  leader (runs the reconciler)" if plane["leader"] else "  follower"
         click.echo(f"control plane        {plane['url']}  (docs {plane['url']}/docs){role}")
+    click.echo(f"status page          {summary['control_plane']}/  (logs: fleet logs)")
     click.echo(f"API token            {summary['token']}")
     for name, grpc in summary["servers"].items():
         click.echo(f"triton {name:13} grpc {grpc}")

@@ -209,7 +209,8 @@ def test_control_plane_reads_secrets_and_the_repository_configmap(all_manifests:
     # It publishes packs where the servers sync from: the same ConfigMap feeds both.
     assert values["FLEET_REPOSITORY_URI"] == "s3://$(REPOSITORY_BUCKET)/$(REPOSITORY_PREFIX)"
     assert app["command"][-4:] == ["--host", "0.0.0.0", "--port", "8080"]
-    assert app["ports"] == [{"name": "http", "containerPort": 8080}]
+    # 9102: /metrics without a token, for scrapers only (k8s/modules/observability)
+    assert app["ports"] == [{"name": "http", "containerPort": 8080}, {"name": "metrics", "containerPort": 9102}]
     assert (app["livenessProbe"]["httpGet"]["path"], app["readinessProbe"]["httpGet"]["path"]) == \
         ("/healthz", "/readyz")
     assert app["image"] == "triton-fleet/control-plane:0.1.0"
