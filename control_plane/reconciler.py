@@ -21,7 +21,6 @@ of the same pack on the same server never race.
 """
 from __future__ import annotations
 
-import inspect
 import json
 import logging
 import math
@@ -38,9 +37,10 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from control_plane.assignments import publish_assignment
-from control_plane.discovery import DiscoveryError, DiscoverySettings, apply, make_discoverer
 from control_plane.db import AuditEntry, Model, ModelVersion, Pack, Placement, Server
+from control_plane.discovery import DiscoveryError, DiscoverySettings, apply, make_discoverer
 from control_plane.leader import AlwaysLeader, Leadership
+from control_plane.observability import metrics
 from control_plane.placement import (
     STUB_BASE_BYTES,
     PackView,
@@ -51,11 +51,10 @@ from control_plane.placement import (
     residency_budget,
     working_set_bytes,
 )
-from control_plane.observability import metrics
 from control_plane.repository import RepositoryBuilder
 from control_plane.settings import Settings
-from control_plane.trust import Untrusted, check_address
 from control_plane.traffic import TrafficMeter, parse
+from control_plane.trust import Untrusted, check_address
 from fleet.triton_server import ADMIN_HEADER
 from model_repository.s3_sync import SyncError, sync
 

@@ -17,8 +17,8 @@ class Settings(BaseModel):
     triton_admin_key: str | None = Field(None, description="Triton restricted repository-API key")
     repository_uri: str = Field("s3://fleet-models/repository", description="s3://bucket/prefix of packs")
     s3_endpoint_url: str | None = None
-    work_dir: Path = Field(Path(".fleet/control-plane"), description="working folder (uploads are staged below it); packs are
-                           built straight in S3, so it holds no copy of the repository")
+    work_dir: Path = Field(Path(".fleet/control-plane"), description="working folder (uploads are staged below "
+                           "it); packs are built straight in S3, so it holds no copy of the repository")
     max_upload_bytes: int = Field(4 * 2**30, description="largest artifact accepted (upload or from-s3), in "
                                   "bytes; the HTTP body limit of Flask and waitress follows from it")
     upload_staging_dir: Path | None = Field(None, description="where uploads and S3 downloads are staged on "

@@ -156,10 +156,10 @@ class FleetCollector(Collector):
 
 
 def leader_of(state) -> Callable[[], bool]:
-    """Leadership as the ha work exposes it: `state.is_leader` (bool or callable); 1 when absent."""
+    """Whether this replica leads the reconciler (control_plane/leader.py); 1 without leader election."""
     def read() -> bool:
-        value = getattr(state, "is_leader", True)
-        return bool(value() if callable(value) else value)
+        leadership = getattr(state, "leadership", None)
+        return True if leadership is None else bool(leadership.is_leader())
     return read
 
 

@@ -99,7 +99,6 @@ def pending_reason(model, pack: Pack | None, placements: list[Placement],
 
 
 def _read_registry(state, snap: Snapshot) -> None:
-    from control_plane.reconciler import Reconciler
     from control_plane.views import server_out
 
     with state.sessions() as session:
@@ -138,13 +137,13 @@ def _read_registry(state, snap: Snapshot) -> None:
                                sorted((x.server, x.state, x.loaded_generation, x.error)
                                       for x in by_pack.get(p.name, [])))
                       for p in packs.values()]
-        pack_bytes = {name: Reconciler.pack_bytes(session, name) for name in by_pack}
         for server in servers:
             out = server_out(session, server)
             on_server = [p.pack for p in placements if p.server == server.name]
             snap.servers.append(ServerView(
                 server.name, server.family, server.healthy, server.capacity_bytes,
-                sum(pack_bytes.get(p, 0) for p in on_server), server.last_error, server.last_seen,
+                sum(p.reserved_bytes or 0 for p in placements if p.server == server.name),
+                server.last_error, server.last_seen,
                 sorted(on_server), {k: v for k, v in out.items() if k not in SERVER_FIELDS}))
         snap.loadtests_by_status = dict(Counter(session.scalars(select(LoadTest.status))))
         for test in session.scalars(select(LoadTest).order_by(LoadTest.id.desc()).limit(5)):
