@@ -17,6 +17,7 @@ from pathlib import Path
 import ml_dtypes
 import numpy as np
 import pytest
+import requests
 import torch
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
@@ -117,6 +118,7 @@ def served(tmp_path_factory):
     main = PackBuilder(repository, "main", max_resident_bytes=str(BUDGET), preload="hot")
     main.add("hot", mlp(1))
     main.add("cold", mlp(2))
+    main.add("http_cold", mlp(5))
     main.add("slow", slow_to_load(), fmt="torch_export", out_width=4)
     main.add("exported", mlp(3), fmt="torch_export")
     main.add("broken", None, raw=b"PK\x03\x04 not really a model" * 10)
@@ -295,6 +297,20 @@ def test_errors_carry_triton_status_codes(served):
     with pytest.raises(InferenceServerException) as caught:
         request(served, "main", "dtype_INT32", np.zeros((1, 4), np.int32), "X_INT32", "INT32")
     assert status(caught.value) == "INVALID_ARGUMENT"  # Triton's own shape check, before the runtime
+
+
+def test_plain_http_clients_get_cold_answers_and_error_codes_unchanged(served):
+    """KServe v2 over HTTP: a cold member's answer (sent later from the loader thread) arrives as one
+    ordinary response; the control plane's probe member gets 404 with the message it looks for."""
+    url = f"{served['server'].http_url}/v2/models/main/infer"
+    body = {"inputs": [{"name": "INPUT__0", "datatype": "FP32", "shape": list(X.shape),
+                        "data": X.ravel().tolist()}], "parameters": {"model_id": "http_cold"}}
+    answer = requests.post(url, json=body, timeout=60)
+    assert answer.status_code == 200, answer.text
+    output = np.array(answer.json()["outputs"][0]["data"], np.float32).reshape(2, 3)
+    np.testing.assert_allclose(output, eager(served, "http_cold", X), rtol=1e-6)
+    probe = requests.post(url, json={**body, "parameters": {"model_id": "__fleet_probe__"}}, timeout=60)
+    assert probe.status_code == 404 and "'__fleet_probe__' is not in pack" in probe.text
 
 
 def test_pack_metrics_report_budget_residency_and_memory(served):
