@@ -147,4 +147,4 @@ class EcsTaskRun:
         for container in reversed(list(self.started.values())):
             container.remove()
         if self.network is not None:
-            self.network.remove()
+            self.network.remove(grace_s=0)  # `sleep` as PID 1 ignores SIGTERM

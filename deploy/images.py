@@ -107,6 +107,9 @@ def build(name: str, log=print) -> str:
         args += ["--volume", f"{HOST_CA}:/host-ca.crt:ro"]
     started = time.monotonic()
     podman(*args, str(ROOT))
+    # Earlier builds of this tag become untagged images (GBs each over many runs); the layers the new
+    # image and the build cache use stay.
+    podman("image", "prune", "--force", check=False)
     log(f"built {spec.tag} in {time.monotonic() - started:.0f}s")
     return spec.tag
 

@@ -96,8 +96,8 @@ class Container:
     def exec(self, *argv: str) -> subprocess.CompletedProcess:
         return podman("exec", self.name, *argv, check=False)
 
-    def remove(self) -> None:
-        podman("rm", "--force", "--time", "5", self.name, check=False)
+    def remove(self, grace_s: int = 2) -> None:
+        podman("rm", "--force", "--time", str(grace_s), self.name, check=False)
 
 
 def run_detached(image: str, name: str, argv: Sequence[str] = (), entrypoint: Sequence[str] | None = None,
