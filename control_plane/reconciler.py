@@ -341,7 +341,9 @@ class Reconciler:
 
     # ---- build ---------------------------------------------------------------------------------
     def build_changed_packs(self) -> None:
-        with self.sessions.begin() as session:
+        # A read-only session: building writes files, not rows, and a write transaction held through a build
+        # of a 1,000-member pack would block every registration (SQLite has one writer).
+        with self.sessions() as session:
             stale = list(session.scalars(select(Pack).where(Pack.generation > Pack.built_generation)))
             if not stale:
                 return

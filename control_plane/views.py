@@ -2,6 +2,8 @@
 is not, why."""
 from __future__ import annotations
 
+import hashlib
+
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, object_session
 
@@ -24,9 +26,12 @@ def endpoints_by_pack(session: Session) -> dict[str, list[tuple[Placement, Serve
 
 
 def model_status(model: Model, served: dict[str, list[tuple[Placement, Server]]]) -> tuple[str, list]:
+    """Status and live replicas, in an order fixed per model (rendezvous hashing of model and server): a
+    client that takes the first endpoint gets the same one on every call, and models spread over replicas."""
     if model.desired != "loaded":
         return "unloaded", []
     live = [s for p, s in served.get(model.pack or "", []) if p.loaded_generation >= model.joined_generation]
+    live.sort(key=lambda server: hashlib.blake2b(f"{model.name}/{server.name}".encode(), digest_size=8).digest())
     return ("servable" if live else "pending"), live
 
 
