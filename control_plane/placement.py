@@ -30,6 +30,9 @@ STUB_BASE_BYTES = 200 * 2**20
 # A resident member costs about twice its file's bytes (tensors plus the TorchScript graph; NOTES.md:
 # a 414 MiB member came to 949 MB RSS with two evicted ones).
 MEMBER_COST_FACTOR = 2.0
+# ...and never less than this: a tiny TorchScript module's resident growth is its graph and allocator
+# pages (measured 0.1-4 MB by the pack runtime, which charges what a load really adds).
+MEMBER_MIN_COST_BYTES = 2**20
 
 # A pack whose members together are this small keeps them all resident: cheaper than any eviction, and a
 # pack of a thousand tiny models with no traffic measured yet would otherwise reload members on every call.
@@ -90,24 +93,30 @@ def working_set_bytes(member_bytes: Iterable[int], hot_member_bytes: Iterable[in
     """What one replica of a pack costs: the stub plus the members that traffic keeps resident.
 
     Members seen in recent traffic count at their real cost; the floor is the largest member (the pack
-    must at least hold that one to answer it), or all members when they total under RESIDENT_FLOOR_BYTES.
+    must at least hold that one to answer it), or all members when their costs total under
+    RESIDENT_FLOOR_BYTES.
     Not the sum of all members: a pack of 100 rarely-called large models is served by its LRU.
     """
-    sizes = list(member_bytes)
-    if not sizes:
+    costs = [member_cost(b, cost_factor) for b in member_bytes]
+    if not costs:
         return 0
-    hot, total = sum(hot_member_bytes), sum(sizes)
-    resident = min(max(hot, max(sizes), min(total, RESIDENT_FLOOR_BYTES)), total)
-    return stub_base + int(cost_factor * resident)
+    hot, total = sum(member_cost(b, cost_factor) for b in hot_member_bytes), sum(costs)
+    resident = min(max(hot, max(costs), min(total, RESIDENT_FLOOR_BYTES)), total)
+    return stub_base + resident
+
+
+def member_cost(artifact_bytes: int, cost_factor: float = MEMBER_COST_FACTOR) -> int:
+    """What a resident member adds to its stub's memory, estimated from its artifact's bytes."""
+    return max(int(cost_factor * artifact_bytes), MEMBER_MIN_COST_BYTES)
 
 
 def residency_budget(reserved_bytes: int) -> int:
     """The pack runtime's `max_resident_bytes` for a replica that reserved this much (0: none reserved).
 
-    The runtime counts tensor bytes, about a member's artifact bytes; the reservation counts their real
-    cost (MEMBER_COST_FACTOR) plus the stub, so both are taken off.
+    The runtime charges each member what its load really adds to the stub's memory, the unit the
+    reservation counts members in, so the budget is the reservation less the stub.
     """
-    return max(0, int((reserved_bytes - STUB_BASE_BYTES) / MEMBER_COST_FACTOR))
+    return max(0, reserved_bytes - STUB_BASE_BYTES)
 
 
 def needs_resize(loaded_budget: int, wanted_budget: int) -> bool:

@@ -72,24 +72,24 @@ def test_a_server_with_an_older_copy_stays_pending_with_the_reason(server, gener
 
 def test_the_residency_budget_reaches_the_runtime_through_a_config_override(server, generated_models):
     entries = write_pack(server, generated_models, generation=7, members=2, name="lml-budget")
-    # a budget of one byte: the runtime can keep only the member it is running, so each call evicts
-    result = reconciler().load_and_verify(server.http_url, "lml-budget", generation=7, residency=1)
-    assert (result.state, result.generation, result.residency_bytes) == ("loaded", 7, 1)
+    # a budget that differs from the config's: the override reaches the runtime, which reports it
+    budget = 3 * 2**20 + 12345
+    result = reconciler().load_and_verify(server.http_url, "lml-budget", generation=7, residency=budget)
+    assert (result.state, result.generation, result.residency_bytes) == ("loaded", 7, budget)
     config = requests.get(f"{server.http_url}/v2/models/lml-budget/config", timeout=10).json()
-    assert config["parameters"]["max_resident_bytes"]["string_value"] == "1"
+    assert config["parameters"]["max_resident_bytes"]["string_value"] == str(budget)
     assert config["parameters"]["generation"]["string_value"] == "7", "the override kept the server's generation"
     for entry in entries + entries:  # the files are still the pack's: both members answer
         assert infer(server, "lml-budget", entry).shape[0] == 1
 
-    def evictions() -> float:
+    def runtime_budget() -> float | None:
         text = requests.get(server.metrics_url, timeout=10).text
-        found = re.findall(r'fleet_member_evictions_total\{[^}]*pack="lml-budget"[^}]*\} ([0-9.e+]+)', text)
-        return sum(float(v) for v in found)
+        found = re.findall(r'fleet_pack_budget_bytes\{[^}]*pack="lml-budget"[^}]*\} ([0-9.e+]+)', text)
+        return float(found[0]) if found else None
     deadline = time.monotonic() + 30
-    while evictions() < 2 and time.monotonic() < deadline:
-        infer(server, "lml-budget", entries[0])  # the runtime flushes its counters on requests
-        infer(server, "lml-budget", entries[1])
-    assert evictions() >= 2, "the runtime evicted members: it runs with the overridden budget"
+    while runtime_budget() != budget and time.monotonic() < deadline:
+        infer(server, "lml-budget", entries[0])  # the runtime flushes its metrics on requests
+    assert runtime_budget() == budget, "the runtime runs with the overridden budget"
 
     # a loaded pack's budget changes (its reservation grew with traffic): one reload with the new budget
     resized = reconciler().resize(server.http_url, "lml-budget", generation=7, residency=64 * 2**20)

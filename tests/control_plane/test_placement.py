@@ -4,6 +4,7 @@ from __future__ import annotations
 import pytest
 
 from control_plane.placement import (
+    MEMBER_MIN_COST_BYTES,
     RESIDENT_FLOOR_BYTES,
     STUB_BASE_BYTES,
     PackFill,
@@ -166,8 +167,10 @@ def test_working_set_is_traffic_weighted_not_the_sum_of_all_members():
     # twelve members seen in traffic
     assert working_set_bytes(members, [10 * MB] * 12) == STUB_BASE_BYTES + 2 * 120 * MB
     # small packs keep every member resident (up to RESIDENT_FLOOR_BYTES), traffic or not
-    assert working_set_bytes([100_000] * 300) == STUB_BASE_BYTES + 2 * 30_000_000
-    assert working_set_bytes([MB] * 1000) == STUB_BASE_BYTES + 2 * RESIDENT_FLOOR_BYTES
+    assert working_set_bytes([3 * MB] * 10) == STUB_BASE_BYTES + 2 * 30 * MB
+    assert working_set_bytes([MB] * 1000) == STUB_BASE_BYTES + RESIDENT_FLOOR_BYTES
+    # a tiny member costs at least MEMBER_MIN_COST_BYTES (its graph and allocator pages), not 2x its 7 KB
+    assert working_set_bytes([7_000] * 10) == STUB_BASE_BYTES + 10 * MEMBER_MIN_COST_BYTES
     # traffic can never claim more than the pack holds
     assert working_set_bytes([MB, MB], [MB] * 10) == STUB_BASE_BYTES + 2 * 2 * MB
     assert working_set_bytes([]) == 0

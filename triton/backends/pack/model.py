@@ -271,6 +271,7 @@ class TritonPythonModel:
         self.loading: str | None = None
         self.failures: dict[str, Failure] = {}
         self.known_cost: dict[str, int] = {}  # measured cost of members loaded before (a better estimate)
+        self.too_big: dict[str, int] = {}  # members whose tensors alone exceed the budget: refused for good
         self.cost_per_file_byte = 1.0  # running mean of cost / file size, for members not loaded before
         self.verified: set[tuple] = set()  # file identities whose sha256 was checked (verify_sha256=once)
         self.stopping = False
@@ -522,11 +523,14 @@ class TritonPythonModel:
             self.buffer.pack.loads += 1
             self.buffer.pack.load_seconds += seconds
             self._set_gauges(ident, parameter_bytes=parameter_bytes, rss_growth_bytes=growth)
-        if cost > self.max_resident_bytes:
+        if parameter_bytes > self.max_resident_bytes:
+            # Its tensors alone do not fit: final. (Resident growth alone is not: it includes allocator
+            # noise, e.g. a first load's runtime set-up; such a member stays resident alone instead.)
             del module, tensors
             self._release_memory()
-            raise self._over_budget(member, cost, f"measured: {growth / 2**20:.0f} MB resident growth, "
-                                    f"{parameter_bytes / 2**20:.0f} MB of tensors")
+            self.too_big[ident] = parameter_bytes
+            raise self._over_budget(member, parameter_bytes, f"measured: {growth / 2**20:.0f} MB resident "
+                                    f"growth, {parameter_bytes / 2**20:.0f} MB of tensors")
         del tensors
         entry = Resident(module=module, cost=cost, parameter_bytes=parameter_bytes, rss_growth=growth)
         with self.lock:
@@ -706,8 +710,8 @@ class TritonPythonModel:
         member = self.members[ident]
         if member.bytes is not None and member.bytes > self.max_resident_bytes:
             return None, self._over_budget(member, member.bytes, "its artifact's size")
-        if self.known_cost.get(ident, 0) > self.max_resident_bytes:  # measured at an earlier load: final
-            return None, self._over_budget(member, self.known_cost[ident], "measured at its last load")
+        if ident in self.too_big:  # its tensors were measured over the budget at an earlier load: final
+            return None, self._over_budget(member, self.too_big[ident], "its tensors, measured at its last load")
         queued = self.waiting.get(ident, [])
         if len(queued) >= self.knobs.max_waiting_per_member or self.waiting_total >= self.knobs.max_waiting:
             self.buffer.pack.shed += 1
