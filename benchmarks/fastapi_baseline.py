@@ -141,8 +141,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)
         return 0
     os.environ[_APP_ENV], os.environ[_WORKERS_ENV] = json.dumps(arguments), str(args.workers)
+    # uvicorn's supervisor kills a worker that misses one 5 s health ping and starts a new one, which loads
+    # every model again: on a loaded 2-core machine (a worker loading 1,000 models holds the GIL) that became
+    # an endless restart loop serving ~50 rps (fleet bench, 2026-11-30). A worker is not hung here.
     uvicorn.run("benchmarks.fastapi_baseline:app_from_environment", factory=True, host=args.host, port=args.port,
-                workers=args.workers, log_level="warning", access_log=False)
+                workers=args.workers, log_level="warning", access_log=False, timeout_worker_healthcheck=600)
     return 0
 
 

@@ -119,10 +119,21 @@ class FastAPIServer:
                 response = requests.get(f"{self.url}/health", timeout=2)
                 if response.status_code == 200:
                     self.health = response.json()
+                    self._wait_for_every_worker(deadline)
                     return self
             time.sleep(0.3)
         self.stop()
         raise RuntimeError(f"FastAPI baseline not ready after {self.startup_timeout_s:.0f} s; see {self.log_path}")
+
+    def _wait_for_every_worker(self, deadline: float) -> None:
+        """Several workers share one socket; the first to answer may be the only one ready. Poll (new
+        connections land on any worker) until every worker's pid has answered."""
+        seen = {self.health.get("pid")}
+        while len(seen) < self.workers and time.monotonic() < deadline:
+            with contextlib.suppress(requests.RequestException):
+                seen.add(requests.get(f"{self.url}/health", timeout=2).json().get("pid"))
+            time.sleep(0.1)
+        self.health["workers_ready"] = len(seen)
 
     def stop(self) -> None:
         if self.process is None:
