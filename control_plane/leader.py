@@ -162,3 +162,22 @@ def leadership_for(engine: Engine, lock_id: int, heartbeat_s: float) -> Leadersh
     if engine.dialect.name == "postgresql":
         return AdvisoryLockLeadership(engine, lock_id, heartbeat_s)
     return AlwaysLeader()
+
+
+def adopt_published_packs(sessions, builder) -> int:
+    """Before a new leader's first publish: rebuild, in its own work folder, every pack that a previous
+    leader built and published but this replica has never written. Publishing mirrors the work folder, so
+    without this a failover would delete the other leader's packs from S3. Nothing in the database
+    changes; returns how many packs were rebuilt."""
+    from sqlalchemy import select
+
+    from control_plane.db import Pack
+
+    rebuilt = 0
+    with sessions() as session:
+        for pack in session.scalars(select(Pack).where(Pack.built_generation >= 0).order_by(Pack.name)):
+            if not (builder.repo / pack.name).exists() and builder.build(session, pack):
+                rebuilt += 1
+    if rebuilt:
+        log.warning("new leader: rebuilt %d packs published by a previous leader before publishing", rebuilt)
+    return rebuilt

@@ -22,7 +22,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from control_plane.db import AuditEntry, Model, ModelVersion, Pack, Placement, Server
-from control_plane.leader import AlwaysLeader, Leadership
+from control_plane.leader import AlwaysLeader, Leadership, adopt_published_packs
 from control_plane.repository import RepositoryBuilder
 from control_plane.settings import Settings
 from fleet.triton_server import ADMIN_HEADER
@@ -43,6 +43,7 @@ class Reconciler:
         self.sessions, self.settings, self.builder = sessions, settings, builder
         # Several replicas share one database; only the leader ticks (control_plane/leader.py).
         self.leadership: Leadership = leadership or AlwaysLeader()
+        self._leading = False
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
@@ -66,7 +67,11 @@ class Reconciler:
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
-                if self.leadership.is_leader():
+                leading = self.leadership.is_leader()
+                if leading and not self._leading:  # just became leader: own what others published
+                    adopt_published_packs(self.sessions, self.builder)
+                self._leading = leading
+                if leading:
                     self.tick()
                 self.last_tick_error = None
             except Exception as error:  # noqa: BLE001  the loop must survive anything and retry
