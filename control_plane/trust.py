@@ -32,6 +32,9 @@ def resolve(host: str) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
     except socket.gaierror as error:
         raise Untrusted(f"host '{host}' does not resolve ({error.strerror}); use a name this control plane "
                         "can resolve, or an IP address") from None
+    except (UnicodeError, ValueError) as error:  # e.g. a label IDNA cannot encode, or a NUL byte
+        raise Untrusted(f"host {host!r} is not a valid host name ({error}); use a DNS name or an IP "
+                        "address") from None
     return sorted({ipaddress.ip_address(info[4][0].split("%", 1)[0]) for info in infos}, key=str)
 
 
