@@ -20,10 +20,14 @@ class Untrusted(ValueError):
 
 def host_of(address: str) -> tuple[str, int | None]:
     """The host and port of an http(s) URL or of a gRPC `host:port`."""
-    parts = urlsplit(address if "://" in address else f"//{address}")
-    if not parts.hostname:
+    try:
+        parts = urlsplit(address if "://" in address else f"//{address}")
+        host, port = parts.hostname, parts.port
+    except ValueError as error:  # a port past 65535, an unbalanced IPv6 bracket...
+        raise Untrusted(f"'{address}' is not a valid address: {error}") from None
+    if not host:
         raise Untrusted(f"'{address}' names no host")
-    return parts.hostname, parts.port
+    return host, port
 
 
 def resolve(host: str) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
