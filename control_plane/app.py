@@ -19,7 +19,7 @@ from control_plane.api import models as models_api
 from control_plane.auth import SCOPE_DESCRIPTIONS, TokenStore, scope_for
 from control_plane.db import Model, ModelVersion, make_engine, make_sessionmaker
 from control_plane.deployments import DeploymentRunner
-from control_plane.errors import ApiError, error_body
+from control_plane.errors import ApiError, error_body, not_found
 from control_plane.leader import Leadership, leadership_for
 from control_plane.loadtests import LoadTestRunner
 from control_plane.migrate import upgrade
@@ -28,6 +28,7 @@ from control_plane.observability import install as install_observability
 from control_plane.reconciler import Reconciler
 from control_plane.registry import Registry
 from control_plane.repository import RepositoryBuilder
+from control_plane.schemas import NAME_PATTERN
 from control_plane.settings import Settings
 from control_plane.uploads import StagingRequest, body_limit
 from control_plane.validation import ArtifactValidator, SandboxLimits
@@ -35,6 +36,7 @@ from control_plane.views import endpoints_by_pack, model_status
 from model_repository.s3_sync import s3_client
 
 log = logging.getLogger(__name__)
+NAME_RE = re.compile(NAME_PATTERN)
 
 
 @dataclass
@@ -118,6 +120,11 @@ def create_app(settings: Settings | None = None, start_reconciler: bool = True) 
             raise ApiError(403, "forbidden", f"this token lacks the '{needed}' scope that {request.method} "
                            f"{request.url_rule.rule if request.url_rule else request.path} needs",
                            {"required_scope": needed, "token_scopes": sorted(scopes)})
+        name = (request.view_args or {}).get("name")
+        if name is not None and not NAME_RE.fullmatch(name):
+            # No model or server can have this name; answer before it reaches the database (PostgreSQL
+            # refuses NUL bytes in text with an error, SQLite just finds nothing): 404 on both.
+            raise not_found(request.path.split("/")[3].rstrip("s"), name)
         return None
 
     @app.spec_processor

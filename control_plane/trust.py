@@ -20,10 +20,14 @@ class Untrusted(ValueError):
 
 def host_of(address: str) -> tuple[str, int | None]:
     """The host and port of an http(s) URL or of a gRPC `host:port`."""
-    parts = urlsplit(address if "://" in address else f"//{address}")
-    if not parts.hostname:
+    try:
+        parts = urlsplit(address if "://" in address else f"//{address}")
+        host, port = parts.hostname, parts.port
+    except ValueError as error:  # a port past 65535, an unbalanced IPv6 bracket...
+        raise Untrusted(f"'{address}' is not a valid address: {error}") from None
+    if not host:
         raise Untrusted(f"'{address}' names no host")
-    return parts.hostname, parts.port
+    return host, port
 
 
 def resolve(host: str) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
@@ -32,6 +36,9 @@ def resolve(host: str) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
     except socket.gaierror as error:
         raise Untrusted(f"host '{host}' does not resolve ({error.strerror}); use a name this control plane "
                         "can resolve, or an IP address") from None
+    except (UnicodeError, ValueError) as error:  # e.g. a label IDNA cannot encode, or a NUL byte
+        raise Untrusted(f"host {host!r} is not a valid host name ({error}); use a DNS name or an IP "
+                        "address") from None
     return sorted({ipaddress.ip_address(info[4][0].split("%", 1)[0]) for info in infos}, key=str)
 
 

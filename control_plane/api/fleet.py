@@ -159,7 +159,7 @@ def create_deployment(body: DeploymentIn):
                  "created_at": d.created_at}, 202)
 
 
-@bp.get("/deployments/<int(max=9223372036854775807):deployment_id>")  # ids fit SQL BIGINT; larger: 404
+@bp.get("/deployments/<int(max=2147483647):deployment_id>")  # ids are SQL INTEGER (int4 on PostgreSQL); larger: 404
 @bp.output(DeploymentOut)
 @bp.doc(responses=[200, 404])
 def get_deployment(deployment_id: int):

@@ -74,7 +74,7 @@ def list_loadtests():
         return {"items": [_out(t) for t in session.scalars(select(LoadTest).order_by(LoadTest.id.desc()))]}
 
 
-@bp.get("/<int(max=9223372036854775807):loadtest_id>")  # ids fit SQL BIGINT; larger: 404
+@bp.get("/<int(max=2147483647):loadtest_id>")  # ids are SQL INTEGER (int4 on PostgreSQL); larger: 404
 @bp.output(LoadTestOut)
 @bp.doc(summary="Status and results of a load test", responses=[200, 404])
 def get_loadtest(loadtest_id: int):

@@ -31,6 +31,7 @@ from fleet.seaweedfs import SeaweedS3
 from fleet.triton_server import TritonServer, free_port
 from model_repository.generator import example_inputs
 from model_repository.manifest import Manifest, ModelEntry
+from model_repository.s3_sync import S3Location, read_remote_index
 
 from .conftest import ADMIN_KEY, TOKEN, ControlPlane
 from .test_api_e2e import signature_of
@@ -278,6 +279,14 @@ def test_the_leader_killed_while_1000_models_register_loses_nothing_and_all_beco
         return listed.json()["total"] == 1000
     wait_for(all_servable, 900, interval_s=2)
     servable_s = time.monotonic() - killed_at
+    # Every pack is still published, including those the killed leader built: publishing is per pack, so
+    # the new leader's builds never delete the old leader's.
+    location = S3Location.parse(replicas.planes[survivor].env["FLEET_REPOSITORY_URI"])
+    index = read_remote_index(replicas.s3.client(), location) or {}
+    packs = {pack for (pack,) in replicas.sql("SELECT DISTINCT pack FROM models")}
+    assert packs <= {path.split("/", 1)[0] for path in index}, sorted(packs - {p.split("/", 1)[0] for p in index})
+    for pack in packs:
+        replicas.s3.client().head_object(Bucket=BUCKET, Key=location.key(f"{pack}/config.pbtxt"))
     for name, entry in random.Random(1).sample(jobs, 5):
         body = replicas.call("GET", f"/models/{name}", prefer=survivor).json()
         client = grpcclient.InferenceServerClient(body["endpoints"][0]["grpc_url"])
