@@ -29,6 +29,7 @@ import requests
 
 from control_plane.assignments import publish_assignment
 from control_plane.settings import Settings
+from fleet import waiting
 from fleet.client import FleetClient
 from fleet.seaweedfs import SeaweedS3
 from fleet.triton_server import TritonServer, free_port
@@ -42,13 +43,7 @@ SECTION = "## Data side"
 
 
 def wait_for(predicate, what: str, timeout_s: float = 180.0):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise RuntimeError(f"not in time: {what}")
+    return waiting.wait_for(predicate, timeout_s, what=what)
 
 
 def _bytes(index: dict) -> int:

@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import time
 
 import numpy as np
 import pytest
@@ -12,6 +11,7 @@ import torch
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
+from fleet.waiting import wait_for
 from model_repository.generator import example_inputs
 from model_repository.manifest import Manifest
 
@@ -35,16 +35,6 @@ def register(stack, entry, models_dir, name=None, data: bytes | None = None, sig
 
 def get(stack, path, **kwargs):
     return stack["cp"].api().get(f"{stack['cp'].url}/api/v1{path}", **kwargs)
-
-
-def wait_for(predicate, timeout_s=120.0):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.5)
-    raise AssertionError("condition not met in time")
 
 
 def servable(stack, name):

@@ -19,6 +19,7 @@ import requests
 import torch
 
 from fleet.triton_server import TritonServer, free_port
+from fleet.waiting import wait_for
 from model_repository.formats import SUFFIX
 
 from . import artifact_builders as build
@@ -47,16 +48,6 @@ def cp(tmp_path_factory, seaweed):
     plane.seaweed = seaweed  # type: ignore[attr-defined]
     yield plane
     plane.stop()
-
-
-def wait_for(predicate, timeout_s: float = 60.0, every_s: float = 0.2):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(every_s)
-    raise AssertionError("condition not met in time")
 
 
 def post(cp, name: str, path: Path, signature: dict, family: str = "cpu") -> requests.Response:
@@ -218,7 +209,7 @@ def test_a_loader_that_crashes_gets_a_4xx_and_the_next_registration_succeeds(cp,
     thread = threading.Thread(target=lambda: result.update(response=post(cp, "crashes", path,
                                                                          build.linear_signature())))
     thread.start()
-    worker = wait_for(lambda: busy_worker(cp), timeout_s=VALIDATION_TIMEOUT_S - 1, every_s=0.05)
+    worker = wait_for(lambda: busy_worker(cp), timeout_s=VALIDATION_TIMEOUT_S - 1, interval_s=0.05)
     worker.send_signal(signal.SIGABRT)  # what os.abort() inside a loader does
     thread.join(120)
     response = result["response"]

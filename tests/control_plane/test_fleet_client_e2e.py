@@ -14,7 +14,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 import uuid
 from pathlib import Path
 
@@ -25,6 +24,7 @@ import torch
 from tritonclient.utils import InferenceServerException
 
 from control_plane.db import Pack, Placement, make_engine, make_sessionmaker
+from fleet import waiting
 from fleet.client import AsyncFleetClient, FleetClient, ModelNotFound
 from fleet.triton_server import TritonServer, free_port
 from loadtest.results import parse_stats_csv
@@ -39,13 +39,7 @@ LOCUSTFILE = Path(__file__).resolve().parents[2] / "loadtest" / "triton_models.p
 
 
 def wait_for(predicate, what: str, timeout_s: float = 120.0):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"not in time: {what}")
+    return waiting.wait_for(predicate, timeout_s, what=what)
 
 
 def requests_served(server: TritonServer, pack: str) -> float:

@@ -29,6 +29,7 @@ from control_plane.db import make_engine
 from fleet.postgres import EmbeddedPostgres
 from fleet.seaweedfs import SeaweedS3
 from fleet.triton_server import TritonServer, free_port
+from fleet.waiting import wait_for
 from model_repository.generator import example_inputs
 from model_repository.manifest import Manifest, ModelEntry
 from model_repository.s3_sync import S3Location, read_remote_index
@@ -145,16 +146,6 @@ def make_replicas(tmp_path, services):
             cp.stop()
         for server in replicas.servers.values():
             server.stop()
-
-
-def wait_for(predicate, timeout_s: float, interval_s: float = 0.2):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval_s)
-    raise AssertionError(f"condition not met within {timeout_s:.0f} s")
 
 
 def kill(cp: ControlPlane) -> None:

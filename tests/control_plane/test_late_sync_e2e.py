@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import json
 import os
-import time
 import uuid
 
 import pytest
 
 from fleet.triton_server import TritonServer, free_port
+from fleet.waiting import wait_for
 from model_repository.manifest import Manifest
 from model_repository.s3_sync import sync
 
@@ -52,16 +52,6 @@ def model(stack, name: str) -> dict:
 def placement(stack) -> dict | None:
     items = stack["cp"].api().get(f"{stack['cp'].url}/api/v1/placements").json()["items"]
     return items[0] if items else None
-
-
-def wait_for(predicate, timeout_s: float = 90.0):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"condition not met within {timeout_s} s")
 
 
 def register(stack, entry, models_dir) -> None:

@@ -6,13 +6,13 @@ import json
 import os
 import signal
 import threading
-import time
 import uuid
 
 import pytest
 import tritonclient.grpc as grpcclient
 
 from fleet.triton_server import TritonServer, free_port
+from fleet.waiting import wait_for
 from model_repository.generator import example_inputs
 from model_repository.manifest import Manifest
 
@@ -71,16 +71,6 @@ def model(fleet, name: str) -> dict:
 
 def usable(fleet) -> list[str]:
     return [s["name"] for s in get(fleet, "/servers")["items"] if s["healthy"] and not s["draining"]]
-
-
-def wait_for(predicate, timeout_s: float = 120.0):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.3)
-    raise AssertionError(f"condition not met within {timeout_s} s")
 
 
 def replicas_settled(fleet) -> bool:

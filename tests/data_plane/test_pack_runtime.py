@@ -11,7 +11,6 @@ import concurrent.futures
 import hashlib
 import json
 import shutil
-import time
 from pathlib import Path
 
 import ml_dtypes
@@ -23,6 +22,7 @@ import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
 from fleet.triton_server import TritonServer
+from fleet.waiting import wait_for
 
 pytestmark = pytest.mark.slow
 RUNTIME = Path(__file__).resolve().parents[2] / "triton" / "backends" / "pack" / "model.py"
@@ -168,16 +168,6 @@ def metric(served, family: str, **labels: str) -> float | None:
         if line.startswith(family + "{") and all(w in line for w in wanted):
             return float(line.rsplit(" ", 1)[1])
     return None
-
-
-def wait_for(condition, timeout_s: float = 30.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = condition()
-        if value is not None:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
 
 
 def status(error: InferenceServerException) -> str:

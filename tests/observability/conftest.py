@@ -20,20 +20,11 @@ import requests
 
 from fleet.seaweedfs import SeaweedS3
 from fleet.triton_server import TritonServer, free_port
+from fleet.waiting import wait_for
 
 TOKEN = "observe-test-token"
 ADMIN_KEY = "observe-test-admin-key"
 SUMMARY = "--metrics-config=summary_latencies=true"
-
-
-def wait_for(predicate, timeout_s: float = 120.0, interval_s: float = 0.3, what: str = "condition"):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval_s)
-    raise AssertionError(f"{what} not met within {timeout_s:.0f} s")
 
 
 @dataclass

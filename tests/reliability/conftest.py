@@ -12,7 +12,6 @@ import os
 import secrets
 import signal
 import sys
-import time
 import uuid
 from pathlib import Path
 
@@ -122,16 +121,6 @@ def model(stack, name: str) -> dict | None:
 def servable(stack, name: str) -> dict | None:
     body = model(stack, name)
     return body if body and body["status"] == "servable" else None
-
-
-def wait_for(predicate, timeout_s: float = 120.0, interval_s: float = 0.3):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval_s)
-    raise AssertionError(f"condition not met within {timeout_s:.0f} s")
 
 
 def infer(grpc_url: str, pack: str, member: str, x: np.ndarray, dtype: str | None = None,

@@ -15,9 +15,10 @@ from tritonclient.utils import InferenceServerException
 
 from control_plane.schemas import NAME_PATTERN
 from fleet.triton_server import ADMIN_HEADER
+from fleet.waiting import wait_for
 from model_repository.manifest import Manifest
 
-from .conftest import ADMIN_KEY, BUCKET, api, register, servable, signature_of, url, wait_for
+from .conftest import ADMIN_KEY, BUCKET, api, register, servable, signature_of, url
 
 EXISTING = "access-existing"
 MISSING = "access-missing"

@@ -26,10 +26,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from tritonclient.utils import InferenceServerException
 
+from fleet.waiting import wait_for
 from model_repository.generator import example_inputs
 from model_repository.manifest import Manifest
 
-from .conftest import TOKEN, infer, register, servable, wait_for
+from .conftest import TOKEN, infer, register, servable
 
 pytestmark = pytest.mark.slow
 ALLOWED_503 = {"server_unreachable", "object_store_unavailable"}

@@ -11,10 +11,11 @@ import numpy as np
 import pytest
 from tritonclient.utils import InferenceServerException
 
+from fleet.waiting import wait_for
 from model_repository.generator import example_inputs
 from model_repository.manifest import Manifest
 
-from .conftest import BUCKET, api, infer, kill_control_plane, model, register, servable, sql, url, wait_for
+from .conftest import BUCKET, api, infer, kill_control_plane, model, register, servable, sql, url
 
 pytestmark = pytest.mark.slow
 PACK_SIZE = 8  # FLEET_PACK_SIZE of the stack

@@ -18,10 +18,11 @@ import pytest
 import torch
 from tritonclient.utils import InferenceServerException
 
+from fleet.waiting import wait_for
 from model_repository.generator import example_inputs
 from model_repository.manifest import Manifest
 
-from .conftest import infer, register, servable, sql, wait_for
+from .conftest import infer, register, servable, sql
 
 pytestmark = pytest.mark.slow
 

@@ -17,11 +17,12 @@ from pathlib import Path
 import pytest
 from tritonclient.utils import InferenceServerException
 
+from fleet.waiting import wait_for
 from loadtest.sweep import SweepPlan
 from model_repository.generator import example_inputs
 from model_repository.manifest import Manifest
 
-from .conftest import TOKEN, api, infer, register, servable, url, wait_for
+from .conftest import TOKEN, api, infer, register, servable, url
 
 pytestmark = pytest.mark.slow
 
