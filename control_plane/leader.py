@@ -74,11 +74,11 @@ class AdvisoryLockLeadership:
     def describe(self) -> dict:
         with self._lock:
             since = self._leader_since
-            return {"leader": self.is_leader_unlocked(), "mechanism": "postgresql advisory lock",
+            return {"leader": self._leading_now(), "mechanism": "postgresql advisory lock",
                     "lock_id": self.lock_id, "leader_for_s": round(time.monotonic() - since, 1) if since else None,
                     "last_error": self._last_error}
 
-    def is_leader_unlocked(self) -> bool:
+    def _leading_now(self) -> bool:  # callers hold self._lock
         return self._leader_since is not None and time.monotonic() - self._last_ok < 2 * self.heartbeat_s
 
     # ---- lifecycle ---------------------------------------------------------------------------------
