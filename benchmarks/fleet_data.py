@@ -106,6 +106,7 @@ class ControlPlaneProcess:
         self.uri = f"s3://bench/cp-{uuid.uuid4().hex[:8]}"
         env = {**os.environ, **s3.environment(), "FLEET_API_TOKEN": TOKEN, "FLEET_TRITON_ADMIN_KEY": ADMIN_KEY,
                "FLEET_DATABASE_URL": self.database, "FLEET_WORK_DIR": str(root / "work"),
+               "FLEET_REPOSITORY_ROOT": str(root),
                "FLEET_REPOSITORY_URI": self.uri, "FLEET_S3_ENDPOINT_URL": s3.endpoint_url,
                "FLEET_RECONCILE_INTERVAL_S": "0.5", "FLEET_SERVER_DEAD_AFTER_S": "2", "FLEET_PACK_SIZE": "1",
                "PYTHONSAFEPATH": "1", **env_extra}

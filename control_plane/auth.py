@@ -105,9 +105,13 @@ class TokenStore:
         self._entries: list[TokenEntry] = []
         self._stamp: tuple[int, int] | None = None
         self._lock = threading.Lock()
-        if self.path is not None:
+        if self.path is not None and self.path.exists():
             self._entries = parse_tokens(self.path.read_text(), str(self.path))  # refuse to start on a bad file
             self._stamp = self._stat()
+        elif self.path is not None:
+            # Not there yet (e.g. an optional Secret not created): only the bootstrap token works until the
+            # file appears, which the next request's check picks up. Refusing to start would crash-loop.
+            log.warning("tokens file %s does not exist (yet): only the bootstrap token is accepted", self.path)
 
     def _stat(self) -> tuple[int, int] | None:
         try:

@@ -63,6 +63,11 @@ class PodRun:
     ports: dict[int, int] = field(default_factory=dict, init=False)
 
     @property
+    def pod_name(self) -> str:
+        """metadata.name of the pod: a StatefulSet's first pod is <name>-0."""
+        return f"{self.workload['metadata']['name']}-0"
+
+    @property
     def spec(self) -> Manifest:
         return self.workload["spec"]["template"]["spec"]
 
@@ -87,6 +92,10 @@ class PodRun:
                 elif "secretKeyRef" in source:
                     ref = source["secretKeyRef"]
                     env[item["name"]] = self.secrets[(ref["name"], ref["key"])]
+                elif source.get("fieldRef", {}).get("fieldPath") == "metadata.name":
+                    env[item["name"]] = self.pod_name
+                else:
+                    raise KeyError(f"env {item['name']}: valueFrom {source} is not emulated here")
         return env
 
     def _volume_dir(self, name: str) -> Path:

@@ -130,7 +130,20 @@ def seed_for(seed: int, index: int) -> np.random.Generator:
 
 
 def build_real(kind: Kind, index: int, seed: int) -> tuple[torch.nn.Module, str, list, list, torch.Tensor]:
-    """Build a real-size model with seeded weights: (module, architecture, inputs, outputs, example)."""
+    """Build a real-size model with seeded weights: (module, architecture, inputs, outputs, example).
+
+    Depends only on (kind, index, seed): every random draw comes from generators seeded here, never from
+    torch's global generator, and the default dtype is pinned to FP32 while building.
+    """
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float32)  # FP32 whatever the process set; FP16/BF16 come from a cast
+    try:
+        return _build_real(kind, index, seed)
+    finally:
+        torch.set_default_dtype(previous)
+
+
+def _build_real(kind: Kind, index: int, seed: int) -> tuple[torch.nn.Module, str, list, list, torch.Tensor]:
     from model_repository.architectures import BertClassifier, ResNet50, fill_parameters
     from model_repository.manifest import TensorSpec
 

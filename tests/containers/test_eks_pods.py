@@ -13,6 +13,8 @@ from collections.abc import Iterator
 import pytest
 import requests
 
+from control_plane.assignments import publish_assignment
+from control_plane.settings import Settings
 from control_plane.targets.eks_manifests import K8S_ROOT, render
 from deploy.ecs_task import HOST_FROM_TASK
 from deploy.k8s_pod import PodRun
@@ -48,6 +50,10 @@ def triton_pod(images, seaweed: SeaweedS3, fresh_prefix: str) -> Iterator[PodRun
 def test_triton_pod_syncs_then_serves_adfilter_once_loaded_with_the_admin_key(
         triton_pod: PodRun, seaweed: SeaweedS3, adfilter_repository, fresh_prefix: str):
     upload(adfilter_repository, f"s3://models/{fresh_prefix}", seaweed.client())
+    # What the control plane's leader does once discovery registers the pod and adfilter is placed on it:
+    # the pod's syncs (--server eks-<pod name>) download only their assignment.
+    publish_assignment(seaweed.client(), Settings(repository_uri=f"s3://models/{fresh_prefix}"),
+                       f"eks-{triton_pod.pod_name}", {"adfilter": 1})
     triton_pod.start(init_timeout_s=180)
     assert triton_pod.started["model-sync-init"].exit_code() == 0
     assert triton_pod.started["model-sync"].running(), triton_pod.started["model-sync"].logs()

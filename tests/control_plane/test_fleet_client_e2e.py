@@ -59,7 +59,8 @@ def replicated(tmp_path_factory, seaweed, generated_models):
     uri = f"s3://models/client-{uuid.uuid4().hex[:8]}"
     database = f"sqlite:///{root / 'registry.db'}"
     env = {**os.environ, **seaweed.environment(), "FLEET_API_TOKEN": TOKEN, "FLEET_TRITON_ADMIN_KEY": ADMIN_KEY,
-           "FLEET_DATABASE_URL": database, "FLEET_WORK_DIR": str(root / "work"), "FLEET_REPOSITORY_URI": uri,
+           "FLEET_DATABASE_URL": database, "FLEET_WORK_DIR": str(root / "work"),
+           "FLEET_REPOSITORY_ROOT": str(root), "FLEET_REPOSITORY_URI": uri,
            "FLEET_S3_ENDPOINT_URL": seaweed.endpoint_url, "FLEET_RECONCILE_INTERVAL_S": "0.5",
            "FLEET_SERVER_DEAD_AFTER_S": "2", "PYTHONSAFEPATH": "1"}
     cp = ControlPlane(f"http://127.0.0.1:{free_port()}", env, root / "control-plane.log").start()

@@ -31,6 +31,7 @@ def sidecar_stack(tmp_path_factory, seaweed):
     uri = f"s3://models/late-{uuid.uuid4().hex[:8]}"
     env = {**os.environ, **seaweed.environment(), "FLEET_API_TOKEN": TOKEN, "FLEET_TRITON_ADMIN_KEY": ADMIN_KEY,
            "FLEET_DATABASE_URL": f"sqlite:///{root / 'registry.db'}", "FLEET_WORK_DIR": str(root / "work"),
+           "FLEET_REPOSITORY_ROOT": str(root),
            "FLEET_REPOSITORY_URI": uri, "FLEET_S3_ENDPOINT_URL": seaweed.endpoint_url,
            "FLEET_RECONCILE_INTERVAL_S": "0.3", "PYTHONSAFEPATH": "1", "FLEET_STUB_PROBE_INTERVAL_S": "0"}
     cp = ControlPlane(f"http://127.0.0.1:{free_port()}", env, root / "control-plane.log").start()

@@ -33,6 +33,7 @@ def fleet(tmp_path_factory, seaweed, generated_models):
         servers[name] = TritonServer(repo, admin_key=ADMIN_KEY).start()
     env = {**os.environ, **seaweed.environment(), "FLEET_API_TOKEN": TOKEN, "FLEET_TRITON_ADMIN_KEY": ADMIN_KEY,
            "FLEET_DATABASE_URL": f"sqlite:///{root / 'registry.db'}", "FLEET_WORK_DIR": str(root / "work"),
+           "FLEET_REPOSITORY_ROOT": str(root),
            "FLEET_REPOSITORY_URI": f"s3://models/rep-{uuid.uuid4().hex[:8]}",
            "FLEET_S3_ENDPOINT_URL": seaweed.endpoint_url, "FLEET_RECONCILE_INTERVAL_S": "0.5",
            "FLEET_SERVER_DEAD_AFTER_S": "2", "FLEET_PACK_SIZE": "2", "PYTHONSAFEPATH": "1"}

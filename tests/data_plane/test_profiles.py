@@ -81,6 +81,26 @@ def test_same_seed_gives_the_same_sha256_in_another_process_and_folder(real_mode
     assert done.stdout.split() == expected
 
 
+def test_same_seed_gives_the_same_sha256_after_the_process_compiled_other_models(real_models, tmp_path):
+    """Process-global torch state must not reach the artifacts: TorchScript's type-name counter (other
+    models traced or scripted earlier in this process), the global generator, thread count, default dtype."""
+    profiles.generate(tmp_path / "other", 1, "bert-mini", seed=11, workers=1)
+    torch.jit.script(BertClassifier(64, 16, 1, 2, 32, 8, 2))
+    threads, dtype = torch.get_num_threads(), torch.get_default_dtype()
+    torch.manual_seed(12345)
+    torch.set_default_dtype(torch.float64)
+    try:
+        again = profiles.generate(tmp_path / "again", 2, "bert-mini", seed=3, workers=1)
+        assert torch.get_default_dtype() == torch.float64
+    finally:
+        torch.set_default_dtype(dtype)
+        torch.set_num_threads(threads)
+    expected = [e.sha256 for e in Manifest.read(real_models["torchscript/bert-mini"]).models]
+    assert [e.sha256 for e in again.models] == expected
+    module = torch.jit.load(str(tmp_path / "again" / again.models[1].file))
+    assert "___torch_mangle" not in module.original_name and module.original_name == "BertClassifier"
+
+
 def test_torch_export_artifacts_carry_no_local_paths(real_models):
     entry = Manifest.read(real_models["torch_export/bert-mini"]).models[0]
     data = (real_models["torch_export/bert-mini"] / entry.file).read_bytes()

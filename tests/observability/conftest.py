@@ -52,6 +52,7 @@ class Stack:
         self.url, self.metrics_url = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{metrics_port}/metrics"
         env = {**os.environ, **self.s3.environment(), "FLEET_API_TOKEN": TOKEN, "FLEET_TRITON_ADMIN_KEY": ADMIN_KEY,
                "FLEET_DATABASE_URL": f"sqlite:///{self.root / 'registry.db'}", "FLEET_WORK_DIR": str(self.root / "cp"),
+               "FLEET_REPOSITORY_ROOT": str(self.root),
                "FLEET_REPOSITORY_URI": "s3://fleet-models/repository", "FLEET_S3_ENDPOINT_URL": self.s3.endpoint_url,
                "FLEET_RECONCILE_INTERVAL_S": "0.5", "FLEET_SERVER_DEAD_AFTER_S": "2", "FLEET_PACK_SIZE": "10",
                "FLEET_METRICS_PORT": str(metrics_port), "FLEET_METRICS_HOST": "127.0.0.1",

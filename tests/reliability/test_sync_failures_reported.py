@@ -10,6 +10,7 @@ from types import SimpleNamespace
 import pytest
 from sqlalchemy import select
 
+from control_plane.assignments import publish_assignment
 from control_plane.db import AuditEntry, Pack, Placement, Server, make_engine, make_sessionmaker
 from control_plane.migrate import upgrade
 from control_plane.reconciler import Reconciler
@@ -41,6 +42,7 @@ def _fleet(tmp_path: Path, client, uri: str, generated_models: Path):
         session.add(Placement(pack=pack, server="s1", state="loaded", loaded_generation=1))
     settings = Settings(repository_uri=uri, api_token="t", stub_probe_interval_s=0)
     reconciler = Reconciler(sessions, settings, SimpleNamespace(registry=SimpleNamespace(s3=client)))
+    publish_assignment(client, settings, "s1", {pack: 2})  # what the leader publishes once P is placed on s1
     return reconciler, sessions, pack, server_repo
 
 
@@ -68,7 +70,9 @@ def test_a_refused_pack_is_not_loaded_and_the_refusal_is_on_its_placement(
     assert "sync refused, serving the last good version" in placement.error
     assert f"{pack}/1/members.json" in placement.error and "does not match" in placement.error
     assert [entry.action for entry in audit] == ["pack.sync_failed"]
-    assert local_index(server_repo) == good
+    def of_pack(index: dict) -> dict:
+        return {path: meta for path, meta in index.items() if path.startswith(f"{pack}/")}
+    assert of_pack(local_index(server_repo)) == of_pack(good), "the refused pack keeps its last good copy"
 
     reconciler.load_placements()  # the next tick tries again and does not repeat the audit entry
     assert [entry.action for entry in _placement_and_audit(sessions, pack)[1]] == ["pack.sync_failed"]
