@@ -17,6 +17,7 @@ TRITON_ARGS = [
     "--model-repository=/models",
     "--model-control-mode=explicit",
     "--disable-auto-complete-config",
+    "--metrics-config=summary_latencies=true",  # the dashboards' p99 panels and alarms read these summaries
     "--http-restricted-api=model-repository:triton-admin-key=$(TRITON_ADMIN_KEY)",
     "--grpc-restricted-protocol=model-repository:triton-admin-key=$(TRITON_ADMIN_KEY)",
 ]
