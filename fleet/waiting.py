@@ -16,12 +16,20 @@ class WaitTimeout(AssertionError):
 
 def wait_for(predicate: Callable[[], T], timeout_s: float = 120.0, interval_s: float = 0.2,
              what: str = "condition") -> T:
-    """Call `predicate` every `interval_s` until it returns something truthy, and return that value."""
+    """Call `predicate` every `interval_s` until it returns something truthy, and return that value (an
+    array, whose truth is ambiguous, counts as an answer)."""
     deadline = time.monotonic() + timeout_s
     while True:
         value = predicate()
-        if value:
+        if _holds(value):
             return value
         if time.monotonic() >= deadline:
             raise WaitTimeout(f"{what} not met within {timeout_s:.0f} s")
         time.sleep(interval_s)
+
+
+def _holds(value: object) -> bool:
+    try:
+        return bool(value)
+    except ValueError:  # numpy arrays and the like: it returned a value, which is what was awaited
+        return True
