@@ -525,27 +525,30 @@ class Reconciler:
         error = self._repository_call(http_url, pack, "load")
         if error is not None:
             return LoadResult("failed", -1, error)
-        config, error = self._config(http_url, pack)
-        if config is None:
-            return LoadResult("failed", -1, error)
-        served = _parameter(config, "generation")
-        if served != str(generation):
-            return LoadResult("pending", _as_int(served), behind_reason(served, generation),
-                              _as_int(_parameter(config, "max_resident_bytes")))
+        config, unverified = self._serving(http_url, pack, generation)
+        if unverified is not None:
+            return unverified
         if residency and _parameter(config, "max_resident_bytes") != str(residency):
             return self._override_residency(http_url, pack, generation, config, residency)
         return LoadResult("loaded", generation, None, _as_int(_parameter(config, "max_resident_bytes")))
 
     def resize(self, http_url: str, pack: str, generation: int, residency: int) -> LoadResult:
         """Reload a loaded pack with another residency budget, keeping the files the server has."""
+        config, unverified = self._serving(http_url, pack, generation)
+        if unverified is not None:
+            return unverified
+        return self._override_residency(http_url, pack, generation, config, residency)
+
+    def _serving(self, http_url: str, pack: str, generation: int) -> tuple[dict, LoadResult | None]:
+        """The pack's config as the server serves it, and a result instead when that is not `generation`."""
         config, error = self._config(http_url, pack)
         if config is None:
-            return LoadResult("failed", -1, error)
+            return {}, LoadResult("failed", -1, error)
         served = _parameter(config, "generation")
         if served != str(generation):
-            return LoadResult("pending", _as_int(served), behind_reason(served, generation),
-                              _as_int(_parameter(config, "max_resident_bytes")))
-        return self._override_residency(http_url, pack, generation, config, residency)
+            return config, LoadResult("pending", _as_int(served), behind_reason(served, generation),
+                                      _as_int(_parameter(config, "max_resident_bytes")))
+        return config, None
 
     def _override_residency(self, http_url: str, pack: str, generation: int, config: dict,
                             residency: int) -> LoadResult:
