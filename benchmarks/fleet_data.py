@@ -31,6 +31,7 @@ from control_plane.assignments import publish_assignment
 from control_plane.settings import Settings
 from fleet import waiting
 from fleet.client import FleetClient
+from fleet.processes import stop_group
 from fleet.seaweedfs import SeaweedS3
 from fleet.triton_server import TritonServer, free_port
 from model_repository.generator import example_inputs, generate
@@ -128,9 +129,7 @@ class ControlPlaneProcess:
         return self.http.request(method, f"{self.url}/api/v1{path}", timeout=60, **kwargs)
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            self.process.wait(30)
+        stop_group(self.process, timeout_s=30)
         self.log.close()
 
 

@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -20,6 +18,8 @@ from pathlib import Path
 
 import boto3
 from botocore.config import Config
+
+from fleet.processes import stop_group
 
 log = logging.getLogger(__name__)
 
@@ -127,17 +127,8 @@ class SeaweedS3:
                 "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL_S3": self.endpoint_url}
 
     def stop(self) -> None:
-        if self.process is None:
-            return
-        try:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            self.process.wait(timeout=15)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            try:
-                os.killpg(self.process.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            self.process.wait()
+        if self.process is not None:
+            stop_group(self.process, timeout_s=15)
 
     def __enter__(self) -> SeaweedS3:
         return self.start()

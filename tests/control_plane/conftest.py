@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from fleet.processes import stop_group
 from fleet.triton_server import TritonServer, free_port
 
 ADMIN_KEY = "cp-test-admin-key"
@@ -55,13 +56,8 @@ class ControlPlane:
         raise AssertionError(f"control plane not ready: {self.log.read_text()[-3000:]}")
 
     def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            os.killpg(self.process.pid, 15)
-            try:
-                self.process.wait(20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, 9)
-                self.process.wait()
+        if self.process:
+            stop_group(self.process)
 
     def api(self, token: str | None = TOKEN) -> requests.Session:
         session = requests.Session()

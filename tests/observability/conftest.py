@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import requests
 
+from fleet.processes import stop_group
 from fleet.seaweedfs import SeaweedS3
 from fleet.triton_server import TritonServer, free_port
 from fleet.waiting import wait_for
@@ -97,13 +98,8 @@ class Stack:
                              json={"inputs": inputs, "parameters": {"model_id": name}})
 
     def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            os.killpg(self.process.pid, 15)
-            try:
-                self.process.wait(20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, 9)
-                self.process.wait()
+        if self.process:
+            stop_group(self.process)
         for server in self.servers.values():
             server.stop()
         self.s3.stop()
