@@ -29,6 +29,7 @@ import ctypes
 import ctypes.util
 import gc
 import hashlib
+import io
 import json
 import os
 import sys
@@ -68,6 +69,11 @@ class Knobs:
     failure_backoff_s: float = 5.0  # a failed member is not retried for this long, doubling ...
     failure_backoff_max_s: float = 300.0  # ... up to this
     verify_sha256: str = "never"  # "never" (size check only) or "once" (per file identity)
+    # Device tier (gpu family on a GPU instance, inf2): bytes of members kept on the accelerator, a subset
+    # of the host-resident ones. inf2: per NeuronCore (one instance per core).
+    max_device_bytes: int = 2 * 2**30
+    # A stand-in device for the GPU tier ("cpu" in tests): honoured only when set explicitly.
+    device_tier_device: str = ""
 
     @classmethod
     def from_params(cls, params: dict[str, str]) -> Knobs:
@@ -75,7 +81,8 @@ class Knobs:
         for name, kind in (("max_resident_bytes", int), ("load_timeout_s", float),
                            ("max_waiting_per_member", int), ("max_waiting", int),
                            ("failure_backoff_s", float), ("failure_backoff_max_s", float),
-                           ("verify_sha256", str)):
+                           ("verify_sha256", str), ("max_device_bytes", int),
+                           ("device_tier_device", str)):
             raw = params.get(name, "")
             if raw != "":
                 values[name] = kind(raw)
@@ -120,6 +127,9 @@ class Member:
 
 @dataclass
 class Resident:
+    """A member in host RAM. `module` is what host RAM keeps: the module itself (cpu family; gpu, where
+    it is the same object a promotion moves in place), or a compiled artifact's bytes (inf2)."""
+
     module: object
     cost: int  # what the budget is charged: max(RSS growth at load, parameter + buffer bytes)
     parameter_bytes: int
@@ -177,6 +187,223 @@ class MetricsBuffer:
     pack: PackCounters = field(default_factory=PackCounters)
     gauges: dict[str, dict[str, int]] = field(default_factory=dict)  # member -> gauge kind -> value
     last_flush: float = field(default_factory=time.monotonic)
+
+
+@dataclass
+class TierCounters:
+    """Counters of one tier since the last metrics flush."""
+
+    hits: int = 0
+    misses: int = 0
+    evictions: int = 0
+    loads: int = 0  # promotions into this tier
+    load_seconds: float = 0.0
+
+
+def tensor_bytes(module) -> int:
+    """Parameter and buffer bytes of a torch module (0 for anything else, e.g. an artifact's bytes)."""
+    if not hasattr(module, "parameters"):
+        return 0
+    return sum(t.numel() * t.element_size() for t in list(module.parameters()) + list(module.buffers()))
+
+
+class GpuMover:
+    """GPU tier mover: moves a host-resident module onto a torch device and back, in place.
+
+    `nn.Module.to` (and ScriptModule's) moves the tensors of the same object, so while a member is on the
+    GPU its host copy is gone (host RAM is still charged for it: the copy comes back on demotion); a
+    demotion is a device->host copy and a promotion a host->device copy, neither touches disk. The charge
+    is the parameter and buffer bytes, or what `torch.cuda.memory_allocated` grew by, if more. With a
+    stand-in device ("cpu", tests only) both moves are no-ops and the charge is the tensor bytes.
+    """
+
+    tier = "gpu"
+
+    def __init__(self, torch, device: str) -> None:
+        self.torch, self.device = torch, device
+        self.cuda = device.startswith("cuda")
+
+    def estimate(self, payload) -> int:
+        return tensor_bytes(payload)
+
+    def _allocated(self) -> int:
+        return self.torch.cuda.memory_allocated(self.device) if self.cuda else 0
+
+    def promote(self, payload) -> tuple[object, int]:
+        before = self._allocated()
+        module = payload.to(self.device)
+        if self.cuda:
+            self.torch.cuda.synchronize(self.device)
+        return module, max(tensor_bytes(module), self._allocated() - before)
+
+    def demote(self, module) -> None:
+        module.to("cpu")
+        if self.cuda:
+            self.torch.cuda.synchronize(self.device)
+            self.torch.cuda.empty_cache()  # give the freed blocks back, so the next promotion measures true
+
+    def release(self, module) -> None:
+        """The member leaves host RAM too: its device copy goes with the last reference."""
+
+
+class NeuronMover:
+    """NeuronCore tier mover: host RAM keeps a compiled artifact's bytes; promotion deserialises them
+    (`torch.jit.load(io.BytesIO(...))`, which places the model on this instance's NeuronCore, the one
+    in NEURON_RT_VISIBLE_CORES, unless the artifact was traced with lazy loading); demotion drops the
+    module, which unloads it from the core. The charge is the artifact's size (a compiled NEFF carries
+    the weights): the Neuron runtime offers no cheap per-model HBM reading to take instead."""
+
+    tier = "neuron"
+
+    def __init__(self, torch) -> None:
+        self.torch = torch
+
+    def estimate(self, payload) -> int:
+        return len(payload)
+
+    def promote(self, payload) -> tuple[object, int]:
+        module = self.torch.jit.load(io.BytesIO(payload))
+        module.eval()
+        return module, len(payload)
+
+    def demote(self, module) -> None:
+        """Nothing to copy back: the bytes never left host RAM; dropping the module unloads the core."""
+
+    def release(self, module) -> None:
+        """As demote."""
+
+
+@dataclass
+class OnDevice:
+    module: object
+    bytes: int
+
+
+class DeviceTier:
+    """The host-resident members of one pack instance that are also on its accelerator, LRU within a byte
+    budget. One class for the GPU and the NeuronCore tiers: the mover is the only device-specific part.
+
+    Why this shape: a member evicted from the device stays in host RAM, so coming back costs one copy, not
+    a disk load. Moves run in the pack's loader thread (never in `execute`): a request whose member is on
+    the device is answered while another member moves. A member in use by a forward pass (`acquire` ..
+    `release`) is never demoted under it: a GPU demotion moves the tensors of the very object being run.
+    Lock order: the pack's lock, then this tier's.
+    """
+
+    def __init__(self, mover, budget_bytes: int, wait_s: float = 60.0) -> None:
+        self.mover, self.name, self.budget_bytes, self.wait_s = mover, mover.tier, budget_bytes, wait_s
+        self.lock = threading.Condition()
+        self.entries: OrderedDict[str, OnDevice] = OrderedDict()
+        self.resident_bytes = 0
+        self.in_use: dict[str, int] = defaultdict(int)
+        self.known: dict[str, int] = {}  # measured charge of members promoted before
+        self.counters = TierCounters()
+
+    # -- request path (execute) --
+    def acquire(self, ident: str):
+        """The member's device module, marked in use (then `release` it), or None: a miss."""
+        with self.lock:
+            entry = self.entries.get(ident)
+            if entry is None:
+                self.counters.misses += 1
+                return None
+            self.entries.move_to_end(ident)
+            self.in_use[ident] += 1
+            self.counters.hits += 1
+            return entry.module
+
+    def count_miss(self) -> None:
+        with self.lock:
+            self.counters.misses += 1
+
+    def release(self, ident: str, times: int = 1) -> None:
+        with self.lock:
+            self.in_use[ident] -= times
+            if self.in_use[ident] <= 0:
+                del self.in_use[ident]
+                self.lock.notify_all()
+
+    def contains(self, ident: str) -> bool:
+        with self.lock:
+            return ident in self.entries
+
+    # -- loader thread --
+    def needed(self, ident: str, payload) -> int:
+        """What a promotion of this member is expected to charge."""
+        return self.known.get(ident) or self.mover.estimate(payload)
+
+    def promote(self, ident: str, payload):
+        """Put a host-resident member on the device (LRU-evicting others) and return its device module.
+
+        Raises ValueError when the member alone exceeds the budget, TimeoutError when every member that
+        would have to make room stays in use for `wait_s`.
+        """
+        with self.lock:
+            entry = self.entries.get(ident)
+            if entry is not None:
+                self.entries.move_to_end(ident)
+                return entry.module
+        needed = self.needed(ident, payload)
+        if needed > self.budget_bytes:
+            raise ValueError(f"needs {needed} bytes on the {self.name}, budget {self.budget_bytes}")
+        self._make_room(needed, keep=ident, wait=True)
+        started = time.perf_counter()
+        module, charged = self.mover.promote(payload)
+        seconds = time.perf_counter() - started
+        self.known[ident] = charged
+        if charged > self.budget_bytes:
+            self.mover.demote(module)
+            raise ValueError(f"needs {charged} bytes on the {self.name} (measured), budget {self.budget_bytes}")
+        with self.lock:
+            self.entries[ident] = OnDevice(module, charged)
+            self.resident_bytes += charged
+            self.counters.loads += 1
+            self.counters.load_seconds += seconds
+        self._make_room(0, keep=ident, wait=False)  # the measured charge may exceed the estimate
+        return module
+
+    def _make_room(self, needed: int, keep: str, wait: bool) -> None:
+        deadline = time.monotonic() + self.wait_s
+        victims: list[OnDevice] = []
+        with self.lock:
+            while self.resident_bytes + needed > self.budget_bytes:
+                victim = next((k for k in self.entries if k != keep and k not in self.in_use), None)
+                if victim is None:
+                    if not wait or not any(k != keep for k in self.entries):
+                        break
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        raise TimeoutError(f"the {self.name} tier is full of members in use")
+                    self.lock.wait(timeout=left)
+                    continue
+                entry = self.entries.pop(victim)
+                self.resident_bytes -= entry.bytes
+                self.counters.evictions += 1
+                victims.append(entry)
+        for entry in victims:  # outside the lock: requests for members on the device go on meanwhile
+            self.mover.demote(entry.module)
+
+    def drop(self, ident: str) -> bool:
+        """The member leaves host RAM, so it leaves this tier too (no copy back: nothing will hold it)."""
+        with self.lock:
+            entry = self.entries.pop(ident, None)
+            if entry is None:
+                return False
+            self.resident_bytes -= entry.bytes
+            self.counters.evictions += 1
+        self.mover.release(entry.module)
+        return True
+
+    def take_counters(self) -> tuple[TierCounters, int, int]:
+        """Counters since the last call, resident bytes and members (for the metrics flush)."""
+        with self.lock:
+            counters, self.counters = self.counters, TierCounters()
+            return counters, self.resident_bytes, len(self.entries)
+
+    def clear(self) -> None:
+        with self.lock:
+            self.entries.clear()
+            self.resident_bytes = 0
 
 
 def _parse_members(version_dir: Path, family: str) -> dict[str, Member]:
@@ -254,6 +481,7 @@ class TritonPythonModel:
         if self.family == "inf2":
             import torch_neuronx  # noqa: F401  registers the Neuron ops TorchScript artifacts need
 
+        self.tier = self._device_tier()
         self.members = _parse_members(version_dir, self.family)
         if any(m.format == "torch_export" for m in self.members.values()):
             # torch.export.load imports ~100 MB of Python modules on first use: do it now, so that this
@@ -272,6 +500,7 @@ class TritonPythonModel:
         self.failures: dict[str, Failure] = {}
         self.known_cost: dict[str, int] = {}  # measured cost of members loaded before (a better estimate)
         self.too_big: dict[str, int] = {}  # members whose tensors alone exceed the budget: refused for good
+        self.too_big_device: dict[str, str] = {}  # members larger than the device tier's budget: the reason
         self.cost_per_file_byte = 1.0  # running mean of cost / file size, for members not loaded before
         self.verified: set[tuple] = set()  # file identities whose sha256 was checked (verify_sha256=once)
         self.stopping = False
@@ -282,7 +511,7 @@ class TritonPythonModel:
         for ident in filter(None, params.get("preload", "").split(",")):
             if ident in self.members:
                 try:
-                    self._load_into_budget(ident)
+                    self._make_ready(ident)
                 except RequestError as error:
                     self._remember_failure(ident, error)
         self.loader = threading.Thread(target=self._loader_loop, name=f"{self.pack}-loader", daemon=True)
@@ -298,9 +527,25 @@ class TritonPythonModel:
             offset = int(params.get("neuron_core_offset", "0"))
             os.environ["NEURON_RT_VISIBLE_CORES"] = str(offset + instance)
             return "cpu"  # Neuron artifacts take CPU tensors and run on the visible core
+        if self.knobs.device_tier_device:
+            return self.knobs.device_tier_device  # a stand-in device for the GPU tier (tests)
         if args.get("model_instance_kind") == "GPU":
             return f"cuda:{args['model_instance_device_id']}"
         return "cpu"
+
+    def _device_tier(self) -> DeviceTier | None:
+        """The accelerator tier of this instance, if it has one: NeuronCore (inf2), GPU (an instance of
+        kind GPU), or a stand-in device named by `device_tier_device` (tests)."""
+        wait_s = self.knobs.load_timeout_s
+        if self.family == "inf2":
+            return DeviceTier(NeuronMover(self.torch), self.knobs.max_device_bytes, wait_s)
+        if self.device.startswith("cuda"):
+            # CUDA's context costs hundreds of MB of host memory: create it now, before the empty stub's
+            # memory is measured, so that it is not charged to the first member promoted.
+            self.torch.empty(1, device=self.device)
+        if self.device.startswith("cuda") or self.knobs.device_tier_device:
+            return DeviceTier(GpuMover(self.torch, self.device), self.knobs.max_device_bytes, wait_s)
+        return None
 
     # ---- metrics -------------------------------------------------------------------------------
     def _init_metrics(self) -> None:
@@ -349,6 +594,27 @@ class TritonPythonModel:
         labels = {"pack": self.pack}
         self.pack_metrics = {kind: fam.Metric(labels=labels) for kind, fam in self.pack_families.items()}
         self.pack_metrics["budget_bytes"].set(self.max_resident_bytes)
+        # The same questions for every tier, labelled pack and tier (host; gpu or neuron where there is one):
+        # the control plane reads these to show what each server holds per tier.
+        self.tier_families = {
+            "resident_bytes": family("fleet_tier_resident_bytes", "Bytes charged for the members in a tier",
+                                     gauge),
+            "resident_members": family("fleet_tier_resident_members", "Members resident in a tier", gauge),
+            "budget_bytes": family("fleet_tier_budget_bytes", "Byte budget of a tier in a pack instance", gauge),
+            "hits": family("fleet_tier_hits_total", "Requests whose member was resident in the tier", counter),
+            "misses": family("fleet_tier_misses_total", "Requests whose member was not resident in the tier",
+                             counter),
+            "evictions": family("fleet_tier_evictions_total", "Members evicted from the tier", counter),
+            "loads": family("fleet_tier_loads_total", "Members loaded (promoted) into the tier", counter),
+            "load_seconds": family("fleet_tier_load_seconds_total",
+                                   "Seconds spent loading (promoting) members into the tier", counter),
+        }
+        tiers = ["host"] + ([self.tier.name] if self.tier is not None else [])
+        self.tier_metrics = {(tier, kind): fam.Metric(labels={"pack": self.pack, "tier": tier})
+                             for tier in tiers for kind, fam in self.tier_families.items()}
+        self.tier_metrics[("host", "budget_bytes")].set(self.max_resident_bytes)
+        if self.tier is not None:
+            self.tier_metrics[(self.tier.name, "budget_bytes")].set(self.tier.budget_bytes)
         self.metrics: dict[tuple[str, str], object] = {}
         self.buffer = MetricsBuffer()
 
@@ -391,8 +657,20 @@ class TritonPythonModel:
                     self._metric(kind, member).set(value)
             self.pack_metrics["resident_bytes"].set(resident_bytes)
             self.pack_metrics["resident_members"].set(resident_members)
+            self._flush_tier("host", TierCounters(pack.hits, pack.misses, pack.evictions, pack.loads,
+                                                  pack.load_seconds), resident_bytes, resident_members)
+            if self.tier is not None:
+                self._flush_tier(self.tier.name, *self.tier.take_counters())
             self.pack_metrics["waiting_requests"].set(waiting)
             self.pack_metrics["stub_rss_bytes"].set(rss_bytes())
+
+    def _flush_tier(self, tier: str, counters: TierCounters, resident_bytes: int, resident_members: int) -> None:
+        for kind in ("hits", "misses", "evictions", "loads", "load_seconds"):
+            value = getattr(counters, kind)
+            if value:
+                self.tier_metrics[(tier, kind)].increment(value)
+        self.tier_metrics[(tier, "resident_bytes")].set(resident_bytes)
+        self.tier_metrics[(tier, "resident_members")].set(resident_members)
 
     # ---- loading -------------------------------------------------------------------------------
     def _check_file(self, member: Member) -> None:
@@ -431,20 +709,30 @@ class TritonPythonModel:
         self.verified.add(identity)
 
     def _load_module(self, member: Member):
-        """Load from the file's path: several times faster than from bytes (../shared/NOTES.md)."""
+        """What host RAM keeps of a member, from disk: the module, loaded from the file's path (several
+        times faster than from bytes, ../shared/NOTES.md); on inf2 the compiled artifact's bytes, which
+        the NeuronCore tier deserialises onto the core (and again after each eviction from it)."""
         if member.path is None:
             raise RequestError(f"model '{member.id}' has no {self.family} artifact: run "
                                f"`fleet compile --family {self.family}` and re-sync the repository",
                                "UNAVAILABLE")
         self._check_file(member)
+        if self.family == "inf2":
+            try:
+                return member.path.read_bytes()
+            except OSError as error:
+                raise RequestError(f"model '{member.id}': artifact {member.path.name} cannot be read "
+                                   f"({error.strerror}); re-sync the repository", "INTERNAL") from None
         torch = self.torch
+        # With a device tier the module loads into host RAM; the tier copies it to the device.
+        device = "cpu" if self.tier is not None else self.device
         try:
             if member.format == "torch_export":
                 module = torch.export.load(str(member.path)).module()
-                if self.device != "cpu":
-                    module = module.to(self.device)
+                if device != "cpu":
+                    module = module.to(device)
             else:
-                module = torch.jit.load(str(member.path), map_location=self.device)
+                module = torch.jit.load(str(member.path), map_location=device)
                 module.eval()
         except Exception as error:  # noqa: BLE001  any loader failure is this member's problem only
             kind = "torch.export program" if member.format == "torch_export" else "TorchScript module"
@@ -478,6 +766,8 @@ class TritonPythonModel:
                     self.resident.move_to_end(victim)
                     continue
                 self.resident_bytes -= self.resident.pop(victim).cost  # no reference left: freed here
+                if self.tier is not None:
+                    self.tier.drop(victim)  # a member that leaves host RAM leaves the device too
                 self.buffer.pending[victim].evictions += 1
                 self.buffer.pack.evictions += 1
                 self._set_gauges(victim, resident_bytes=0)
@@ -510,8 +800,7 @@ class TritonPythonModel:
         module = self._load_module(member)
         growth = max(0, rss_bytes() - before)
         seconds = time.perf_counter() - started
-        tensors = list(module.parameters()) + list(module.buffers())
-        parameter_bytes = sum(t.numel() * t.element_size() for t in tensors)
+        parameter_bytes = len(module) if isinstance(module, bytes) else tensor_bytes(module)
         cost = max(growth, parameter_bytes)
         self.known_cost[ident] = cost
         if member.bytes:
@@ -526,12 +815,11 @@ class TritonPythonModel:
         if parameter_bytes > self.max_resident_bytes:
             # Its tensors alone do not fit: final. (Resident growth alone is not: it includes allocator
             # noise, e.g. a first load's runtime set-up; such a member stays resident alone instead.)
-            del module, tensors
+            del module
             self._release_memory()
             self.too_big[ident] = parameter_bytes
             raise self._over_budget(member, parameter_bytes, f"measured: {growth / 2**20:.0f} MB resident "
                                     f"growth, {parameter_bytes / 2**20:.0f} MB of tensors")
-        del tensors
         entry = Resident(module=module, cost=cost, parameter_bytes=parameter_bytes, rss_growth=growth)
         with self.lock:
             self.resident[ident] = entry
@@ -539,6 +827,30 @@ class TritonPythonModel:
             self._set_gauges(ident, resident_bytes=cost)
         self._make_room(0, keep=ident)  # the measured cost may exceed the estimate
         return entry
+
+    def _make_ready(self, ident: str):
+        """The module to run: loaded into host RAM from disk if it is not there, then, where the instance
+        has a device tier, promoted onto the device (a copy from host RAM, no disk read)."""
+        with self.lock:
+            entry = self.resident.get(ident)
+        if entry is None:
+            entry = self._load_into_budget(ident)
+        if self.tier is None:
+            return entry.module
+        try:
+            return self.tier.promote(ident, entry.module)
+        except ValueError:
+            needed = self.tier.known.get(ident) or self.tier.needed(ident, entry.module)
+            message = (f"model '{ident}' needs {needed / 2**20:.0f} MB on the {self.tier.name}, the pack's "
+                       f"{self.tier.name} budget is {self.tier.budget_bytes / 2**20:.0f} MB: place it in a pack "
+                       "with a larger max_device_bytes (a server with more device memory) instead of this one")
+            with self.lock:
+                self.too_big_device[ident] = message
+            raise RequestError(message, "UNAVAILABLE") from None
+        except TimeoutError:
+            raise RequestError(f"model '{ident}' waited {self.tier.wait_s:.0f} s for room on the "
+                               f"{self.tier.name}: every member there stayed in use; retry later",
+                               "UNAVAILABLE") from None
 
     def _remember_failure(self, ident: str, error: RequestError) -> None:
         """Negative cache: refuse at once for a while, doubling the wait after each failed retry."""
@@ -560,7 +872,7 @@ class TritonPythonModel:
                 ident = self.load_queue.popleft()
                 self.loading = ident
             try:
-                entry = self._load_into_budget(ident)
+                module = self._make_ready(ident)
             except RequestError as error:
                 self._remember_failure(ident, error)
                 self._answer_waiters(ident, error=error)
@@ -571,7 +883,7 @@ class TritonPythonModel:
             else:
                 with self.lock:
                     self.failures.pop(ident, None)
-                self._answer_waiters(ident, module=entry.module)
+                self._answer_waiters(ident, module=module)
             finally:
                 with self.lock:
                     self.loading = None
@@ -703,15 +1015,29 @@ class TritonPythonModel:
         if entry is not None:
             self.resident.move_to_end(ident)
             self.buffer.pack.hits += 1
-            return entry.module, None
-        failure = self.failures.get(ident)
-        if failure is not None and time.monotonic() < failure.retry_at:
-            return None, failure.error
-        member = self.members[ident]
-        if member.bytes is not None and member.bytes > self.max_resident_bytes:
-            return None, self._over_budget(member, member.bytes, "its artifact's size")
-        if ident in self.too_big:  # its tensors were measured over the budget at an earlier load: final
-            return None, self._over_budget(member, self.too_big[ident], "its tensors, measured at its last load")
+            if self.tier is None:
+                return entry.module, None
+            module = self.tier.acquire(ident)  # counts the device tier's hit or miss
+            if module is not None:
+                return module, None
+            if ident in self.too_big_device:
+                return None, RequestError(self.too_big_device[ident], "UNAVAILABLE")
+            # In host RAM, not on the device: queued for a promotion (a copy from RAM, no disk read).
+        else:
+            failure = self.failures.get(ident)
+            if failure is not None and time.monotonic() < failure.retry_at:
+                return None, failure.error
+            member = self.members[ident]
+            if member.bytes is not None and member.bytes > self.max_resident_bytes:
+                return None, self._over_budget(member, member.bytes, "its artifact's size")
+            if ident in self.too_big:  # its tensors were measured over the budget at an earlier load: final
+                return None, self._over_budget(member, self.too_big[ident],
+                                               "its tensors, measured at its last load")
+            if ident in self.too_big_device:
+                return None, RequestError(self.too_big_device[ident], "UNAVAILABLE")
+            self.buffer.pack.misses += 1
+            if self.tier is not None:
+                self.tier.count_miss()
         queued = self.waiting.get(ident, [])
         if len(queued) >= self.knobs.max_waiting_per_member or self.waiting_total >= self.knobs.max_waiting:
             self.buffer.pack.shed += 1
@@ -719,7 +1045,6 @@ class TritonPythonModel:
                 f"model '{ident}' is loading in pack '{self.pack}' and its load queue is full "
                 f"({len(queued)} waiting for it, {self.waiting_total} in the pack); retry later",
                 "UNAVAILABLE")
-        self.buffer.pack.misses += 1
         # Copy the inputs: the request's tensors live in shared memory tied to this execute() call.
         copies = [a.clone() if isinstance(a, self.torch.Tensor) else np.array(a, copy=True) for a in inputs]
         waiter = Waiter(sender=request.get_response_sender(), inputs=copies,
@@ -759,8 +1084,13 @@ class TritonPythonModel:
             elif module is not None:
                 modules[ident] = module
                 groups[ident].append((index, inputs))
-        for ident, items in groups.items():
-            self._run_forward(ident, modules[ident], items, responses)
+        try:
+            for ident, items in groups.items():
+                self._run_forward(ident, modules[ident], items, responses)
+        finally:
+            if self.tier is not None:  # every request served from the device acquired its member once
+                for ident, items in groups.items():
+                    self.tier.release(ident, len(items))
         self._flush_metrics()
         return responses
 
@@ -854,6 +1184,8 @@ class TritonPythonModel:
         self._flush_metrics(force=True)
         with self.lock:
             self.resident.clear()
+        if self.tier is not None:
+            self.tier.clear()
 
 
 def _shape_matches(actual: tuple[int, ...], expected: tuple[int, ...]) -> bool:

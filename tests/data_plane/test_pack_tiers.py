@@ -1,0 +1,193 @@
+"""The pack runtime's device tier (triton/backends/pack/model.py `DeviceTier`), with movers injected.
+
+No GPU and no NeuronCore here: the tier logic (LRU within a byte budget, members in use never demoted,
+evicted members kept in host RAM, counters) is tested with a recording mover; the two real movers run on
+what this machine has (the GPU mover with the CPU as its device, the Neuron mover with a plain TorchScript
+artifact). The runtime is imported with a stand-in `triton_python_backend_utils`, which only the server
+provides; the real server runs the tier in tests/data_plane/test_pack_runtime.py.
+"""
+from __future__ import annotations
+
+import importlib.util
+import io
+import sys
+import threading
+import types
+from pathlib import Path
+
+import pytest
+import torch
+
+from fleet.waiting import wait_for
+
+RUNTIME = Path(__file__).resolve().parents[2] / "triton" / "backends" / "pack" / "model.py"
+
+
+def _runtime():
+    """model.py as a module, with a stand-in pb_utils (its tier code never calls it)."""
+    saved_path, saved_utils = list(sys.path), sys.modules.get("triton_python_backend_utils")
+    sys.modules["triton_python_backend_utils"] = types.ModuleType("triton_python_backend_utils")
+    try:
+        spec = importlib.util.spec_from_file_location("_pack_runtime_under_test", RUNTIME)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module  # dataclasses look their module up there
+        spec.loader.exec_module(module)
+        return module
+    finally:
+        sys.path[:] = saved_path  # model.py drops the working directory from sys.path for the stub
+        if saved_utils is None:
+            sys.modules.pop("triton_python_backend_utils", None)
+        else:
+            sys.modules["triton_python_backend_utils"] = saved_utils
+
+
+runtime = _runtime()
+
+
+class RecordingMover:
+    """A device that records every move; a member's payload is its size in bytes."""
+
+    tier = "gpu"
+
+    def __init__(self, charge_factor: float = 1.0) -> None:
+        self.moves: list[tuple[str, object]] = []
+        self.charge_factor = charge_factor
+
+    def estimate(self, payload: int) -> int:
+        return payload
+
+    def promote(self, payload: int):
+        self.moves.append(("promote", payload))
+        return {"on_device": payload}, int(payload * self.charge_factor)
+
+    def demote(self, module) -> None:
+        self.moves.append(("demote", module["on_device"]))
+
+    def release(self, module) -> None:
+        self.moves.append(("release", module["on_device"]))
+
+
+def test_least_recently_used_members_leave_the_device_when_a_promotion_needs_room():
+    mover = RecordingMover()
+    tier = runtime.DeviceTier(mover, budget_bytes=250)
+    for ident, size in (("a", 100), ("b", 101), ("a", 100)):
+        tier.promote(ident, size)  # a second promotion of a member on the device is a hit, no move
+    assert tier.acquire("a") == {"on_device": 100}
+    tier.release("a")
+    tier.promote("c", 102)  # b is the least recently used: it goes
+    assert [m for m in mover.moves if m[0] == "demote"] == [("demote", 101)]
+    assert tier.contains("a") and tier.contains("c") and not tier.contains("b")
+    assert tier.resident_bytes == 202 <= tier.budget_bytes
+    counters, resident_bytes, members = tier.take_counters()
+    assert (counters.loads, counters.evictions, counters.hits, resident_bytes, members) == (3, 1, 1, 202, 2)
+
+
+def test_a_member_in_use_is_not_demoted_under_its_forward_pass():
+    mover = RecordingMover()
+    tier = runtime.DeviceTier(mover, budget_bytes=200)
+    tier.promote("a", 100)
+    tier.promote("b", 100)
+    assert tier.acquire("a") is not None  # `a` is the LRU one, but a forward pass is running it
+    tier.promote("c", 100)
+    assert tier.contains("a") and not tier.contains("b")
+    tier.release("a")
+
+
+def test_a_promotion_waits_for_a_member_in_use_and_gives_up_after_its_wait():
+    tier = runtime.DeviceTier(RecordingMover(), budget_bytes=100, wait_s=30)
+    demoted_in_use: list[bool] = []
+    original = tier.mover.demote
+    tier.mover.demote = lambda module: (demoted_in_use.append("a" in tier.in_use), original(module))
+    tier.promote("a", 100)
+    tier.acquire("a")
+    done = threading.Event()
+    thread = threading.Thread(target=lambda: (tier.promote("b", 100), done.set()), daemon=True)
+    thread.start()
+    tier.release("a")  # whenever the promotion got to its eviction, it could only demote `a` after this
+    assert done.wait(30)
+    assert demoted_in_use == [False]
+    assert tier.contains("b") and not tier.contains("a")
+
+    impatient = runtime.DeviceTier(RecordingMover(), budget_bytes=100, wait_s=0.1)
+    impatient.promote("a", 100)
+    impatient.acquire("a")
+    with pytest.raises(TimeoutError, match="full of members in use"):
+        impatient.promote("b", 100)
+
+
+def test_a_member_larger_than_the_device_budget_is_refused_without_evicting_anyone():
+    mover = RecordingMover()
+    tier = runtime.DeviceTier(mover, budget_bytes=100)
+    tier.promote("a", 60)
+    with pytest.raises(ValueError, match="needs 101 bytes on the gpu, budget 100"):
+        tier.promote("big", 101)
+    assert tier.contains("a") and mover.moves == [("promote", 60)]
+    measured = runtime.DeviceTier(RecordingMover(charge_factor=2.0), budget_bytes=100)
+    with pytest.raises(ValueError, match="measured"):
+        measured.promote("grows", 60)  # estimated 60, measured 120 on the device: moved back, refused
+    assert measured.resident_bytes == 0 and not measured.contains("grows")
+
+
+def test_a_charge_above_the_estimate_evicts_more_after_the_promotion():
+    mover = RecordingMover(charge_factor=1.5)
+    tier = runtime.DeviceTier(mover, budget_bytes=200)
+    tier.promote("a", 60)  # charged 90
+    tier.promote("b", 60)  # estimated 60 (fits: 150), charged 90 -> 180
+    tier.promote("c", 60)  # estimated 60 -> evicts a; charged 90 -> 180
+    assert tier.resident_bytes <= 200 and not tier.contains("a")
+    tier.promote("a", 60)  # known charge 90 now: evicts b before the promotion
+    assert tier.resident_bytes <= 200 and [m[1] for m in mover.moves if m[0] == "demote"] == [60, 60]
+
+
+def test_a_member_leaving_host_ram_leaves_the_device_without_a_copy_back():
+    mover = RecordingMover()
+    tier = runtime.DeviceTier(mover, budget_bytes=200)
+    tier.promote("a", 100)
+    assert tier.drop("a") and not tier.drop("a")
+    assert ("demote", 100) not in mover.moves and ("release", 100) in mover.moves
+    assert tier.resident_bytes == 0
+    assert tier.acquire("a") is None
+    counters, _, _ = tier.take_counters()
+    assert (counters.evictions, counters.misses) == (1, 1)
+
+
+def test_the_gpu_mover_moves_the_module_in_place_and_charges_its_tensor_bytes():
+    module = torch.nn.Linear(16, 8).eval()
+    mover = runtime.GpuMover(torch, "cpu")  # CPU stands in for the GPU here
+    on_device, charged = mover.promote(module)
+    assert on_device is module and charged == (16 * 8 + 8) * 4 == mover.estimate(module)
+    tier = runtime.DeviceTier(mover, budget_bytes=charged)
+    assert tier.promote("linear", module) is module
+    x = torch.ones(2, 16)
+    with torch.inference_mode():
+        assert torch.equal(tier.acquire("linear")(x), module(x))
+
+
+def test_the_neuron_mover_keeps_bytes_in_host_ram_and_loads_the_module_from_them_again():
+    traced = torch.jit.trace(torch.nn.Linear(4, 2).eval(), torch.ones(1, 4))
+    buffer = io.BytesIO()
+    torch.jit.save(traced, buffer)
+    artifact = buffer.getvalue()  # a plain TorchScript artifact stands in for a torch_neuronx.trace one
+    mover = runtime.NeuronMover(torch)
+    tier = runtime.DeviceTier(mover, budget_bytes=len(artifact) * 3 // 2)
+    first = tier.promote("m", artifact)
+    other = tier.promote("n", artifact)  # m leaves the core; its bytes stay with the caller (host RAM)
+    assert tier.resident_bytes == len(artifact) and not tier.contains("m")
+    again = tier.promote("m", artifact)
+    assert again is not first and other is not again
+    x = torch.ones(3, 4)
+    with torch.inference_mode():
+        assert torch.equal(again(x), traced(x))
+
+
+def test_members_released_by_other_threads_let_a_waiting_promotion_through():
+    tier = runtime.DeviceTier(RecordingMover(), budget_bytes=300, wait_s=30)
+    for ident in "abc":
+        tier.promote(ident, 100)
+        tier.acquire(ident)
+    result: list = []
+    thread = threading.Thread(target=lambda: result.append(tier.promote("d", 100)), daemon=True)
+    thread.start()
+    tier.release("b")
+    wait_for(lambda: result, timeout_s=30, what="the promotion of d")
+    assert not tier.contains("b") and tier.contains("a") and tier.contains("c")
