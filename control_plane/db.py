@@ -90,6 +90,9 @@ class Server(Base):
     disk_budget_bytes: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     gpu_budget_bytes: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     neuron_cores: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # What each tier held at the reconciler's last scrape of the server's metrics (control_plane/traffic.py
+    # TierUsage, per tier), so any control-plane replica can show it; None: not scraped yet.
+    tier_usage: Mapped[dict | None] = mapped_column(JSON, nullable=True)
 
 
 class Placement(Base):
@@ -103,6 +106,8 @@ class Placement(Base):
     reserved_bytes: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     # The residency budget the loaded replica was read back to run with (its config's max_resident_bytes).
     residency_bytes: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    # The device tier budget (max_device_bytes) it was read back to run with; 0: none or unknown.
+    device_bytes: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     # No longer in the target assignment: served until the pack's other replicas are loaded, then unloaded.
     retiring: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)

@@ -119,6 +119,15 @@ def residency_budget(reserved_bytes: int) -> int:
     return max(0, reserved_bytes - STUB_BASE_BYTES)
 
 
+def device_budget(server_device_bytes: int | None, reserved_bytes: int, server_reserved_bytes: int) -> int | None:
+    """The pack runtime's `max_device_bytes` for a replica: the server's device memory (capacity.device_bytes)
+    split over the replicas placed there in proportion to what each reserved (traffic-weighted working
+    sets, as for host RAM), so that the packs together stay within the device. None: no device tier."""
+    if not server_device_bytes or reserved_bytes <= 0 or server_reserved_bytes <= 0:
+        return None
+    return int(server_device_bytes * min(1.0, reserved_bytes / server_reserved_bytes))
+
+
 def needs_resize(loaded_budget: int, wanted_budget: int) -> bool:
     """Whether a loaded replica's residency budget is far enough from the wanted one to reload it for that
     (a factor of two either way): a reload costs a stub start and cold members, so small drifts wait for

@@ -33,10 +33,11 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 import requests
-from sqlalchemy import select
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, aliased, sessionmaker
 
 from control_plane.assignments import publish_assignment
+from control_plane.capacity import device_bytes
 from control_plane.db import AuditEntry, Model, ModelVersion, Pack, Placement, Server
 from control_plane.discovery import DiscoveryError, DiscoverySettings, apply, make_discoverer
 from control_plane.leader import AlwaysLeader, Leadership
@@ -46,6 +47,7 @@ from control_plane.placement import (
     PackView,
     PlacementPolicy,
     ServerView,
+    device_budget,
     needs_resize,
     plan_placement,
     residency_budget,
@@ -74,6 +76,7 @@ class LoadResult:
     generation: int  # the generation the server was read back to serve (-1: none or unknown)
     error: str | None
     residency_bytes: int = -1  # the max_resident_bytes it was read back to run with (-1: unknown)
+    device_bytes: int = -1  # the max_device_bytes it was read back to run with (-1: none or unknown)
 
 
 class Reconciler:
@@ -450,17 +453,22 @@ class Reconciler:
     def load_placements(self) -> None:
         """Load placements behind their pack's generation; reload loaded ones whose residency budget is far
         from what their reservation now allows (needs_resize), with a config override."""
+        others = aliased(Placement)
+        server_reserved = (select(func.coalesce(func.sum(others.reserved_bytes), 0))
+                           .where(others.server == Placement.server).scalar_subquery())
         with self.sessions() as session:
             rows = session.execute(
                 select(Placement.pack, Placement.server, Placement.reserved_bytes, Placement.residency_bytes,
-                       Placement.state, Placement.loaded_generation, Pack.built_generation,
-                       Server.http_url, Server.repository_path)
+                       Placement.device_bytes, Placement.state, Placement.loaded_generation, Pack.built_generation,
+                       Server.http_url, Server.repository_path, Server.family, Server.gpu_budget_bytes,
+                       Server.instance_type, server_reserved.label("server_reserved"))
                 .join(Pack, Pack.name == Placement.pack).join(Server, Server.name == Placement.server)
                 .where(Server.healthy.is_(True), Placement.retiring.is_(False), Pack.built_generation >= 0)).all()
         by_server: dict[str, list] = defaultdict(list)
         for row in rows:
             behind = row.state != "loaded" or row.loaded_generation < row.built_generation
-            if behind or needs_resize(row.residency_bytes, residency_budget(row.reserved_bytes)):
+            if (behind or needs_resize(row.residency_bytes, residency_budget(row.reserved_bytes))
+                    or needs_resize(row.device_bytes, _device_budget(row) or 0)):
                 by_server[row.server].append(row)
         self._each(self.pool, self._load_server, by_server.values())
 
@@ -481,12 +489,13 @@ class Reconciler:
                 # placement keeps its state and generation; the next tick tries again.
                 outcomes.append((row.pack, None, problem, row.built_generation, "pack.sync_failed"))
             elif row.state == "loaded" and row.loaded_generation >= row.built_generation:
-                result = self.resize(row.http_url, row.pack, row.built_generation, residency_budget(row.reserved_bytes))
+                result = self.resize(row.http_url, row.pack, row.built_generation, residency_budget(row.reserved_bytes),
+                                     _device_budget(row))
                 outcomes.append((row.pack, result, result.error, row.built_generation, "pack.resize"))
             else:
                 started = time.monotonic()
                 result = self.load_and_verify(row.http_url, row.pack, row.built_generation,
-                                              residency_budget(row.reserved_bytes))
+                                              residency_budget(row.reserved_bytes), _device_budget(row))
                 metrics.record_load("load", time.monotonic() - started, result.error)
                 outcomes.append((row.pack, result, result.error, row.built_generation, "pack.load"))
             if len(outcomes) >= RECORD_BATCH or time.monotonic() - flushed > RECORD_EVERY_S:
@@ -508,19 +517,22 @@ class Reconciler:
                     if result.state != "failed":  # what the server was read back to serve, maybe an older one
                         placement.loaded_generation = result.generation
                         placement.residency_bytes = max(result.residency_bytes, 0)
+                        placement.device_bytes = max(result.device_bytes, 0)
                 placement.error = error
                 if changed:
                     session.add(AuditEntry(action=action, subject=pack, detail={
                         "server": server, "generation": generation, "state": result and result.state,
                         "error": error}))
 
-    def load_and_verify(self, http_url: str, pack: str, generation: int, residency: int | None) -> LoadResult:
+    def load_and_verify(self, http_url: str, pack: str, generation: int, residency: int | None,
+                        device: int | None = None) -> LoadResult:
         """Load a pack, then read its config back: `loaded` only if the server serves `generation`.
 
         A server that syncs itself (a sidecar) may not have the new files yet; Triton treats the load of an
         unchanged model as a no-op, so only the generation in the config it serves tells. If the pack's
         residency budget differs from the placement's, the pack is loaded again with Triton's config
-        override carrying the placement's budget (files stay those on the server's disk).
+        override carrying the placement's budget (files stay those on the server's disk); the same for the
+        device tier's budget (`device`: gpu and inf2 servers).
         """
         error = self._repository_call(http_url, pack, "load")
         if error is not None:
@@ -528,16 +540,18 @@ class Reconciler:
         config, unverified = self._serving(http_url, pack, generation)
         if unverified is not None:
             return unverified
-        if residency and _parameter(config, "max_resident_bytes") != str(residency):
-            return self._override_residency(http_url, pack, generation, config, residency)
-        return LoadResult("loaded", generation, None, _as_int(_parameter(config, "max_resident_bytes")))
+        if (residency and _parameter(config, "max_resident_bytes") != str(residency)) or (
+                device and _parameter(config, "max_device_bytes") != str(device)):
+            return self._override_residency(http_url, pack, generation, config, residency, device)
+        return _loaded(config, generation)
 
-    def resize(self, http_url: str, pack: str, generation: int, residency: int) -> LoadResult:
-        """Reload a loaded pack with another residency budget, keeping the files the server has."""
+    def resize(self, http_url: str, pack: str, generation: int, residency: int,
+               device: int | None = None) -> LoadResult:
+        """Reload a loaded pack with other residency (and device tier) budgets, keeping the server's files."""
         config, unverified = self._serving(http_url, pack, generation)
         if unverified is not None:
             return unverified
-        return self._override_residency(http_url, pack, generation, config, residency)
+        return self._override_residency(http_url, pack, generation, config, residency, device)
 
     def _serving(self, http_url: str, pack: str, generation: int) -> tuple[dict, LoadResult | None]:
         """The pack's config as the server serves it, and a result instead when that is not `generation`."""
@@ -551,9 +565,10 @@ class Reconciler:
         return config, None
 
     def _override_residency(self, http_url: str, pack: str, generation: int, config: dict,
-                            residency: int) -> LoadResult:
+                            residency: int | None, device: int | None = None) -> LoadResult:
+        budgets = {"max_resident_bytes": residency, "max_device_bytes": device}
         override = {**config, "parameters": {**config.get("parameters", {}),
-                                             "max_resident_bytes": {"string_value": str(residency)}}}
+                                             **{k: {"string_value": str(v)} for k, v in budgets.items() if v}}}
         error = self._repository_call(http_url, pack, "load", {"parameters": {"config": json.dumps(override)}})
         if error is not None:
             return LoadResult("failed", -1, f"residency budget override: {error}")
@@ -563,8 +578,9 @@ class Reconciler:
         served = _parameter(config, "generation")
         if served != str(generation):
             return LoadResult("pending", _as_int(served), behind_reason(served, generation),
-                              _as_int(_parameter(config, "max_resident_bytes")))
-        return LoadResult("loaded", generation, None, _as_int(_parameter(config, "max_resident_bytes")))
+                              _as_int(_parameter(config, "max_resident_bytes")),
+                              _as_int(_parameter(config, "max_device_bytes")))
+        return _loaded(config, generation)
 
     def _config(self, http_url: str, pack: str) -> tuple[dict | None, str | None]:
         try:
@@ -645,6 +661,17 @@ class Reconciler:
         except ValueError:
             detail = response.text
         return f"{action} failed (HTTP {response.status_code}): {detail[:500]}"
+
+
+def _loaded(config: dict, generation: int) -> LoadResult:
+    return LoadResult("loaded", generation, None, _as_int(_parameter(config, "max_resident_bytes")),
+                      _as_int(_parameter(config, "max_device_bytes")))
+
+
+def _device_budget(row) -> int | None:
+    """The device tier budget of a placement row (server family, GPU budget, instance type, reservations)."""
+    return device_budget(device_bytes(row.family, row.gpu_budget_bytes, row.instance_type), row.reserved_bytes,
+                         row.server_reserved)
 
 
 def _parameter(config: dict, name: str) -> str | None:

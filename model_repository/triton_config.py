@@ -42,6 +42,11 @@ class PackSettings:
     max_batch_size: int = 64
     max_queue_delay_us: int = 500  # dynamic batching: 3.3k -> 5.2k rps measured (docs/data-plane.md)
     max_resident_bytes: int = 256 * 2**20
+    # gpu and inf2 packs: bytes of members each instance keeps on its device (the GPU; on inf2 its
+    # NeuronCore), a subset of the host-resident ones, LRU. The control plane overrides it per replica with
+    # the pack's share of the server's device budget (control_plane/placement.device_budget); this default
+    # applies where none is known. Members evicted from the device stay in host RAM (docs/data-plane.md).
+    max_device_bytes: int = 2 * 2**30
     torch_threads: int = 1
     cpu_instances: int = 1
     neuron_cores: int = 2  # inf2.xlarge has 2 NeuronCores; one pack instance per core
@@ -92,6 +97,8 @@ def _common(config: pb.ModelConfig, family: Family, settings: PackSettings) -> N
     }
     if settings.generation is not None:
         params["generation"] = str(settings.generation)
+    if family in ("gpu", "inf2"):
+        params["max_device_bytes"] = str(settings.max_device_bytes)
     if family == "inf2":
         params["neuron_core_offset"] = "0"
     for key, value in params.items():

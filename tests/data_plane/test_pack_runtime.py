@@ -31,6 +31,8 @@ TORCH = {"FP32": torch.float32, "FP16": torch.float16, "BF16": torch.bfloat16, "
          "INT32": torch.int32, "INT8": torch.int8, "UINT8": torch.uint8, "BOOL": torch.bool}
 MB = 2**20
 BUDGET = 64 * MB
+WIDE_BYTES = (4 * 512 + 512 + 512 * 3 + 3) * 4  # tensor bytes of wide(): what the device tier charges
+DEVICE_BUDGET = WIDE_BYTES * 5 // 2  # holds two wide members, not three
 
 
 class Affine(torch.nn.Module):
@@ -45,6 +47,11 @@ class Affine(torch.nn.Module):
 def mlp(seed: int, width: int = 4) -> torch.nn.Module:
     torch.manual_seed(seed)
     return torch.nn.Sequential(torch.nn.Linear(width, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3)).eval()
+
+
+def wide(seed: int, hidden: int = 512) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(torch.nn.Linear(4, hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, 3)).eval()
 
 
 def slow_to_load(layers: int = 60) -> torch.nn.Module:
@@ -135,10 +142,16 @@ def served(tmp_path_factory):
     bounded.add("slow", slow_to_load(), fmt="torch_export", out_width=4)
     impatient = PackBuilder(repository, "impatient", load_timeout_s="0.3")
     impatient.add("slow", slow_to_load(), fmt="torch_export", out_width=4)
-    names = [pack.write() for pack in (main, bounded, impatient)]
+    # `tiered` runs the GPU tier's code with the CPU standing in for the GPU (device_tier_device=cpu): no GPU
+    # here. Its device budget holds two `wide` members; `too_wide` is larger than the whole device budget.
+    tiered = PackBuilder(repository, "tiered", device_tier_device="cpu", max_device_bytes=str(DEVICE_BUDGET))
+    for k in range(3):
+        tiered.add(f"w{k}", wide(10 + k))
+    tiered.add("too_wide", wide(20, hidden=2048))
+    names = [pack.write() for pack in (main, bounded, impatient, tiered)]
     with TritonServer(repository, load_models=tuple(names)) as server:
         client = grpcclient.InferenceServerClient(server.grpc_url)
-        yield {"server": server, "client": client, "root": root, "main": main}
+        yield {"server": server, "client": client, "root": root, "main": main, "tiered": tiered}
         client.close()
 
 
@@ -154,9 +167,9 @@ def infer(served, pack: str, member: str, array: np.ndarray) -> np.ndarray:
     return request(served, pack, member, array).as_numpy("OUTPUT__0")
 
 
-def eager(served, member: str, array: np.ndarray) -> np.ndarray:
-    entry = served["main"].members[member]
-    path = served["main"].version / entry["file"]
+def eager(served, member: str, array: np.ndarray, pack: str = "main") -> np.ndarray:
+    entry = served[pack].members[member]
+    path = served[pack].version / entry["file"]
     module = torch.export.load(str(path)).module() if entry["format"] == "torch_export" else torch.jit.load(str(path))
     with torch.inference_mode():
         return module(torch.from_numpy(array)).numpy()
@@ -309,3 +322,37 @@ def test_pack_metrics_report_budget_residency_and_memory(served):
     assert wait_for(lambda: metric(served, "fleet_pack_stub_rss_bytes", pack="main"), what="stub RSS") > 50 * MB
     assert metric(served, "fleet_pack_resident_bytes", pack="main") <= BUDGET
     assert metric(served, "fleet_pack_hits_total", pack="main") is not None
+
+
+def test_a_member_pushed_off_the_device_comes_back_from_host_ram_without_a_disk_load(served):
+    for ident in ("w0", "w1", "w2"):  # the device holds two: w0, the least recently used, leaves it
+        np.testing.assert_allclose(infer(served, "tiered", ident, X), eager(served, ident, X, "tiered"), rtol=1e-6)
+    wait_for(lambda: metric(served, "fleet_member_loads_total", pack="tiered", member="w2"), what="w2's load")
+    disk_loads = metric(served, "fleet_member_loads_total", pack="tiered", member="w0")
+    promotions = metric(served, "fleet_tier_loads_total", pack="tiered", tier="gpu")
+    assert disk_loads >= 1 and promotions >= 3
+
+    np.testing.assert_allclose(infer(served, "tiered", "w0", X), eager(served, "w0", X, "tiered"), rtol=1e-6)
+    wait_for(lambda: metric(served, "fleet_tier_loads_total", pack="tiered", tier="gpu") == promotions + 1,
+             what="w0's promotion back onto the device")
+    assert metric(served, "fleet_member_loads_total", pack="tiered", member="w0") == disk_loads  # no disk
+    assert metric(served, "fleet_tier_evictions_total", pack="tiered", tier="gpu") >= 2
+    assert metric(served, "fleet_tier_budget_bytes", pack="tiered", tier="gpu") == DEVICE_BUDGET
+    assert metric(served, "fleet_tier_resident_bytes", pack="tiered", tier="gpu") <= DEVICE_BUDGET
+    assert metric(served, "fleet_tier_resident_members", pack="tiered", tier="gpu") == 2
+    assert metric(served, "fleet_tier_resident_members", pack="tiered", tier="host") >= 3  # all stayed in RAM
+    assert metric(served, "fleet_tier_misses_total", pack="tiered", tier="gpu") >= 4
+    assert metric(served, "fleet_tier_budget_bytes", pack="tiered", tier="host") == 512 * MB  # the default
+    # The pack-level metrics the dashboards read are the host tier's, as before.
+    assert metric(served, "fleet_pack_resident_members", pack="tiered") == metric(
+        served, "fleet_tier_resident_members", pack="tiered", tier="host")
+
+
+def test_a_member_larger_than_the_device_budget_is_refused_and_neighbours_keep_the_device(served):
+    infer(served, "tiered", "w1", X)
+    for _ in range(2):  # the second refusal comes from the record of the first, without a new attempt
+        with pytest.raises(InferenceServerException) as refused:
+            infer(served, "tiered", "too_wide", X)
+        assert status(refused.value) == "UNAVAILABLE"
+        assert "on the gpu" in str(refused.value) and "larger max_device_bytes" in str(refused.value)
+    np.testing.assert_allclose(infer(served, "tiered", "w1", X), eager(served, "w1", X, "tiered"), rtol=1e-6)
