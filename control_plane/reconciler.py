@@ -381,6 +381,11 @@ class Reconciler:
             targets = session.execute(select(Server.name, Server.metrics_url)
                                       .where(Server.healthy.is_(True), Server.metrics_url.is_not(None))).all()
         self._each(self.pool, lambda t: self._scrape(*t), targets)
+        usage = self.traffic.take_tier_usage()  # what each tier holds, from the same scrape, for the API
+        if usage:
+            with self.sessions.begin() as session:
+                for server in session.scalars(select(Server).where(Server.name.in_(usage))):
+                    server.tier_usage = usage[server.name]
 
     # ---- placement -----------------------------------------------------------------------------
     def place_packs(self) -> None:

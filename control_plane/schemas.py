@@ -171,6 +171,24 @@ class TierBudgetsOut(BaseModel):
     neuron_cores: int | None
 
 
+class TierStateOut(BaseModel):
+    resident_bytes: int = Field(description="bytes charged for the members resident in the tier")
+    resident_members: int
+    budget_bytes: int = Field(description="the tier's budget, summed over the server's pack instances")
+    hits: int = Field(description="requests whose member was resident in the tier (since each stub started)")
+    misses: int
+    evictions: int
+    loads: int = Field(description="members loaded into the tier (for gpu and neuron: promotions from host "
+                                   "RAM, no disk read)")
+    load_seconds: float
+
+
+class TierUsageOut(BaseModel):
+    scraped_at: datetime = Field(description="when the reconciler last read the server's metrics")
+    tiers: dict[str, TierStateOut] = Field(description="per tier: host (pack residency in host RAM), gpu "
+                                           "(gpu family) or neuron (inf2, summed over NeuronCores)")
+
+
 class ServerOut(BaseModel):
     name: str
     family: str
@@ -179,6 +197,8 @@ class ServerOut(BaseModel):
     capacity_bytes: int = Field(description="host RAM budget for pack replicas (tiers.host_ram_bytes)")
     instance_type: str | None = None
     tiers: TierBudgetsOut
+    tier_usage: TierUsageOut | None = Field(None, description="what each tier held at the last scrape of the "
+                                            "server's metrics; null until scraped (no metrics_url: never)")
     reserved_bytes: int = Field(description="host RAM its placements reserve")
     free_bytes: int
     healthy: bool

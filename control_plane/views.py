@@ -86,6 +86,7 @@ def server_out(session: Session, server: Server) -> dict:
             "instance_type": server.instance_type,
             "tiers": {"host_ram_bytes": server.capacity_bytes, "disk_bytes": server.disk_budget_bytes,
                       "gpu_bytes": server.gpu_budget_bytes, "neuron_cores": server.neuron_cores},
+            "tier_usage": server.tier_usage,
             "reserved_bytes": reserved, "free_bytes": server.capacity_bytes - reserved,
             "healthy": server.healthy, "draining": server.draining,
             "last_seen": server.last_seen, "last_error": server.last_error,

@@ -1,0 +1,115 @@
+"""Device tier budgets and usage between the control plane and a real tritonserver 2.51.
+
+The device tier runs with the CPU standing in for the GPU (`device_tier_device=cpu`; no GPU here). What is
+shown: the control plane's device budget reaches the pack runtime through the same Triton config override
+as the residency budget, and `GET /api/v1/servers/{name}` shows what each tier holds as read from the
+server's metrics by the reconciler's scrape.
+"""
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+
+from control_plane.app import create_app
+from control_plane.reconciler import Reconciler
+from control_plane.settings import Settings
+from control_plane.traffic import parse
+from fleet.triton_server import TritonServer
+from fleet.waiting import wait_for
+
+pytestmark = pytest.mark.slow
+TOKEN = "tiers-token"
+PACK = "tiered-api"
+
+
+def _runtime_helpers():
+    """test_pack_runtime.py's pack writer, loaded by path (its fixtures are not re-registered)."""
+    path = Path(__file__).resolve().parent / "test_pack_runtime.py"
+    spec = importlib.util.spec_from_file_location("_pack_runtime_helpers", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+helpers = _runtime_helpers()
+DEVICE_BUDGET = helpers.WIDE_BYTES * 5 // 2  # two wide members
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    repository = tmp_path_factory.mktemp("tiers") / "repo"
+    pack = helpers.PackBuilder(repository, PACK, device_tier_device="cpu", max_device_bytes=str(DEVICE_BUDGET),
+                               generation="3")
+    for k in range(3):
+        pack.add(f"w{k}", helpers.wide(30 + k))
+    pack.write()
+    with TritonServer(repository, load_models=(PACK,)) as triton:
+        yield triton
+
+
+def infer(server: TritonServer, member: str) -> np.ndarray:
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+    try:
+        tensor = grpcclient.InferInput("INPUT__0", [1, 4], "FP32")
+        tensor.set_data_from_numpy(np.ones((1, 4), np.float32))
+        return client.infer(PACK, [tensor], parameters={"model_id": member}).as_numpy("OUTPUT__0")
+    finally:
+        client.close()
+
+
+def gpu_tier(server: TritonServer) -> dict | None:
+    usage = parse(server.metrics()).tiers.get("gpu")
+    return vars(usage) if usage else None
+
+
+def test_the_placement_device_budget_reaches_the_runtime_through_the_config_override(server):
+    reconciler = Reconciler(None, Settings(api_token=TOKEN), None)  # type: ignore[arg-type]  Triton only
+    one_member = helpers.WIDE_BYTES * 3 // 2
+    result = reconciler.load_and_verify(server.http_url, PACK, generation=3, residency=64 * 2**20,
+                                        device=one_member)
+    assert (result.state, result.device_bytes, result.residency_bytes) == ("loaded", one_member, 64 * 2**20)
+    wait_for(lambda: (gpu_tier(server) or {}).get("budget_bytes") == one_member, timeout_s=60,
+             what="the reloaded stub's device budget on /metrics")
+    for member in ("w0", "w1", "w0"):
+        infer(server, member)
+    tier = wait_for(lambda: (t := gpu_tier(server)) and t["loads"] >= 3 and t, timeout_s=60, what="promotions")
+    assert tier["resident_members"] == 1 and tier["resident_bytes"] <= one_member  # the budget holds one
+
+    resized = reconciler.resize(server.http_url, PACK, 3, 64 * 2**20, DEVICE_BUDGET)
+    assert (resized.state, resized.device_bytes) == ("loaded", DEVICE_BUDGET)
+
+
+def test_the_servers_api_shows_what_each_tier_holds_from_one_scrape(server, tmp_path):
+    settings = Settings(api_token=TOKEN, database_url=f"sqlite:///{tmp_path / 'registry.db'}",
+                        work_dir=tmp_path / "cp", repository_root=tmp_path)
+    app = create_app(settings, start_reconciler=False)
+    client = app.test_client()
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    added = client.post("/api/v1/servers", headers=headers, json={
+        "name": "gpu-1", "family": "gpu", "http_url": server.http_url, "grpc_url": server.grpc_url,
+        "metrics_url": server.metrics_url, "capacity_bytes": 2**30, "gpu_budget_bytes": 3 * 2**30})
+    assert added.status_code == 201, added.get_data(as_text=True)
+    assert added.get_json()["tier_usage"] is None, "not scraped yet"
+    for member in ("w0", "w1", "w2"):
+        infer(server, member)
+    wait_for(lambda: (gpu_tier(server) or {}).get("resident_members", 0) >= 1, timeout_s=60, what="a promotion")
+
+    app.extensions["fleet"].reconciler.measure_traffic()  # one GET of /metrics: rates and tiers
+    shown = client.get("/api/v1/servers/gpu-1", headers=headers).get_json()
+    assert shown["tiers"]["gpu_bytes"] == 3 * 2**30
+    usage = shown["tier_usage"]
+    assert set(usage["tiers"]) == {"host", "gpu"} and usage["scraped_at"]
+    now = parse(server.metrics()).tiers
+    gpu, host = usage["tiers"]["gpu"], usage["tiers"]["host"]
+    assert gpu["budget_bytes"] == now["gpu"].budget_bytes and host["budget_bytes"] == now["host"].budget_bytes
+    assert 1 <= gpu["resident_members"] <= host["resident_members"]
+    assert gpu["resident_bytes"] <= gpu["budget_bytes"]
+    assert gpu["loads"] >= 1 and gpu["misses"] >= 1 and host["loads"] >= 1
+    listed = client.get("/api/v1/servers", headers=headers).get_json()["items"]
+    assert [s["tier_usage"]["tiers"]["gpu"]["budget_bytes"] for s in listed] == [gpu["budget_bytes"]]
