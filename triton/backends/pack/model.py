@@ -231,9 +231,13 @@ class GpuMover:
 
     def promote(self, payload) -> tuple[object, int]:
         before = self._allocated()
-        module = payload.to(self.device)
-        if self.cuda:
-            self.torch.cuda.synchronize(self.device)
+        try:
+            module = payload.to(self.device)
+            if self.cuda:
+                self.torch.cuda.synchronize(self.device)
+        except Exception:
+            payload.to("cpu")  # e.g. CUDA out of memory half-way: the host copy must stay whole
+            raise
         return module, max(tensor_bytes(module), self._allocated() - before)
 
     def demote(self, module) -> None:
