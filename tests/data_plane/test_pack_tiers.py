@@ -8,8 +8,11 @@ provides; the real server runs the tier in tests/data_plane/test_pack_runtime.py
 """
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import io
+import json
+import os
 import sys
 import threading
 import types
@@ -23,10 +26,44 @@ from fleet.waiting import wait_for
 RUNTIME = Path(__file__).resolve().parents[2] / "triton" / "backends" / "pack" / "model.py"
 
 
+class StandInMetric:
+    def __init__(self, family: str, labels: dict[str, str]) -> None:
+        self.family, self.labels, self.value = family, labels, 0.0
+
+    def increment(self, value: float) -> None:
+        self.value += value
+
+    def set(self, value: float) -> None:
+        self.value = value
+
+
+class StandInMetricFamily:
+    """pb_utils.MetricFamily as far as the runtime uses it; every metric made is kept in `made`."""
+
+    COUNTER, GAUGE = "counter", "gauge"
+    made: list[StandInMetric] = []
+
+    def __init__(self, name: str, description: str, kind: str) -> None:
+        self.name = name
+
+    def Metric(self, labels: dict[str, str]) -> StandInMetric:  # noqa: N802  pb_utils' spelling
+        metric = StandInMetric(self.name, labels)
+        StandInMetricFamily.made.append(metric)
+        return metric
+
+
+def metric(family: str, **labels: str) -> float | None:
+    found = [m.value for m in StandInMetricFamily.made if m.family == family and labels.items() <= m.labels.items()]
+    return found[-1] if found else None
+
+
 def _runtime():
-    """model.py as a module, with a stand-in pb_utils (its tier code never calls it)."""
+    """model.py as a module, with a stand-in pb_utils: the tier code never calls it, and a pack instance
+    started in-process only makes metrics."""
     saved_path, saved_utils = list(sys.path), sys.modules.get("triton_python_backend_utils")
-    sys.modules["triton_python_backend_utils"] = types.ModuleType("triton_python_backend_utils")
+    stand_in = types.ModuleType("triton_python_backend_utils")
+    stand_in.MetricFamily = StandInMetricFamily
+    sys.modules["triton_python_backend_utils"] = stand_in
     try:
         spec = importlib.util.spec_from_file_location("_pack_runtime_under_test", RUNTIME)
         module = importlib.util.module_from_spec(spec)
@@ -191,3 +228,60 @@ def test_members_released_by_other_threads_let_a_waiting_promotion_through():
     tier.release("b")
     wait_for(lambda: result, timeout_s=30, what="the promotion of d")
     assert not tier.contains("b") and tier.contains("a") and tier.contains("c")
+
+
+def test_an_inf2_member_evicted_from_its_core_comes_back_from_the_bytes_in_host_ram(tmp_path, monkeypatch):
+    """A pack instance of the inf2 family, started in-process: host RAM keeps each compiled artifact's bytes
+    and the NeuronCore tier loads modules from them. No NeuronCore here: `torch_neuronx` is a stand-in (an
+    empty module; the runtime imports it only to register Neuron ops) and the artifacts are plain
+    TorchScript, so `torch.jit.load` of the bytes runs on the CPU."""
+    monkeypatch.setitem(sys.modules, "torch_neuronx", types.ModuleType("torch_neuronx"))
+    monkeypatch.setenv("NEURON_RT_VISIBLE_CORES", "unset")
+    version = tmp_path / "neuron-pack" / "1"
+    (version / "members").mkdir(parents=True)
+    members, eager = {}, {}
+    for k, ident in enumerate("abc"):
+        torch.manual_seed(k)
+        eager[ident] = torch.jit.trace(torch.nn.Linear(4, 64).eval(), torch.ones(2, 4))
+        path = version / "members" / f"{ident}.neuron.pt"
+        torch.jit.save(eager[ident], str(path))
+        data = path.read_bytes()
+        members[ident] = {"file": f"members/{ident}.pt", "sha256": "", "format": "torchscript",
+                          "artifacts": {"inf2": {"path": f"members/{ident}.neuron.pt", "bytes": len(data),
+                                                 "sha256": hashlib.sha256(data).hexdigest(), "static_batch": 2}},
+                          "inputs": [{"name": "INPUT__0", "dtype": "FP32", "shape": [-1, 4]}],
+                          "outputs": [{"name": "OUTPUT__0", "dtype": "FP32", "shape": [-1, 64]}]}
+    (version / "members.json").write_text(json.dumps({"generation": 1, "members": members}))
+    artifact_bytes = members["a"]["artifacts"]["inf2"]["bytes"]
+    budget = artifact_bytes * 5 // 2  # the core holds two of the three
+    pack = runtime.TritonPythonModel()
+    pack.initialize({"model_config": json.dumps({"parameters": {
+        "family": {"string_value": "inf2"}, "max_device_bytes": {"string_value": str(budget)},
+        "neuron_core_offset": {"string_value": "2"}}}), "model_name": "neuron-pack",
+        "model_repository": str(version.parent), "model_version": "1", "model_instance_name": "neuron-pack_1"})
+    try:
+        assert os.environ["NEURON_RT_VISIBLE_CORES"] == "3"  # offset 2, instance 1: one core per instance
+        assert pack.tier.name == "neuron" and pack.tier.budget_bytes == budget
+        for ident in "abc":
+            pack._make_ready(ident)
+        assert isinstance(pack.resident["a"].module, bytes)  # host RAM holds the artifact, not a module
+        assert not pack.tier.contains("a") and pack.tier.resident_bytes <= budget
+        (version / "members" / "a.neuron.pt").unlink()  # from now on, a disk read of `a` would fail
+        module = pack._make_ready("a")
+        x = torch.arange(12, dtype=torch.float32).reshape(3, 4)  # 3 rows: padded to 2 x the static batch 2
+        (out,) = pack._forward(module, [x.numpy()], pack.members["a"].static_batch)
+        with torch.inference_mode():
+            assert np_equal(out, eager["a"](x).numpy())
+        pack._flush_metrics(force=True)
+        assert metric("fleet_member_loads_total", pack="neuron-pack", member="a") == 1
+        assert metric("fleet_tier_loads_total", pack="neuron-pack", tier="neuron") == 4
+        assert metric("fleet_tier_evictions_total", pack="neuron-pack", tier="neuron") == 2
+        assert metric("fleet_tier_resident_members", pack="neuron-pack", tier="neuron") == 2
+        assert metric("fleet_tier_resident_members", pack="neuron-pack", tier="host") == 3
+        assert metric("fleet_tier_budget_bytes", pack="neuron-pack", tier="neuron") == budget
+    finally:
+        pack.finalize()
+
+
+def np_equal(a, b) -> bool:
+    return a.shape == b.shape and bool((a == b).all())
