@@ -472,8 +472,9 @@ class Reconciler:
         by_server: dict[str, list] = defaultdict(list)
         for row in rows:
             behind = row.state != "loaded" or row.loaded_generation < row.built_generation
+            device = _device_budget(row)
             if (behind or needs_resize(row.residency_bytes, residency_budget(row.reserved_bytes))
-                    or needs_resize(row.device_bytes, _device_budget(row) or 0)):
+                    or (device and (row.device_bytes <= 0 or needs_resize(row.device_bytes, device)))):
                 by_server[row.server].append(row)
         self._each(self.pool, self._load_server, by_server.values())
 

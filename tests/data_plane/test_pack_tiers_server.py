@@ -16,6 +16,8 @@ import pytest
 import tritonclient.grpc as grpcclient
 
 from control_plane.app import create_app
+from control_plane.db import Pack, Placement
+from control_plane.placement import STUB_BASE_BYTES
 from control_plane.reconciler import Reconciler
 from control_plane.settings import Settings
 from control_plane.traffic import parse
@@ -85,17 +87,43 @@ def test_the_placement_device_budget_reaches_the_runtime_through_the_config_over
     assert (resized.state, resized.device_bytes) == ("loaded", DEVICE_BUDGET)
 
 
-def test_the_servers_api_shows_what_each_tier_holds_from_one_scrape(server, tmp_path):
+def control_plane_with(server: TritonServer, tmp_path):
+    """A control plane (no reconciler thread) with the server registered as a gpu server with 3 GiB of GPU."""
     settings = Settings(api_token=TOKEN, database_url=f"sqlite:///{tmp_path / 'registry.db'}",
                         work_dir=tmp_path / "cp", repository_root=tmp_path)
     app = create_app(settings, start_reconciler=False)
     client = app.test_client()
-    headers = {"Authorization": f"Bearer {TOKEN}"}
-    added = client.post("/api/v1/servers", headers=headers, json={
+    added = client.post("/api/v1/servers", headers={"Authorization": f"Bearer {TOKEN}"}, json={
         "name": "gpu-1", "family": "gpu", "http_url": server.http_url, "grpc_url": server.grpc_url,
         "metrics_url": server.metrics_url, "capacity_bytes": 2**30, "gpu_budget_bytes": 3 * 2**30})
     assert added.status_code == 201, added.get_data(as_text=True)
-    assert added.get_json()["tier_usage"] is None, "not scraped yet"
+    return app, client, added.get_json()
+
+
+def test_the_reconciler_gives_each_pack_its_share_of_the_servers_gpu(server, tmp_path):
+    app, _, _ = control_plane_with(server, tmp_path)
+    state = app.extensions["fleet"]
+    mib = 2**20
+    with state.sessions.begin() as session:  # the pack reserves 1/4 of what is placed on the server
+        session.add_all([Pack(name=PACK, family="gpu", kind="k", generation=3, built_generation=3),
+                         Pack(name="neighbour", family="gpu", kind="k", generation=1, built_generation=1)])
+        session.flush()
+        session.add_all([Placement(pack=PACK, server="gpu-1", reserved_bytes=STUB_BASE_BYTES + 56 * mib),
+                         Placement(pack="neighbour", server="gpu-1", retiring=True,  # not loaded, still counted
+                                   reserved_bytes=3 * (STUB_BASE_BYTES + 56 * mib))])
+    state.reconciler.load_placements()
+    with state.sessions() as session:
+        placement = session.get(Placement, (PACK, "gpu-1"))
+        assert (placement.state, placement.error) == ("loaded", None)
+        assert (placement.residency_bytes, placement.device_bytes) == (56 * mib, 3 * 2**30 // 4)
+    wait_for(lambda: (gpu_tier(server) or {}).get("budget_bytes") == 3 * 2**30 // 4, timeout_s=60,
+             what="the pack's share of the GPU on /metrics")
+
+
+def test_the_servers_api_shows_what_each_tier_holds_from_one_scrape(server, tmp_path):
+    app, client, added = control_plane_with(server, tmp_path)
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    assert added["tier_usage"] is None, "not scraped yet"
     for member in ("w0", "w1", "w2"):
         infer(server, member)
     wait_for(lambda: (gpu_tier(server) or {}).get("resident_members", 0) >= 1, timeout_s=60, what="a promotion")
