@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import requests
 import tritonclient.grpc as grpcclient
 
 from control_plane.app import create_app
@@ -72,6 +73,7 @@ def gpu_tier(server: TritonServer) -> dict | None:
 
 def test_the_placement_device_budget_reaches_the_runtime_through_the_config_override(server):
     reconciler = Reconciler(None, Settings(api_token=TOKEN), None)  # type: ignore[arg-type]  Triton only
+    reconciler.http = requests.Session()
     one_member = helpers.WIDE_BYTES * 3 // 2
     result = reconciler.load_and_verify(server.http_url, PACK, generation=3, residency=64 * 2**20,
                                         device=one_member)
@@ -85,23 +87,30 @@ def test_the_placement_device_budget_reaches_the_runtime_through_the_config_over
 
     resized = reconciler.resize(server.http_url, PACK, 3, 64 * 2**20, DEVICE_BUDGET)
     assert (resized.state, resized.device_bytes) == ("loaded", DEVICE_BUDGET)
+    reconciler.http.close()
 
 
-def control_plane_with(server: TritonServer, tmp_path):
-    """A control plane (no reconciler thread) with the server registered as a gpu server with 3 GiB of GPU."""
+@pytest.fixture
+def control_plane(server, tmp_path):
+    """A control plane (no reconciler thread) with the server registered as a gpu server with 3 GiB of GPU;
+    its reconciler's HTTP session is closed afterwards (an open keep-alive delays Triton's exit)."""
     settings = Settings(api_token=TOKEN, database_url=f"sqlite:///{tmp_path / 'registry.db'}",
                         work_dir=tmp_path / "cp", repository_root=tmp_path)
     app = create_app(settings, start_reconciler=False)
+    reconciler = app.extensions["fleet"].reconciler
+    reconciler.http = session = requests.Session()
     client = app.test_client()
     added = client.post("/api/v1/servers", headers={"Authorization": f"Bearer {TOKEN}"}, json={
         "name": "gpu-1", "family": "gpu", "http_url": server.http_url, "grpc_url": server.grpc_url,
         "metrics_url": server.metrics_url, "capacity_bytes": 2**30, "gpu_budget_bytes": 3 * 2**30})
     assert added.status_code == 201, added.get_data(as_text=True)
-    return app, client, added.get_json()
+    yield app, client, added.get_json()
+    reconciler.stop()
+    session.close()
 
 
-def test_the_reconciler_gives_each_pack_its_share_of_the_servers_gpu(server, tmp_path):
-    app, _, _ = control_plane_with(server, tmp_path)
+def test_the_reconciler_gives_each_pack_its_share_of_the_servers_gpu(server, control_plane):
+    app, _, _ = control_plane
     state = app.extensions["fleet"]
     mib = 2**20
     with state.sessions.begin() as session:  # the pack reserves 1/4 of what is placed on the server
@@ -120,8 +129,8 @@ def test_the_reconciler_gives_each_pack_its_share_of_the_servers_gpu(server, tmp
              what="the pack's share of the GPU on /metrics")
 
 
-def test_the_servers_api_shows_what_each_tier_holds_from_one_scrape(server, tmp_path):
-    app, client, added = control_plane_with(server, tmp_path)
+def test_the_servers_api_shows_what_each_tier_holds_from_one_scrape(server, control_plane):
+    app, client, added = control_plane
     headers = {"Authorization": f"Bearer {TOKEN}"}
     assert added["tier_usage"] is None, "not scraped yet"
     for member in ("w0", "w1", "w2"):
