@@ -278,3 +278,25 @@ def test_the_rendered_fleet_discovers_every_family_s_pods_under_the_name_their_s
     result = discover(sessions, discovery=settings, platform_factory=lambda: api_client)
     assert result.added == sorted(expected)
     assert {name: s.family for name, s in servers(sessions).items()} == expected
+
+
+def test_every_triton_pod_waits_for_its_drain_within_its_grace_period():
+    """The preStop hook is the real command (it parses), waits on the drain with a deadline, and leaves
+    Triton its own shutdown time inside terminationGracePeriodSeconds."""
+    from fleet.cli import server_wait_drained
+
+    families = [o for o in render(ALL_OVERLAY)
+                if o["kind"] == "StatefulSet" and FAMILY_LABEL in o["metadata"]["labels"]]
+    assert len(families) == 3
+    for statefulset in families:
+        spec = pod_spec(statefulset)
+        triton = next(c for c in spec["containers"] if c["name"] == "triton")
+        argv = triton["lifecycle"]["preStop"]["exec"]["command"]
+        assert argv[:3] == ["fleet", "server", "wait-drained"], argv
+        params = server_wait_drained.make_context("wait-drained", argv[3:]).params
+        exit_timeout = next((int(a.split("=", 1)[1]) for a in triton["args"] if a.startswith("--exit-timeout-secs=")),
+                            30)  # Triton's default
+        assert params["timeout_s"] + exit_timeout < spec["terminationGracePeriodSeconds"], statefulset["metadata"]
+        assert params["timeout_s"] >= 120, "a real-size drain needs minutes (docs/eks.md, Scale-in drains first)"
+        assert params["triton_url"] == f"http://127.0.0.1:{triton['ports'][0]['containerPort']}"
+        assert any(e["name"] == "TRITON_ADMIN_KEY" for e in triton["env"]), "the hook reads the index with the key"
