@@ -13,9 +13,18 @@ from control_plane.db import AuditEntry, Pack, Placement, Server, make_engine, m
 from control_plane.discovery import DiscoveryError, DiscoverySettings, discover
 from control_plane.discovery.eks import server_name
 from control_plane.migrate import upgrade
-from control_plane.targets.eks_manifests import ALL_OVERLAY, FAMILY_LABEL, containers, pod_spec, render
+from control_plane.targets.base import DeploymentSpec
+from control_plane.targets.eks_manifests import (
+    ALL_OVERLAY,
+    FAMILY_LABEL,
+    Roles,
+    containers,
+    deployment_objects,
+    pod_spec,
+    render,
+)
 
-from .conftest import NAMESPACE
+from .conftest import CONTROL_PLANE_ROLE, NAMESPACE, REPOSITORY_ROLE
 
 
 @pytest.fixture
@@ -242,8 +251,11 @@ def rendered_env(container: dict, namespace: str) -> dict[str, str]:
 
 def test_the_rendered_fleet_discovers_every_family_s_pods_under_the_name_their_sync_reads(api_client, sessions):
     """The contract between the manifests and discovery: the control plane has discovery switched on, and for
-    every Triton family the name discovery gives a pod is the --server its sync containers use."""
-    rendered = render(ALL_OVERLAY)
+    every Triton family the name discovery gives a pod is the --server its sync containers use. The objects
+    are those the EKS target applies (the overlay, tailored to a deployment of every family)."""
+    rendered = deployment_objects(render(ALL_OVERLAY), DeploymentSpec("s3://models/fleet", {"cpu": 1, "gpu": 1,
+                                                                                          "inf2": 1}),
+                                  NAMESPACE, Roles(REPOSITORY_ROLE, CONTROL_PLANE_ROLE), None, autoscaling=True)
     control_plane = next(o for o in rendered if o["kind"] == "StatefulSet" and o["metadata"]["name"] == "control-plane")
     env = rendered_env(next(containers(control_plane)), control_plane["metadata"]["namespace"])
     settings = DiscoverySettings.from_env(env)
