@@ -75,6 +75,10 @@ def drain(api: ControlPlaneApi, name: str, wait_s: float = 0.0,
     return server
 
 
+class TritonBusy(ServerCommandError):
+    """Triton answered too slowly or with a server error: worth asking again, not a verdict."""
+
+
 def also_log_to(path: str | None) -> None:
     """Send this module's log lines to `path` too (e.g. /proc/1/fd/1); a path that cannot be opened is
     reported and skipped: the wait itself matters more than where it is logged."""
@@ -101,15 +105,16 @@ def loaded_models(triton_url: str, admin_key: str | None = None, timeout_s: floa
     except requests.ConnectionError:
         return None
     except requests.RequestException as error:
-        raise ServerCommandError(f"Triton at {triton_url} did not answer its repository index: "
-                                 f"{type(error).__name__}") from None
+        raise TritonBusy(f"Triton at {triton_url} did not answer its repository index in {timeout_s:.0f} s: "
+                         f"{type(error).__name__}") from None
     if response.status_code in (401, 403) or (response.status_code == 400 and "restricted" in response.text):
         raise ServerCommandError(f"Triton at {triton_url} refused its repository index (HTTP {response.status_code}): "
                                  "its model-repository API is restricted; pass the key with --admin-key "
                                  "(or TRITON_ADMIN_KEY)")
     if response.status_code != 200:
-        raise ServerCommandError(f"Triton at {triton_url}: repository index -> HTTP {response.status_code}: "
-                                 f"{response.text[:300]}")
+        error = TritonBusy if response.status_code >= 500 else ServerCommandError
+        raise error(f"Triton at {triton_url}: repository index -> HTTP {response.status_code}: "
+                    f"{response.text[:300]}")
     return sorted(m["name"] for m in response.json() if m.get("state", "READY") == "READY")
 
 
@@ -117,11 +122,19 @@ def wait_drained(triton_url: str, timeout_s: float, admin_key: str | None = None
                  report_every_s: float = 10.0) -> float:
     """Wait until the local Triton has no model loaded (the control plane moved its replicas elsewhere and
     unloaded them), or until it no longer answers at all. Returns the seconds waited; raises
-    ServerCommandError, naming what is still loaded, when `timeout_s` passes first."""
+    ServerCommandError, naming what is still loaded, when `timeout_s` passes first. A slow or failing
+    answer (a busy server) is asked again; a refused key ends the wait at once, since no retry can fix it."""
     started = time.monotonic()
     deadline, reported = started + timeout_s, float("-inf")
     while True:
-        loaded = loaded_models(triton_url, admin_key)
+        try:
+            loaded = loaded_models(triton_url, admin_key)
+        except TritonBusy as error:
+            if time.monotonic() >= deadline:
+                raise ServerCommandError(f"{error}; gave up after {timeout_s:.0f} s") from None
+            log.warning("%s; asking again", error)
+            time.sleep(max(0.0, min(interval_s, deadline - time.monotonic())))
+            continue
         waited = time.monotonic() - started
         if loaded is None:
             log.info("Triton at %s does not answer: nothing left to drain (%.1f s)", triton_url, waited)

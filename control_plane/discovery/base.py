@@ -131,8 +131,8 @@ def apply(sessions: sessionmaker, found: list[Discovered], prefix: str) -> Disco
             if server.state == "ready" and row.draining and _drained_by_discovery(session, name):
                 row.draining = False
                 session.add(AuditEntry(action="server.returned", subject=name,
-                                       detail={"reason": "listed ready again after the platform stopped "
-                                                         "stopping it"}))
+                                       detail={"reason": "listed ready again (e.g. a StatefulSet pod "
+                                                         "replaced under the same name)"}))
                 result.returned.append(name)
         for name in sorted(set(known) - set(by_name)):
             session.execute(Placement.__table__.delete().where(Placement.server == name))
