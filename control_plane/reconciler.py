@@ -61,7 +61,6 @@ from fleet.triton_server import ADMIN_HEADER
 from model_repository.s3_sync import SyncError, sync
 
 log = logging.getLogger(__name__)
-DISCOVERY_EVERY_S = 10.0  # platform APIs are asked at most this often
 # The stub probe names a member no pack can hold (model names start with a letter or digit): a live stub
 # answers "model '__fleet_probe__' is not in pack ..." without running any model.
 PROBE_MEMBER = "__fleet_probe__"
@@ -175,9 +174,11 @@ class Reconciler:
 
     def discover_servers(self) -> None:
         """Register Triton pods (EKS) or tasks (ECS) that appeared and deregister those that left, every
-        DISCOVERY_EVERY_S; only servers inside the allowed networks are registered (they get the admin key).
+        FLEET_DISCOVERY_INTERVAL_S; leaving ones are drained (control_plane/discovery/base.py). Only servers
+        inside the allowed networks are registered (they get the admin key).
         A platform API failure changes nothing (control_plane/discovery)."""
-        if self.discovery.target == "none" or time.monotonic() - self._last_discovery < DISCOVERY_EVERY_S:
+        if self.discovery.target == "none" or time.monotonic() - self._last_discovery < \
+                self.discovery.interval_s:
             return
         self._last_discovery = time.monotonic()
         try:

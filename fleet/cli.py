@@ -367,6 +367,40 @@ def server_drain(name: str, wait_s: float, url: str | None, token: str | None) -
     click.echo(f"{name}: draining; holds {len(server.get('placed_packs', []))} packs")
 
 
+@server_commands.command(name="wait-drained")
+@click.option("--triton-url", default="http://127.0.0.1:8000", show_default=True,
+              help="HTTP endpoint of the Triton to watch (the pod's own).")
+@click.option("--timeout", "timeout_s", type=click.FloatRange(1), default=270, show_default=True,
+              help="Seconds to wait at most; keep it below the pod's terminationGracePeriodSeconds less "
+                   "Triton's own shutdown (--exit-timeout-secs).")
+@click.option("--interval", "interval_s", type=click.FloatRange(0.1), default=2, show_default=True,
+              help="Seconds between two looks at Triton's repository index.")
+@click.option("--admin-key", envvar="TRITON_ADMIN_KEY", default=None,
+              help="Triton's model-repository API key (default: $TRITON_ADMIN_KEY, as in the server pods).")
+@click.option("--log-file", type=click.Path(dir_okay=False), default=None,
+              help="Also append the progress lines here, e.g. /proc/1/fd/1 (the container's own stdout: a "
+                   "preStop hook's output is otherwise seen only when it fails); skipped, with a warning, if it "
+                   "cannot be opened.")
+def server_wait_drained(triton_url: str, timeout_s: float, interval_s: float, admin_key: str | None,
+                        log_file: str | None) -> None:
+    """Wait until this server's Triton has no model loaded: a preStop hook, so a pod that is being deleted
+    stops only after the control plane has loaded its replicas elsewhere and unloaded them here.
+
+    The control plane starts that drain itself when discovery sees the pod terminating (EKS) or its
+    target draining (ECS). Exits 0 once Triton reports no READY model (or no longer answers); exits 1
+    when --timeout passes first, naming the models still loaded and what to check.
+    """
+    from fleet.servers import ServerCommandError, also_log_to, wait_drained
+
+    also_log_to(log_file)
+    try:
+        wait_drained(triton_url, timeout_s, admin_key, interval_s)
+    except ServerCommandError as error:
+        if log_file:
+            logging.getLogger("fleet.servers").error("%s", error)
+        raise click.ClickException(str(error)) from None
+
+
 @server_commands.command(name="stop")
 @click.argument("name")
 @click.option("--wait", "wait_s", type=click.FloatRange(0), default=300, show_default=True,

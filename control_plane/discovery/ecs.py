@@ -1,7 +1,12 @@
-"""ECS: the healthy targets of the Triton target group, named after their tasks (ELBv2 + ECS via boto3).
+"""ECS: the targets of the Triton target group, named after their tasks (ELBv2 + ECS via boto3).
 
 Why the target group: it is what the load balancer already health-checks (Triton's /v2/health/ready),
 so a task counts as a server exactly when clients could reach it through the balancer.
+
+A task that ECS stops (scale-in, deployment, a Spot or instance drain) first has its desiredStatus set to
+STOPPED and its target deregistered: the target is `draining` for the target group's deregistration delay,
+and only then does ECS send SIGTERM. Either sign makes the task `leaving` (drained, placements kept); it is
+removed when its target is no longer listed (deregistration done, or the task gone).
 """
 from __future__ import annotations
 
@@ -11,6 +16,9 @@ from control_plane.discovery.base import Discovered, DiscoveryError, DiscoverySe
 from control_plane.targets.ecs_tasks import private_ip
 
 READY_STATES = ("healthy",)
+LEAVING_STATES = ("draining", "unhealthy.draining")  # deregistered: ECS stops the task after the delay
+# Registered but not (yet, or no longer) passing health checks: keep what is known, add nothing.
+UNREADY_STATES = ("initial", "unhealthy", "unavailable")
 
 
 class EcsDiscoverer:
@@ -28,12 +36,15 @@ class EcsDiscoverer:
         settings = self.settings
         try:
             health = self.elbv2.describe_target_health(TargetGroupArn=settings.target_group_arn)
-            healthy = {t["Target"]["Id"]: t["Target"].get("Port", settings.grpc_port)
-                       for t in health["TargetHealthDescriptions"] if t["TargetHealth"]["State"] in READY_STATES}
+            targets = {t["Target"]["Id"]: (t["Target"].get("Port", settings.grpc_port), t["TargetHealth"]["State"])
+                       for t in health["TargetHealthDescriptions"]
+                       if t["TargetHealth"]["State"] in READY_STATES + LEAVING_STATES + UNREADY_STATES}
             arns = []
-            for page in self.ecs.get_paginator("list_tasks").paginate(cluster=settings.cluster,
-                                                                      desiredStatus="RUNNING"):
-                arns += page["taskArns"]
+            # Tasks being stopped have desiredStatus STOPPED while they still run (and drain).
+            for desired in ("RUNNING", "STOPPED"):
+                for page in self.ecs.get_paginator("list_tasks").paginate(cluster=settings.cluster,
+                                                                          desiredStatus=desired):
+                    arns += page["taskArns"]
             tasks = []
             for start in range(0, len(arns), 100):
                 tasks += self.ecs.describe_tasks(cluster=settings.cluster, tasks=arns[start:start + 100])["tasks"]
@@ -45,8 +56,13 @@ class EcsDiscoverer:
         found, memory_of = [], {}
         for task in tasks:
             address = private_ip(task)
-            if address not in healthy:
+            if address not in targets or task.get("lastStatus") == "STOPPED":
                 continue
+            port, target_state = targets[address]
+            if target_state in LEAVING_STATES or task.get("desiredStatus") == "STOPPED":
+                state = "leaving"
+            else:
+                state = "ready" if target_state in READY_STATES else "unready"
             memory = task.get("memory") or (task.get("overrides") or {}).get("memory")
             if not memory:  # the task definition's task-level memory, once per definition
                 arn = task["taskDefinitionArn"]
@@ -56,7 +72,7 @@ class EcsDiscoverer:
             capacity = int(memory) * 2**20 if memory and str(memory).isdigit() else settings.capacity_bytes
             found.append(Discovered(name=f"{self.prefix}{task['taskArn'].rsplit('/', 1)[-1]}", family="cpu",
                                     http_url=f"http://{address}:{settings.http_port}",
-                                    grpc_url=f"{address}:{healthy[address]}", capacity_bytes=capacity))
+                                    grpc_url=f"{address}:{port}", capacity_bytes=capacity, state=state))
         return sorted(found, key=lambda s: s.name)
 
     def _definition_memory(self, arn: str) -> str | None:

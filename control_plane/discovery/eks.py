@@ -1,7 +1,10 @@
-"""EKS: the ready endpoints of the Triton Services' EndpointSlices, through the kubernetes client.
+"""EKS: the endpoints of the Triton Services' EndpointSlices, through the kubernetes client.
 
 Why EndpointSlices: they are what the Service itself routes to (readiness included), are updated by the
-cluster as pods come and go (HPA scale-out and scale-in), and name each endpoint's pod.
+cluster as pods come and go (HPA scale-out and scale-in), and name each endpoint's pod. A pod being
+deleted stays in its slice with `conditions.terminating` (ready false, serving while its readiness probe
+passes) for as long as its preStop hook runs: that is when discovery reports it `leaving`. The pod's own
+deletionTimestamp says the same a little earlier (the slice controller may lag), so it is read too.
 """
 from __future__ import annotations
 
@@ -10,7 +13,7 @@ from kubernetes import client
 from kubernetes.client import ApiException
 from kubernetes.utils import parse_quantity
 
-from control_plane.discovery.base import Discovered, DiscoveryError, DiscoverySettings
+from control_plane.discovery.base import Discovered, DiscoveryError, DiscoverySettings, ServerState
 from control_plane.targets.eks_manifests import FAMILY_LABEL
 
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
@@ -37,15 +40,15 @@ class EksDiscoverer:
                     ports = {p.name: p.port for p in endpoint_slice.ports or [] if p.name}
                     http, grpc = ports.get("http", self.settings.http_port), ports.get("grpc", self.settings.grpc_port)
                     for endpoint in endpoint_slice.endpoints or []:
-                        ready = endpoint.conditions is None or endpoint.conditions.ready is not False
-                        terminating = endpoint.conditions is not None and endpoint.conditions.terminating
                         pod = endpoint.target_ref.name if endpoint.target_ref else None
-                        if not ready or terminating or not pod or not endpoint.addresses:
+                        if not pod or not endpoint.addresses:
                             continue
+                        capacity, deleting = self._pod(pod)
                         address = endpoint.addresses[0]
-                        found.append(Discovered(name=f"{self.prefix}{pod}", family=family,
+                        found.append(Discovered(name=server_name(pod), family=family,
                                                 http_url=f"http://{address}:{http}", grpc_url=f"{address}:{grpc}",
-                                                capacity_bytes=self._capacity(pod)))
+                                                capacity_bytes=capacity,
+                                                state=_state(endpoint.conditions, deleting)))
         except ApiException as error:
             raise DiscoveryError(f"cannot list Triton endpoints in namespace {namespace}: HTTP {error.status} "
                                  f"{error.reason}; the control plane's role needs list on services and "
@@ -53,16 +56,40 @@ class EksDiscoverer:
         except urllib3.exceptions.HTTPError as error:
             raise DiscoveryError(f"cannot reach the Kubernetes API at {self.core.api_client.configuration.host}: "
                                  f"{type(error).__name__}; nothing was registered or removed") from None
-        return sorted({s.name: s for s in found}.values(), key=lambda s: s.name)
+        # One pod in two slices (a slice being replaced): leaving wins over ready, ready over unready.
+        chosen: dict[str, Discovered] = {}
+        for server in found:
+            if server.name not in chosen or RANK[server.state] > RANK[chosen[server.name].state]:
+                chosen[server.name] = server
+        return sorted(chosen.values(), key=lambda s: s.name)
 
-    def _capacity(self, pod: str) -> int:
-        """The Triton container's memory limit, where the pod declares one."""
+    def _pod(self, pod: str) -> tuple[int, bool]:
+        """The Triton container's memory limit (where the pod declares one), and whether the pod is being
+        deleted. A pod that cannot be read (already gone) counts as being deleted."""
         try:
-            spec = self.core.read_namespaced_pod(pod, self.settings.namespace).spec
-        except ApiException:
-            return self.settings.capacity_bytes
-        for container in spec.containers or []:
+            found = self.core.read_namespaced_pod(pod, self.settings.namespace)
+        except ApiException as error:
+            return self.settings.capacity_bytes, error.status == 404
+        deleting = found.metadata is not None and found.metadata.deletion_timestamp is not None
+        for container in (found.spec.containers if found.spec else None) or []:
             limits = (container.resources.limits or {}) if container.resources else {}
             if container.name == TRITON_CONTAINER and "memory" in limits:
-                return int(parse_quantity(limits["memory"]))
-        return self.settings.capacity_bytes
+                return int(parse_quantity(limits["memory"])), deleting
+        return self.settings.capacity_bytes, deleting
+
+
+RANK = {"unready": 0, "ready": 1, "leaving": 2}
+
+
+def server_name(pod: str) -> str:
+    """The registry's name for a Triton pod. The pod's sync containers read their assignment under the same
+    name (`--server eks-$(POD_NAME)` in k8s/modules/triton/statefulset.yaml; tests pin the two together)."""
+    return f"{EksDiscoverer.prefix}{pod}"
+
+
+def _state(conditions, deleting: bool) -> ServerState:
+    """An endpoint's conditions as a server state. Kubernetes: `ready` is false for every terminating
+    endpoint; `terminating` is set once the pod is being deleted; unset conditions mean ready."""
+    if deleting or (conditions is not None and conditions.terminating):
+        return "leaving"
+    return "unready" if conditions is not None and conditions.ready is False else "ready"
