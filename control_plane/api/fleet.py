@@ -107,9 +107,10 @@ def drain_server(name: str):
         server = session.get(Server, name)
         if server is None:
             raise not_found("server", name)
-        if not server.draining:
-            server.draining = True
-            session.add(AuditEntry(action="server.drain", subject=name))
+        # Recorded even when discovery already drains it: a person's drain is never undone by discovery
+        # (control_plane/discovery/base.py undoes only a drain whose latest audit entry is its own).
+        server.draining = True
+        session.add(AuditEntry(action="server.drain", subject=name))
         result = server_out(session, server)
     state.reconciler.nudge()
     return result

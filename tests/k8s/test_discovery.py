@@ -312,3 +312,28 @@ def test_every_triton_pod_waits_for_its_drain_within_its_grace_period():
         assert params["timeout_s"] >= 120, "a real-size drain needs minutes (docs/eks.md, Scale-in drains first)"
         assert params["triton_url"] == f"http://127.0.0.1:{triton['ports'][0]['containerPort']}"
         assert any(e["name"] == "TRITON_ADMIN_KEY" for e in triton["env"]), "the hook reads the index with the key"
+
+
+def test_a_person_s_drain_of_a_server_discovery_drains_already_is_kept_when_the_pod_comes_back(
+        api_client, tmp_path, settings):
+    from control_plane.app import create_app
+    from control_plane.settings import Settings
+
+    app_settings = Settings(database_url=f"sqlite:///{tmp_path}/registry.db", api_token="t",
+                            repository_uri="s3://models/repository", work_dir=tmp_path / "work")
+    app = create_app(app_settings, start_reconciler=False)
+    sessions = app.extensions["fleet"].sessions
+    add_service(api_client, "triton-cpu", "cpu")
+    add_pod(api_client, "triton-cpu-0", None)
+    set_endpoints(api_client, "triton-cpu", {"triton-cpu-0": ("10.0.0.10", True)})
+    discover(sessions, discovery=settings, platform_factory=lambda: api_client)
+    set_endpoints(api_client, "triton-cpu", {"triton-cpu-0": ("10.0.0.10", "terminating")})
+    assert discover(sessions, discovery=settings, platform_factory=lambda: api_client).leaving == ["eks-triton-cpu-0"]
+
+    response = app.test_client().post("/api/v1/servers/eks-triton-cpu-0/drain",
+                                      headers={"Authorization": "Bearer t"})
+    assert response.status_code == 200 and response.get_json()["draining"] is True
+    set_endpoints(api_client, "triton-cpu", {"triton-cpu-0": ("10.0.0.10", True)})
+    result = discover(sessions, discovery=settings, platform_factory=lambda: api_client)
+    assert result.returned == [] and servers(sessions)["eks-triton-cpu-0"].draining is True
+    assert audit(sessions, "eks-triton-cpu-0")[-2:] == ["server.leaving", "server.drain"]
