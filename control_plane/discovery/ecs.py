@@ -5,16 +5,20 @@ so a task counts as a server exactly when clients could reach it through the bal
 """
 from __future__ import annotations
 
+import logging
+
 from botocore.exceptions import BotoCoreError, ClientError
 
 from control_plane.discovery.base import Discovered, DiscoveryError, DiscoverySettings
 from control_plane.targets.ecs_tasks import private_ip
+from model_repository.server_names import ECS_PREFIX, ServerNameError, ecs_server_name
 
 READY_STATES = ("healthy",)
+log = logging.getLogger(__name__)
 
 
 class EcsDiscoverer:
-    prefix = "ecs-"
+    prefix = ECS_PREFIX
 
     def __init__(self, session, settings: DiscoverySettings) -> None:
         if not settings.cluster or not settings.target_group_arn:
@@ -54,7 +58,12 @@ class EcsDiscoverer:
                     memory_of[arn] = self._definition_memory(arn)
                 memory = memory_of[arn]
             capacity = int(memory) * 2**20 if memory and str(memory).isdigit() else settings.capacity_bytes
-            found.append(Discovered(name=f"{self.prefix}{task['taskArn'].rsplit('/', 1)[-1]}", family="cpu",
+            try:
+                name = ecs_server_name(task["taskArn"])  # the name the task's own sync derives (server_names)
+            except ServerNameError as error:
+                log.warning("task at %s skipped: %s", address, error)
+                continue
+            found.append(Discovered(name=name, family="cpu",
                                     http_url=f"http://{address}:{settings.http_port}",
                                     grpc_url=f"{address}:{healthy[address]}", capacity_bytes=capacity))
         return sorted(found, key=lambda s: s.name)
