@@ -108,9 +108,11 @@ def ticks(fleet) -> float:
                 if sample.name.endswith("_count"))
 
 
-def served_requests(server: TritonServer, pack: str) -> float:
-    """Successful requests this server answered for the pack (Triton's own counter)."""
-    return parse(requests.get(server.metrics_url, timeout=5).text).packs.get(pack, 0.0)
+def served_requests(server: TritonServer, pack: str, member: str) -> float:
+    """Requests for this member that the server's pack runtime answered. Its per-member counter, not Triton's
+    per-pack one: the latter also grew on a new replica that no client had called yet (the control plane's
+    own requests, e.g. stub probes, count there)."""
+    return parse(requests.get(server.metrics_url, timeout=5).text).members.get((pack, member), 0.0)
 
 
 @dataclass
@@ -157,7 +159,7 @@ def test_a_hot_pack_gets_a_third_replica_that_serves_and_gives_it_back_when_traf
     [third] = set(SERVERS) - before[pack]
     cold = {p: s for p, s in before.items() if p != pack}
     assert cold, "the test needs a second, cold pack to show it is left alone"
-    baseline = served_requests(fleet["servers"][third], pack)
+    baseline = served_requests(fleet["servers"][third], pack, entry.id)
     (x,) = example_inputs(entry, batch=1)
     with FleetClient(fleet["cp"].url, TOKEN, cache_ttl_s=1.0) as client:
         def call() -> None:
@@ -168,7 +170,7 @@ def test_a_hot_pack_gets_a_third_replica_that_serves_and_gives_it_back_when_traf
             # the third server, and the client (which re-resolves every second) sends it requests.
             wait_for(lambda: replicas(fleet).get(pack) == set(SERVERS), timeout_s=90,
                      what=f"{pack} loaded on all three servers")
-            wait_for(lambda: served_requests(fleet["servers"][third], pack) >= baseline + 20, timeout_s=30,
+            wait_for(lambda: served_requests(fleet["servers"][third], pack, entry.id) >= baseline + 20, timeout_s=30,
                      what=f"requests for {pack} reaching the new replica on {third}")
             # While the traffic stays hot, the extra replica stays: ten more reconcile ticks, each reading
             # the servers' counters afresh, without flapping.
