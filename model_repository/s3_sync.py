@@ -22,7 +22,6 @@ import hashlib
 import json
 import logging
 import os
-import re
 import shutil
 import time
 import uuid
@@ -36,6 +35,7 @@ import boto3
 import requests
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
+from prometheus_client.parser import text_string_to_metric_families
 from s3transfer.exceptions import RetriesExceededError
 from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_exponential
 
@@ -281,12 +281,33 @@ class UsageTracker:
 
     Why: the disk tier's LRU should keep what is used, not only what was assigned last. Without a URL (or
     when Triton does not answer) it reports nothing and the order is by assignment time alone.
-    """
 
-    _LINE = re.compile(r'^nv_inference_request_success\{[^}]*model="([^"]+)"[^}]*\}\s+([0-9.eE+]+)', re.M)
+    A pack counts its members' requests (the pack runtime's `fleet_member_requests_total`), not Triton's
+    `nv_inference_request_success`: Triton 2.51 counts a Python-backend error response as a success, so the
+    control plane's stub probe (a request for a member that no pack holds, every few seconds) made every
+    loaded pack look used. Models without the pack runtime (e.g. adfilter) use Triton's counter.
+    """
 
     def __init__(self, metrics_url: str | None) -> None:
         self.metrics_url, self.counts = metrics_url, {}
+
+    @staticmethod
+    def request_counts(text: str) -> dict[str, float]:
+        """model -> requests so far: member requests for packs, Triton's successes for other models."""
+        triton: dict[str, float] = {}
+        members: dict[str, float] = {}
+        packs: set[str] = set()
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if family.name == "nv_inference_request_success" and "model" in sample.labels:
+                    model = sample.labels["model"]
+                    triton[model] = triton.get(model, 0.0) + sample.value
+                elif family.name == "fleet_member_requests" and sample.name.endswith("_total"):
+                    pack = sample.labels.get("pack", "")
+                    members[pack] = members.get(pack, 0.0) + sample.value
+                elif family.name.startswith("fleet_pack_") and "pack" in sample.labels:
+                    packs.add(sample.labels["pack"])
+        return {model: members.get(model, 0.0) if model in packs else count for model, count in triton.items()}
 
     def poll(self) -> dict[str, float]:
         if not self.metrics_url:
@@ -297,8 +318,7 @@ class UsageTracker:
             log.info("no request counts from %s (%s); LRU order by assignment only", self.metrics_url, error)
             return {}
         now, used = time.time(), {}
-        for model, value in self._LINE.findall(text):
-            count = float(value)
+        for model, count in self.request_counts(text).items():
             if count > self.counts.get(model, 0.0):
                 used[model] = now
             self.counts[model] = count
