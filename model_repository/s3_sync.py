@@ -22,6 +22,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import time
 import uuid
@@ -35,7 +36,6 @@ import boto3
 import requests
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
-from prometheus_client.parser import text_string_to_metric_families
 from s3transfer.exceptions import RetriesExceededError
 from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_exponential
 
@@ -291,22 +291,29 @@ class UsageTracker:
     def __init__(self, metrics_url: str | None) -> None:
         self.metrics_url, self.counts = metrics_url, {}
 
-    @staticmethod
-    def request_counts(text: str) -> dict[str, float]:
+    # One sample of Prometheus' text format: name{labels} value. Parsed here rather than with
+    # prometheus_client, which the server image (where the sync sidecar runs) does not carry.
+    _SAMPLE = re.compile(r'^([A-Za-z_:][A-Za-z0-9_:]*)\{([^}]*)\}\s+(\S+)', re.M)
+    _LABEL = re.compile(r'([A-Za-z_][A-Za-z0-9_]*)="((?:[^"\\]|\\.)*)"')
+
+    @classmethod
+    def request_counts(cls, text: str) -> dict[str, float]:
         """model -> requests so far: member requests for packs, Triton's successes for other models."""
         triton: dict[str, float] = {}
         members: dict[str, float] = {}
         packs: set[str] = set()
-        for family in text_string_to_metric_families(text):
-            for sample in family.samples:
-                if family.name == "nv_inference_request_success" and "model" in sample.labels:
-                    model = sample.labels["model"]
-                    triton[model] = triton.get(model, 0.0) + sample.value
-                elif family.name == "fleet_member_requests" and sample.name.endswith("_total"):
-                    pack = sample.labels.get("pack", "")
-                    members[pack] = members.get(pack, 0.0) + sample.value
-                elif family.name.startswith("fleet_pack_") and "pack" in sample.labels:
-                    packs.add(sample.labels["pack"])
+        for name, label_text, value in cls._SAMPLE.findall(text):
+            labels = dict(cls._LABEL.findall(label_text))
+            try:
+                number = float(value)
+            except ValueError:
+                continue
+            if name == "nv_inference_request_success" and "model" in labels:
+                triton[labels["model"]] = triton.get(labels["model"], 0.0) + number
+            elif name == "fleet_member_requests_total" and "pack" in labels:
+                members[labels["pack"]] = members.get(labels["pack"], 0.0) + number
+            elif name.startswith("fleet_pack_") and "pack" in labels:
+                packs.add(labels["pack"])
         return {model: members.get(model, 0.0) if model in packs else count for model, count in triton.items()}
 
     def poll(self) -> dict[str, float]:

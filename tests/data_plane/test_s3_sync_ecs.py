@@ -1,8 +1,9 @@
 """On ECS a task's sync finds its own server name in the task metadata endpoint v4 and syncs only its share.
 
-The metadata endpoint is a real HTTP server on loopback answering the document ECS documents for
-`${ECS_CONTAINER_METADATA_URI_V4}/task`; S3 is the session's SeaweedFS; the sync commands are the ones the
-CloudFormation template gives the task's containers with SyncScope=assigned, run as processes.
+The metadata endpoint is a real HTTP server on loopback (deploy/ecs_metadata.py) answering the document
+ECS documents for `${ECS_CONTAINER_METADATA_URI_V4}/task`; S3 is the session's SeaweedFS; the sync
+commands are the ones the CloudFormation template gives the task's containers with SyncScope=assigned,
+run as processes.
 """
 from __future__ import annotations
 
@@ -10,16 +11,15 @@ import json
 import os
 import subprocess
 import sys
-import threading
 import uuid
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 
 from control_plane.assignments import publish_assignment
 from control_plane.settings import Settings
+from deploy.ecs_metadata import PATH, TaskMetadataEndpoint
 from deploy.ecs_task import task_containers
 from model_repository.packing import build_repository
 from model_repository.s3_sync import status_paths, upload
@@ -34,41 +34,10 @@ TASK_ID = "8f03e41243824aea923aca126495f665"
 TASK_ARN = f"arn:aws:ecs:us-west-2:111122223333:task/default/{TASK_ID}"
 
 
-class MetadataEndpoint:
-    """A task metadata endpoint v4 on loopback: `GET <base>/task` answers `document` with `status`."""
-
-    def __init__(self, document: object, status: int = 200) -> None:
-        self.document, self.status, self.requests = document, status, []
-        endpoint = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 (http.server's name)
-                endpoint.requests.append(self.path)
-                known = self.path == "/v4/abc-123/task"
-                body = json.dumps(endpoint.document if known else {"error": "not found"}).encode()
-                self.send_response(endpoint.status if known else 404)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-        self.uri = f"http://127.0.0.1:{self.server.server_address[1]}/v4/abc-123"
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
 @pytest.fixture
-def metadata() -> Iterator[MetadataEndpoint]:
+def metadata() -> Iterator[TaskMetadataEndpoint]:
     # Fields as in AWS's "Example task metadata response" (trimmed); TaskARN in the long format.
-    endpoint = MetadataEndpoint({"Cluster": "default", "TaskARN": TASK_ARN, "Family": "adfilter", "Revision": "7",
+    endpoint = TaskMetadataEndpoint({"Cluster": "default", "TaskARN": TASK_ARN, "Family": "adfilter", "Revision": "7",
                                  "DesiredStatus": "RUNNING", "KnownStatus": "RUNNING",
                                  "Containers": [{"Name": "sync"}, {"Name": "triton"}]})
     yield endpoint
@@ -100,7 +69,7 @@ def test_ecs_discovery_and_the_sync_derive_names_with_the_same_function():
 
 def test_the_server_name_comes_from_the_task_metadata_endpoint(metadata):
     assert ecs_server_name_from_metadata({METADATA_ENV: metadata.uri}) == f"ecs-{TASK_ID}"
-    assert metadata.requests == ["/v4/abc-123/task"]
+    assert metadata.requests == [f"{PATH}/task"]
     assert ecs_server_name_from_metadata({METADATA_ENV: metadata.uri + "/"}) == f"ecs-{TASK_ID}"
 
 
