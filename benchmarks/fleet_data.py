@@ -6,8 +6,13 @@
    server only (baseline) vs on two (a replica).
 3. Seconds for a new server to take its share: its assignment published -> packs on its disk (sync) ->
    loaded in its tritonserver.
+4. Seconds for a hot pack to get its extra replica and requests reaching it: traffic through `fleet.client`
+   above the (benchmark-sized) hot threshold -> the control plane places a third replica -> loaded ->
+   the new server answers requests; then traffic falls -> the extra replica is retired. Baseline, in the
+   same run: the same pack loaded by hand into a fresh tritonserver (the load alone, no detection, no
+   placement, no client re-resolution).
 
-Run: `python -m benchmarks.fleet_data` (about 5 minutes on 2 cores); writes results/fleet_data.json and
+Run: `python -m benchmarks.fleet_data` (about 7 minutes on 2 cores); writes results/fleet_data.json and
 the "## Data side" section of docs/benchmarks-fleet.md (other sections of that file are left alone).
 """
 from __future__ import annotations
@@ -29,6 +34,7 @@ import requests
 
 from control_plane.assignments import publish_assignment
 from control_plane.settings import Settings
+from control_plane.traffic import parse
 from fleet import waiting
 from fleet.client import FleetClient
 from fleet.processes import stop_group
@@ -143,18 +149,6 @@ def _register(cp: ControlPlaneProcess, entry, generated: Path) -> dict:
                     f"{entry.id} servable")
 
 
-def _add_replica(cp: ControlPlaneProcess, s3: SeaweedS3, server: TritonServer, name: str, pack: str) -> None:
-    """Until placement keeps replicas by itself (branch fleet): sync, load and record a second replica."""
-    from control_plane.db import Pack, Placement, make_engine, make_sessionmaker
-
-    sync(cp.uri, server.repository, s3.client())
-    server.load(pack)
-    sessions = make_sessionmaker(make_engine(cp.database))
-    with sessions.begin() as session:
-        generation = session.get(Pack, pack).built_generation
-        session.merge(Placement(pack=pack, server=name, state="loaded", loaded_generation=generation))
-
-
 def _kill_under_load(cp: ControlPlaneProcess, model: str, inputs, victim: TritonServer, users: int,
                      after_s: float) -> dict:
     counts = {"ok": 0, "failed": 0}
@@ -192,37 +186,163 @@ def _kill_under_load(cp: ControlPlaneProcess, model: str, inputs, victim: Triton
             "max_latency_s": round(latencies[-1], 3) if latencies else None}
 
 
-def kill_with_and_without_replicas(s3: SeaweedS3, root: Path, after_s: float, users: int) -> dict:
-    generated = root / "generated-kill"
-    generate(2, generated, seed=2)
+def _kill_once(s3: SeaweedS3, base: Path, replicas_min: int, after_s: float, users: int) -> dict:
+    generated = base / "generated"
+    generate(1, generated, seed=2)
     servers = {}
     for name in ("triton-a", "triton-b", "triton-c"):
-        repo = root / name / "repository"
+        repo = base / name / "repository"
         repo.mkdir(parents=True)
         servers[name] = TritonServer(repo, admin_key=ADMIN_KEY).start()
-    cp = ControlPlaneProcess(root, s3, {})
-    results = {}
+    cp = ControlPlaneProcess(base, s3, {"FLEET_REPLICAS_MIN": str(replicas_min)})
     try:
         for name, server in servers.items():
             cp.api("POST", "/servers", json={"name": name, "family": "cpu", "http_url": server.http_url,
                                              "grpc_url": server.grpc_url, "capacity_bytes": 8 * 2**30,
                                              "repository_path": str(server.repository)}).raise_for_status()
-        single, replicated = Manifest.read(generated).models[:2]
-        for label, entry in (("one replica (baseline)", single), ("two replicas", replicated)):
-            model = _register(cp, entry, generated)
-            holder = model["endpoints"][0]["server"]
-            if label == "two replicas":
-                other = next(n for n, s in servers.items() if n != holder and s.process.poll() is None)
-                _add_replica(cp, s3, servers[other], other, model["pack"])
-                wait_for(lambda e=entry: len(cp.api("GET", f"/models/{e.id}").json()["endpoints"]) == 2,
-                         "two endpoints")
-            results[label] = _kill_under_load(cp, entry.id, example_inputs(entry, batch=1), servers[holder],
-                                              users, after_s)
+        entry = Manifest.read(generated).models[0]
+        _register(cp, entry, generated)
+        model = wait_for(lambda: len((m := cp.api("GET", f"/models/{entry.id}").json())["endpoints"]) == replicas_min
+                         and m, f"{replicas_min} endpoints")
+        holder = model["endpoints"][0]["server"]
+        return _kill_under_load(cp, entry.id, example_inputs(entry, batch=1), servers[holder], users, after_s)
     finally:
         cp.stop()
         for server in servers.values():
             server.stop()
-    return results
+
+
+def kill_with_and_without_replicas(s3: SeaweedS3, root: Path, after_s: float, users: int) -> dict:
+    """The same kill twice, each on a fresh fleet: placement keeping one replica per pack (the baseline,
+    FLEET_REPLICAS_MIN=1) and its default of two. (Before placement kept replicas by itself, a second
+    replica was added by hand here; once it did, the "one replica" baseline silently had two.)"""
+    return {label: _kill_once(s3, root / f"kill-{n}", n, after_s, users)
+            for label, n in (("one replica (baseline)", 1), ("two replicas", 2))}
+
+
+def _served(server: TritonServer, pack: str, member: str) -> float:
+    """Requests for this member the server's pack runtime answered (its own per-member counter: the
+    control plane's stub probes and config reads never count there)."""
+    return parse(requests.get(server.metrics_url, timeout=5).text).members.get((pack, member), 0.0)
+
+
+def hot_pack_replica(s3: SeaweedS3, root: Path, hot_rps: float, cool_rps: float, every_s: float,
+                     cache_ttl_s: float) -> dict:
+    """Seconds from hot traffic to a third replica answering, and from quiet to it being retired."""
+    root = root / f"hot-{uuid.uuid4().hex[:6]}"
+    generated = root / "generated"
+    generate(2, generated, seed=3)
+    servers = {}
+    for name in ("hot-a", "hot-b", "hot-c"):
+        repo = root / name / "repository"
+        repo.mkdir(parents=True)
+        servers[name] = TritonServer(repo, admin_key=ADMIN_KEY).start()
+    cp = ControlPlaneProcess(root, s3, {"FLEET_HOT_RPS_PER_REPLICA": str(hot_rps),
+                                        "FLEET_COOL_RPS_PER_REPLICA": str(cool_rps),
+                                        # failure detection is not measured here (see the e2e test's note)
+                                        "FLEET_SERVER_DEAD_AFTER_S": "20"})
+    try:
+        for name, server in servers.items():
+            cp.api("POST", "/servers", json={"name": name, "family": "cpu", "http_url": server.http_url,
+                                             "grpc_url": server.grpc_url, "metrics_url": server.metrics_url,
+                                             "capacity_bytes": 8 * 2**30,
+                                             "repository_path": str(server.repository)}).raise_for_status()
+        entry = Manifest.read(generated).models[0]
+        model = _register(cp, entry, generated)
+        pack = model["pack"]
+        model = wait_for(lambda: len((m := cp.api("GET", f"/models/{entry.id}").json())["endpoints"]) == 2 and m,
+                         "two replicas")
+        third = next(n for n in servers if n not in {e["server"] for e in model["endpoints"]})
+
+        def placements() -> list[dict]:
+            return [p for p in cp.api("GET", "/placements").json()["items"] if p["pack"] == pack]
+
+        with tempfile.TemporaryDirectory(dir=root) as by_hand:  # baseline: the load alone
+            (Path(by_hand) / "repository").mkdir()
+            with TritonServer(Path(by_hand) / "repository") as fresh:
+                sync(cp.uri, fresh.repository, s3.client())
+                started = time.monotonic()
+                fresh.load(pack)
+                baseline_load = time.monotonic() - started
+        inputs = example_inputs(entry, batch=1)
+        counts = {"ok": 0, "failed": 0}
+        stop, lock = threading.Event(), threading.Lock()
+
+        def user(client: FleetClient) -> None:
+            while not stop.is_set():
+                try:
+                    client.infer(entry.id, inputs)
+                    with lock:
+                        counts["ok"] += 1
+                except Exception:  # noqa: BLE001  counted and shown
+                    with lock:
+                        counts["failed"] += 1
+                stop.wait(every_s)  # pacing the load generator
+
+        client = FleetClient(cp.url, TOKEN, cache_ttl_s=cache_ttl_s)
+        resolved: list[float] = []  # when the client asked the control plane where the model is
+        client.routes.http.hooks["response"].append(lambda *_a, **_k: resolved.append(time.monotonic()))
+        threads = [threading.Thread(target=user, args=(client,)) for _ in range(2)]
+        started = time.monotonic()
+        for thread in threads:
+            thread.start()
+
+        def since() -> float:
+            return round(time.monotonic() - started, 2)
+
+        wait_for(lambda: any(p["server"] == third for p in placements()), "a third replica placed", 120)
+        placed = since()
+        wait_for(lambda: any(p["server"] == third and p["state"] == "loaded" and p["loaded_generation"] ==
+                             p["generation"] for p in placements()), "the third replica loaded", 120)
+        loaded = since()
+        wait_for(lambda: _served(servers[third], pack, entry.id) > 0, "a request answered by the third replica", 120)
+        answered = since()
+        ok_hot = counts["ok"]
+        rps = ok_hot / max(answered, 1e-9)
+        stop.set()
+        for thread in threads:
+            thread.join(30)
+        quiet = time.monotonic()
+        wait_for(lambda: len([p for p in placements() if not p["retiring"]]) == 2 and
+                 all(p["state"] == "loaded" for p in placements()), "back to two replicas", 120)
+        retired = round(time.monotonic() - quiet, 2)
+        client.close()
+    finally:
+        cp.stop()
+        for server in servers.values():
+            server.stop()
+    return {"cache_ttl_s": cache_ttl_s, "hot_rps_per_replica": hot_rps, "cool_rps_per_replica": cool_rps,
+            "offered_rps": round(rps, 1), "placed_s": placed, "loaded_s": loaded, "answered_s": answered,
+            "retired_after_quiet_s": retired, "baseline_load_s": round(baseline_load, 2), "ok": counts["ok"],
+            "failed": counts["failed"], "client_resolved_at_s": [round(t - started, 2) for t in resolved]}
+
+
+def render_hot(result: dict) -> list[str]:
+    runs = result.get("hot") or []
+    lines: list[str] = []
+    if runs:
+        first = runs[0]
+        load = f" (load average {first['loadavg']})" if first.get("loadavg") else ""
+        lines += ["### Seconds for a hot pack to get its extra replica, and requests reaching it", "",
+                  f"Run {first['date']}{load}. One model (one pack, 2 replicas on 3 servers); `fleet.client` on "
+                  f"2 threads at ~{first['offered_rps']:.0f} rps, above 2 x FLEET_HOT_RPS_PER_REPLICA="
+                  f"{first['hot_rps_per_replica']:g}; then no traffic (below FLEET_COOL_RPS_PER_REPLICA="
+                  f"{first['cool_rps_per_replica']:g}). Seconds from the first request. Baseline: the same pack "
+                  "loaded by hand into a fresh tritonserver in the same run (the load alone). A request reaching "
+                  "the new replica is read from its pack runtime's per-member counter.", "",
+                  "| client route cache | placed | loaded and verified | first request answered by it "
+                  "| baseline load | answered / baseline | quiet -> back to 2 replicas | requests ok / failed |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for run in runs:
+            lines.append(f"| {run['cache_ttl_s']:g} s | {run['placed_s']} | {run['loaded_s']} | "
+                         f"**{run['answered_s']}** | {run['baseline_load_s']} | "
+                         f"{run['answered_s'] / run['baseline_load_s']:.1f}x | {run['retired_after_quiet_s']} | "
+                         f"{run['ok']} / {run['failed']} |")
+        lines += ["", "Reading it: `placed` is the control plane measuring the rate (two scrapes of the servers' "
+                  "counters) and planning; `loaded` adds the load and its verification. A client learns of a new "
+                  "replica only when its route cache expires or a replica fails, so the gap between `loaded` and "
+                  "`answered` is the client's cache, not the fleet.", ""]
+    return lines
 
 
 def render(result: dict) -> str:
@@ -249,6 +369,8 @@ def render(result: dict) -> str:
               "left out.",
               "", f"### Failed requests when the server holding the model is killed (fleet.client, "
               f"{result['users']} threads, client deadline 5 s, {result['after_s']:.0f} s observed after the kill)",
+              "", "Each row on a fresh fleet of three servers, the model's pack placed by the control plane with "
+              "FLEET_REPLICAS_MIN=1 (the baseline) or 2 (the default).",
               "", "| pack on | requests ok | failed | slowest answer (s) |", "|---|---|---|---|"]
     for label, row in kill.items():
         lines.append(f"| {label} | {row['ok']} | {row['failed']} | {row['max_latency_s']} |")
@@ -261,6 +383,7 @@ def render(result: dict) -> str:
               f"**{newcomer['total_seconds']} s** in all (loads one pack after another; each starts a stub that "
               "imports torch). The assignment was published by this benchmark; in the fleet the reconciler's "
               "leader publishes it, which this run does not include.", ""]
+    lines += render_hot(result)
     return "\n".join(lines)
 
 
@@ -277,6 +400,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--servers", type=int, default=3)
     parser.add_argument("--users", type=int, default=4)
     parser.add_argument("--after-s", type=float, default=10.0)
+    parser.add_argument("--hot-rps", type=float, default=5.0, help="FLEET_HOT_RPS_PER_REPLICA for step 4.")
+    parser.add_argument("--only-hot", action="store_true", help="Run step 4 only (and keep the rest of the "
+                        "saved results in --out, if any).")
     parser.add_argument("--out", type=Path, default=Path("results/fleet_data.json"))
     parser.add_argument("--docs", type=Path, default=Path("docs/benchmarks-fleet.md"))
     parser.add_argument("--render", type=Path, default=None, help="Measure nothing: re-render a saved JSON.")
@@ -289,15 +415,28 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="fleet-data-") as tmp, SeaweedS3(Path(tmp) / "s3") as s3:
         root = Path(tmp)
         s3.create_bucket("bench")
-        disk = disk_share(s3, root, args.models, args.servers, replicas=2)
-        print(json.dumps(disk, indent=1), flush=True)
-        newcomer = new_server_share(s3, root, disk["uri"], disk["share_of_first"])
-        print(json.dumps(newcomer), flush=True)
-        kill = kill_with_and_without_replicas(s3, root, args.after_s, args.users)
-        print(json.dumps(kill, indent=1), flush=True)
-    result = {"disk": disk, "new_server": newcomer, "kill": kill, "users": args.users, "after_s": args.after_s,
-              "machine": f"{os.cpu_count()} cores, {platform.machine()}", "date": time.strftime("%Y-%m-%d %H:%M UTC",
-                                                                                             time.gmtime())}
+        result = json.loads(args.out.read_text()) if args.only_hot and args.out.exists() else {}
+        if not args.only_hot:
+            disk = disk_share(s3, root, args.models, args.servers, replicas=2)
+            print(json.dumps(disk, indent=1), flush=True)
+            newcomer = new_server_share(s3, root, disk["uri"], disk["share_of_first"])
+            print(json.dumps(newcomer), flush=True)
+            kill = kill_with_and_without_replicas(s3, root, args.after_s, args.users)
+            print(json.dumps(kill, indent=1), flush=True)
+            result = {"disk": disk, "new_server": newcomer, "kill": kill, "users": args.users,
+                      "after_s": args.after_s, "machine": f"{os.cpu_count()} cores, {platform.machine()}",
+                      "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+        result["hot"] = []
+        for ttl in (30.0, 2.0):  # fleet.client's default route cache, and a short one
+            hot = hot_pack_replica(s3, root, args.hot_rps, args.hot_rps / 2.5, every_s=0.05, cache_ttl_s=ttl)
+            print(json.dumps(hot), flush=True)
+            result["hot"].append({**hot, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                                  "loadavg": " ".join(f"{v:.1f}" for v in os.getloadavg())})
+    if "disk" not in result:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=1))
+        print("\n".join(render_hot(result)))
+        return 0
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1))
     write_section(args.docs, render(result))

@@ -165,11 +165,16 @@ def upload(repository: Path, uri: str, endpoint_url: str | None) -> None:
               help="Bytes the repository may hold (with --server); default: free disk less 5%.")
 @click.option("--triton-metrics-url", envvar="FLEET_SYNC_TRITON_METRICS_URL", default=None,
               help="e.g. http://127.0.0.1:8002/metrics: packs that get requests count as recently used.")
+@click.option("--server-from", "server_from", envvar="FLEET_SYNC_SERVER_FROM", type=click.Choice(["ecs-task-metadata"]),
+              default=None, help="Derive --server without configuration: ecs-task-metadata reads this task's ARN "
+                                 "from $ECS_CONTAINER_METADATA_URI_V4/task and syncs as ecs-<task id>, the name "
+                                 "ECS discovery registers.")
 @click.option("--allow-unassigned", is_flag=True,
               help="With --server and --interval 0: a server without an assignment yet exits 0 (an init "
                    "container of a pod that is not yet discovered).")
 def sync(uri: str, repository: Path, endpoint_url: str | None, interval: float, server: str | None,
-         disk_budget_bytes: int | None, triton_metrics_url: str | None, allow_unassigned: bool) -> None:
+         disk_budget_bytes: int | None, triton_metrics_url: str | None, server_from: str | None,
+         allow_unassigned: bool) -> None:
     """Bring a local repository in step with S3: incremental, verified, atomic per model.
 
     Writes REPOSITORY.sync-status.json and REPOSITORY.sync.prom (Prometheus text) next to the repository.
@@ -180,6 +185,16 @@ def sync(uri: str, repository: Path, endpoint_url: str | None, interval: float, 
     from model_repository.s3_sync import NoAssignment, SyncError, UsageTracker, s3_client
     from model_repository.s3_sync import sync as run
 
+    if server_from:
+        from model_repository.server_names import ServerNameError, ecs_server_name_from_metadata
+
+        if server:
+            raise click.UsageError("give either --server or --server-from, not both")
+        try:
+            server = ecs_server_name_from_metadata()
+        except ServerNameError as error:
+            raise click.ClickException(str(error)) from None
+        click.echo(f"syncing the share of server {server} (from the ECS task metadata)")
     client = s3_client(endpoint_url)
     usage = UsageTracker(triton_metrics_url)
     stop = {"now": False}

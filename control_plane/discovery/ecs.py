@@ -10,19 +10,23 @@ removed when its target is no longer listed (deregistration done, or the task go
 """
 from __future__ import annotations
 
+import logging
+
 from botocore.exceptions import BotoCoreError, ClientError
 
 from control_plane.discovery.base import Discovered, DiscoveryError, DiscoverySettings
 from control_plane.targets.ecs_tasks import private_ip
+from model_repository.server_names import ECS_PREFIX, ServerNameError, ecs_server_name
 
 READY_STATES = ("healthy",)
 LEAVING_STATES = ("draining", "unhealthy.draining")  # deregistered: ECS stops the task after the delay
 # Registered but not (yet, or no longer) passing health checks: keep what is known, add nothing.
 UNREADY_STATES = ("initial", "unhealthy", "unavailable")
+log = logging.getLogger(__name__)
 
 
 class EcsDiscoverer:
-    prefix = "ecs-"
+    prefix = ECS_PREFIX
 
     def __init__(self, session, settings: DiscoverySettings) -> None:
         if not settings.cluster or not settings.target_group_arn:
@@ -70,7 +74,12 @@ class EcsDiscoverer:
                     memory_of[arn] = self._definition_memory(arn)
                 memory = memory_of[arn]
             capacity = int(memory) * 2**20 if memory and str(memory).isdigit() else settings.capacity_bytes
-            found.append(Discovered(name=f"{self.prefix}{task['taskArn'].rsplit('/', 1)[-1]}", family="cpu",
+            try:
+                name = ecs_server_name(task["taskArn"])  # the name the task's own sync derives (server_names)
+            except ServerNameError as error:
+                log.warning("task at %s skipped: %s", address, error)
+                continue
+            found.append(Discovered(name=name, family="cpu",
                                     http_url=f"http://{address}:{settings.http_port}",
                                     grpc_url=f"{address}:{port}", capacity_bytes=capacity, state=state))
         return sorted(found, key=lambda s: s.name)

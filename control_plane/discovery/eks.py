@@ -15,13 +15,14 @@ from kubernetes.utils import parse_quantity
 
 from control_plane.discovery.base import Discovered, DiscoveryError, DiscoverySettings, ServerState
 from control_plane.targets.eks_manifests import FAMILY_LABEL
+from model_repository.server_names import EKS_PREFIX, eks_server_name
 
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 TRITON_CONTAINER = "triton"
 
 
 class EksDiscoverer:
-    prefix = "eks-"
+    prefix = EKS_PREFIX
 
     def __init__(self, api: client.ApiClient, settings: DiscoverySettings) -> None:
         self.core, self.discovery, self.settings = client.CoreV1Api(api), client.DiscoveryV1Api(api), settings
@@ -45,7 +46,7 @@ class EksDiscoverer:
                             continue
                         capacity, deleting = self._pod(pod)
                         address = endpoint.addresses[0]
-                        found.append(Discovered(name=server_name(pod), family=family,
+                        found.append(Discovered(name=eks_server_name(pod), family=family,
                                                 http_url=f"http://{address}:{http}", grpc_url=f"{address}:{grpc}",
                                                 capacity_bytes=capacity,
                                                 state=_state(endpoint.conditions, deleting)))
@@ -79,12 +80,6 @@ class EksDiscoverer:
 
 
 RANK = {"unready": 0, "ready": 1, "leaving": 2}
-
-
-def server_name(pod: str) -> str:
-    """The registry's name for a Triton pod. The pod's sync containers read their assignment under the same
-    name (`--server eks-$(POD_NAME)` in k8s/modules/triton/statefulset.yaml; tests pin the two together)."""
-    return f"{EksDiscoverer.prefix}{pod}"
 
 
 def _state(conditions, deleting: bool) -> ServerState:

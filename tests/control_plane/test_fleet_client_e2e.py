@@ -118,7 +118,9 @@ def test_a_model_is_called_by_name_spread_over_replicas_and_survives_a_replica_k
             client.infer(entry.id, [x[:, :1]])
     for name, server in servers.items():
         assert requests_served(server, replicated["pack"]) - before[name] >= 5, f"{name} got its share"
-        assert replicated["pack"] in usage[name].poll(), f"{name}'s sync would count the pack as used"
+        # the pack runtime's member counters reach /metrics at its next flush (a request >= 1 s later)
+        wait_for(lambda n=name: replicated["pack"] in usage[n].poll(), f"{name}'s sync counting the pack as used",
+                 30)
 
     # The asyncio client answers the same.
     async def run():

@@ -21,6 +21,7 @@ from control_plane.targets.ecs_template import (
     load_template,
     template_body,
 )
+from deploy.ecs_task import task_containers
 
 MOTO_TEMPLATE = Path(__file__).parent / "fixtures" / "moto-fleet.yaml"
 T = load_template()
@@ -133,20 +134,41 @@ def test_triton_task_is_arm64_awsvpc_on_ec2():
     assert (task["NetworkMode"], task["RequiresCompatibilities"]) == ("awsvpc", ["EC2"])
 
 
-def test_triton_runs_the_fleet_command_with_the_admin_key_from_the_secret():
-    triton = _container("triton")
-    command = triton["Command"][0]["Fn::Sub"]
+PARAMETERS = {"ImageRegistry": "123456789012.dkr.ecr.us-east-1.amazonaws.com", "RepositoryBucket": "models",
+              "RepositoryPrefix": "fleet", "ResultsBucket": "results", "GrpcMaxConnectionAgeMs": 60000,
+              "GrpcMaxConnectionAgeGraceMs": 10000}
+
+
+def _resolved(name: str, scope: str) -> dict[str, Any]:
+    """A container definition as ECS receives it for this SyncScope (every intrinsic evaluated)."""
+    containers = task_containers("TritonTaskDefinition", {**PARAMETERS, "SyncScope": scope})
+    return next(c for c in containers if c["Name"] == name)
+
+
+def test_sync_scope_is_whole_by_default_or_assigned():
+    scope = T["Parameters"]["SyncScope"]
+    assert (scope["Default"], scope["AllowedValues"]) == ("whole", ["whole", "assigned"])
+    assert T["Conditions"]["SyncAssigned"] == {"Fn::Equals": [{"Ref": "SyncScope"}, "assigned"]}
+
+
+@pytest.mark.parametrize("scope", ["whole", "assigned"])
+def test_triton_runs_the_fleet_command_with_the_admin_key_from_the_secret(scope):
+    triton = _resolved("triton", scope)
+    [command] = triton["Command"]
+    flags = command.split()
     for flag in ("--model-repository=/repository/models", "--model-control-mode=explicit",
-                 "--disable-auto-complete-config", "--load-model=adfilter",
+                 "--disable-auto-complete-config",
                  "--http-restricted-api=model-repository:triton-admin-key=$TRITON_ADMIN_KEY",
                  "--grpc-restricted-protocol=model-repository:triton-admin-key=$TRITON_ADMIN_KEY",
-                 "--grpc-max-connection-age=${GrpcMaxConnectionAgeMs}",
-                 "--grpc-max-connection-age-grace=${GrpcMaxConnectionAgeGraceMs}",
+                 "--grpc-max-connection-age=60000", "--grpc-max-connection-age-grace=10000",
                  "--metrics-config=summary_latencies=true"):
-        assert flag in command.split(), flag
+        assert flag in flags, flag
+    # whole: adfilter is loaded at start; assigned: Triton starts empty and the control plane loads packs
+    assert [f for f in flags if f.startswith("--load-model")] == \
+        (["--load-model=adfilter"] if scope == "whole" else [])
     assert command.startswith("exec tritonserver ")
     assert triton["EntryPoint"] == ["/bin/sh", "-c"]  # ECS does not expand $VARS in a command itself
-    assert triton["Secrets"] == [{"Name": "TRITON_ADMIN_KEY", "ValueFrom": {
+    assert _container("triton")["Secrets"] == [{"Name": "TRITON_ADMIN_KEY", "ValueFrom": {
         "Fn::If": ["CreateAdminKey", {"Ref": "AdminKeySecret"}, {"Ref": "AdminKeySecretArn"}]}}]
     assert {(p["ContainerPort"], p["Protocol"]) for p in triton["PortMappings"]} == \
         {(8000, "tcp"), (8001, "tcp"), (8002, "tcp")}
@@ -158,20 +180,22 @@ def test_triton_health_check_curls_readiness():
     assert check["StartPeriod"] >= 60  # model loading
 
 
-def test_triton_starts_only_after_a_first_complete_sync():
-    init_sync, sync = _container("init-sync"), _container("sync")
-    source = {"Fn::Sub": "s3://${RepositoryBucket}/${RepositoryPrefix}"}
+@pytest.mark.parametrize("scope", ["whole", "assigned"])
+def test_triton_starts_only_after_a_first_complete_sync(scope):
+    init_sync, sync = _resolved("init-sync", scope), _resolved("sync", scope)
     # once, then exit 0; a pass that fails (no S3, no index) logs why and is retried with back-off
     shell, flag, script = init_sync["Command"]
     assert (shell, flag) == ("/bin/sh", "-c") and "EntryPoint" not in init_sync
-    assert "until fleet sync s3://${RepositoryBucket}/${RepositoryPrefix} /repository/models --interval 0;" in \
-        script["Fn::Sub"]
-    assert "d * 2" in script["Fn::Sub"] and "retrying in $d s" in script["Fn::Sub"]
+    share = " --server-from ecs-task-metadata --allow-unassigned" if scope == "assigned" else ""
+    assert f"until fleet sync s3://models/fleet /repository/models --interval 0{share};" in script
+    assert "d * 2" in script and "retrying in $d s" in script
     assert init_sync["Essential"] is False
-    assert sync["Command"] == ["fleet", "sync", source, "/repository/models", "--interval", "30"]
+    whole = ["fleet", "sync", "s3://models/fleet", "/repository/models", "--interval", "30"]
+    assigned = ["--server-from", "ecs-task-metadata", "--triton-metrics-url", "http://localhost:8002/metrics"]
+    assert sync["Command"] == (whole if scope == "whole" else whole + assigned)
     after_init = [{"ContainerName": "init-sync", "Condition": "SUCCESS"}]
-    assert _container("triton")["DependsOn"] == after_init and sync["DependsOn"] == after_init
-    mounts = {c: _container(c)["MountPoints"][0] for c in ("init-sync", "sync", "triton")}
+    assert _resolved("triton", scope)["DependsOn"] == after_init and sync["DependsOn"] == after_init
+    mounts = {c: _resolved(c, scope)["MountPoints"][0] for c in ("init-sync", "sync", "triton")}
     assert {m["ContainerPath"] for m in mounts.values()} == {"/repository"}  # staging is a sibling
     assert mounts["triton"]["ReadOnly"] is True
 

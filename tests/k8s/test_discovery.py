@@ -11,7 +11,6 @@ from kubernetes import client
 
 from control_plane.db import AuditEntry, Pack, Placement, Server, make_engine, make_sessionmaker
 from control_plane.discovery import DiscoveryError, DiscoverySettings, discover
-from control_plane.discovery.eks import server_name
 from control_plane.migrate import upgrade
 from control_plane.targets.base import DeploymentSpec
 from control_plane.targets.eks_manifests import (
@@ -23,6 +22,7 @@ from control_plane.targets.eks_manifests import (
     pod_spec,
     render,
 )
+from model_repository.server_names import eks_server_name as server_name
 
 from .conftest import CONTROL_PLANE_ROLE, NAMESPACE, REPOSITORY_ROLE
 
