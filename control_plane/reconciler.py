@@ -204,9 +204,12 @@ class Reconciler:
     def _ready(self, http_url: str) -> str | None:
         """None while the server is alive. Liveness, not readiness: with strict readiness Triton answers
         "not ready" while any model loads, and the health thread now runs during loads (a pack of 300
-        members takes ~8 s to load here), so readiness would declare a busy server dead."""
+        members takes ~8 s to load here), so readiness would declare a busy server dead. The answer may take
+        up to half the dead window: a server busy loading packs on a loaded machine has been seen to take over
+        1 s to answer liveness, while a dead one refuses the connection at once."""
         try:
-            response = self.http.get(f"{http_url}/v2/health/live", timeout=1.0)
+            response = self.http.get(f"{http_url}/v2/health/live",
+                                     timeout=max(1.0, self.settings.server_dead_after_s / 2))
             return None if response.status_code == 200 else f"not live (HTTP {response.status_code})"
         except requests.RequestException as error:
             return f"unreachable: {type(error).__name__}"
