@@ -137,8 +137,9 @@ def register_from_s3(body: RegisterFromS3):
 @bp.output(ModelPage)
 @bp.doc(summary="List models, with paging and filters")
 def list_models(query: ModelListQuery):
-    """One page costs what a page is: the filters (status included, as SQL) pick and count the rows, and
-    only the page's rows and their packs are read and rendered."""
+    # One page costs what a page is: the filters (status included, as SQL) pick and count the rows, and
+    # only the page's rows and their packs are read and rendered. (A comment: a docstring here would
+    # become the operation's description in the OpenAPI document.)
     with _state().sessions() as session:
         _one_snapshot(session)
         live, status = status_column()
