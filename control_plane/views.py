@@ -33,12 +33,9 @@ def pack_facts(session: Session, packs: Iterable[str | None] | None = None) -> P
     facts = PackFacts()
     if names == []:
         return facts
-    pack_query, placement_query = select(Pack), select(Placement, Server).join(Server, Server.name == Placement.server)
-    if names is not None:
-        pack_query = pack_query.where(Pack.name.in_(names))
-        placement_query = placement_query.where(Placement.pack.in_(names))
-    facts.packs = {pack.name: pack for pack in session.scalars(pack_query)}
-    for placement, server in session.execute(placement_query):
+    query = select(Pack) if names is None else select(Pack).where(Pack.name.in_(names))
+    facts.packs = {pack.name: pack for pack in session.scalars(query)}
+    for placement, server in _placements(session, names):
         facts.servers[server.name] = server
         facts.placements.setdefault(placement.pack, []).append(placement)
         if serves(placement, server):
@@ -46,9 +43,21 @@ def pack_facts(session: Session, packs: Iterable[str | None] | None = None) -> P
     return facts
 
 
+def _placements(session: Session, packs: list[str] | None) -> list[tuple[Placement, Server]]:
+    query = select(Placement, Server).join(Server, Server.name == Placement.server)
+    if packs is not None:
+        query = query.where(Placement.pack.in_(packs))
+    return [(placement, server) for placement, server in session.execute(query)]
+
+
 def endpoints_by_pack(session: Session, packs: Iterable[str | None] | None = None) -> Served:
     """Replicas that serve something (control_plane.pending.serves), by pack; every pack unless named."""
-    return pack_facts(session, packs).served
+    names = None if packs is None else sorted({p for p in packs if p})
+    served: Served = {}
+    for placement, server in _placements(session, names) if names != [] else []:
+        if serves(placement, server):
+            served.setdefault(placement.pack, []).append((placement, server))
+    return served
 
 
 def status_column():
