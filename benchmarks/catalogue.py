@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import os
 import statistics
 import tempfile
 import time
@@ -34,7 +35,7 @@ from control_plane.settings import Settings
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DOC = REPO_ROOT / "docs" / "benchmarks.md"
-START, END = "<!-- catalogue:start -->", "<!-- catalogue:end -->"
+MARKERS = "<!-- catalogue-{}:start -->", "<!-- catalogue-{}:end -->"  # one section per backend
 TOKEN = "catalogue-bench"
 SIGNATURE = {"inputs": [{"name": "INPUT__0", "dtype": "FP32", "shape": [-1, 4]}],
              "outputs": [{"name": "OUTPUT__0", "dtype": "FP32", "shape": [-1, 2]}]}
@@ -175,6 +176,15 @@ def populate(sessions, models: int, pack_size: int, kind: str = "torchscript-cpu
                                          for m in range(models)])
 
 
+EXPLAINED = (
+    "Before: every matching row loaded and every status computed in Python for each page, then three queries "
+    "per pending model on the page. After: filters (status too) and the total in SQL, then the page's rows and "
+    "only their packs and placements: 4 queries a page whatever its size "
+    "(`tests/control_plane/test_model_listing.py`). Both answers are compared equal before timing. What is left "
+    "in a 1,000-item page is mostly rendering and validating the items (pydantic, apiflask), the same work "
+    "before and after.")
+
+
 @dataclass
 class Timing:
     query: str
@@ -228,23 +238,23 @@ def run(models: int, pack_size: int, repeats: int, database_url: str | None, wor
 def write_docs(timings: list[Timing], models: int, pack_size: int, backend: str, repeats: int) -> None:
     rows = "\n".join(f"| {t.query} | {t.items:,} of {t.total:,} | {t.old_ms:,.1f} | {t.new_ms:,.1f} | "
                      f"{t.ratio:.1f}x |" for t in timings)
-    section = (f"{START}\n_{datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {models:,} models in packs of {pack_size}, "
-               f"{backend}, median of {repeats} GETs through the Flask test client; "
-               f"`python -m benchmarks.catalogue`._\n\n"
+    start, end = (marker.format(backend) for marker in MARKERS)
+    section = (f"{start}\n_{datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {models:,} models in packs of {pack_size}, "
+               f"{backend}, median of {repeats} GETs through the Flask test client, {os.cpu_count()} cores, load "
+               f"average {os.getloadavg()[0]:.1f} (a shared machine); "
+               f"`python -m benchmarks.catalogue{' --postgres' if backend == 'postgresql' else ''}`._\n\n"
                "| query | items of total | before (ms) | after (ms) | before / after |\n|---|---|---|---|---|\n"
-               f"{rows}\n\n"
-               "Before: every matching row loaded and every status computed in Python for each page, then three "
-               "queries per pending model on the page. After: filters (status too) and the total in SQL, then the "
-               "page's rows and only their packs and placements: 4 queries a page whatever its size "
-               "(`tests/control_plane/test_model_listing.py`). Both answers are compared equal before timing. "
-               "What is left in a 1,000-item page is mostly rendering and validating the items (pydantic, "
-               "apiflask), the same work before and after.\n"
-               f"{END}")
+               f"{rows}\n"
+               f"{end}")
     text = DOC.read_text()
-    if START in text:
-        text = text[:text.index(START)] + section + text[text.index(END) + len(END):]
+    if start in text:
+        text = text[:text.index(start)] + section + text[text.index(end) + len(end):]
+    elif ends := [MARKERS[1].format(b) for b in ("sqlite", "postgresql") if MARKERS[1].format(b) in text]:
+        last = max(text.index(other) + len(other) for other in ends)  # next to the other backend's section
+        text = text[:last] + "\n\n" + section + text[last:]
     else:
-        text = text.rstrip("\n") + "\n\n## Catalogue reads: GET /api/v1/models at 10,000 models\n" + section + "\n"
+        text = text.rstrip("\n") + "\n\n## Catalogue reads: GET /api/v1/models at 10,000 models\n" + EXPLAINED \
+            + "\n\n" + section + "\n"
     DOC.write_text(text)
 
 
@@ -254,10 +264,21 @@ def main() -> None:
     parser.add_argument("--pack-size", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--database-url", help="an empty database (default: a new SQLite file)")
+    parser.add_argument("--postgres", action="store_true", help="run on an embedded PostgreSQL (pgserver)")
     parser.add_argument("--no-docs", action="store_true")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="catalogue-bench-") as workdir:
-        timings = run(args.models, args.pack_size, args.repeats, args.database_url, Path(workdir))
+        server = None
+        if args.postgres:
+            from fleet.postgres import EmbeddedPostgres
+
+            server = EmbeddedPostgres(Path(workdir) / "pgdata")
+            args.database_url = server.create_database()
+        try:
+            timings = run(args.models, args.pack_size, args.repeats, args.database_url, Path(workdir))
+        finally:
+            if server is not None:
+                server.cleanup()
     if not args.no_docs:
         backend = (args.database_url or "sqlite").split(":")[0].split("+")[0]
         write_docs(timings, args.models, args.pack_size, backend, args.repeats)

@@ -20,6 +20,7 @@ import argparse
 import io
 import json
 import logging
+import os
 import re
 import statistics
 import tempfile
@@ -144,7 +145,6 @@ def run(models: int, registrations: int, workdir: Path) -> dict:
         settings = Settings(database_url=f"sqlite:///{workdir / 'registry.db'}", api_token=TOKEN,
                             s3_endpoint_url=s3.endpoint_url, repository_uri="s3://models/repository",
                             work_dir=workdir / "work", pack_size=10)
-        import os
         os.environ.update(s3.environment())
         app = create_app(settings, start_reconciler=False)
         logging.disable(logging.INFO)
@@ -215,7 +215,8 @@ def report(result: dict) -> str:
     phase_lines.append(f"| everything else (multipart parse, staging, response) | {new - sum(phases.values()):.1f} |")
     return (f"_{datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {result['models']:,} models registered, a "
             f"{result['bytes']:,}-byte TorchScript model, median of {result['registrations']} registrations each "
-            f"way, interleaved; `python -m benchmarks.registration`._\n\n"
+            f"way, interleaved, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} (a shared machine); "
+            "`python -m benchmarks.registration`._\n\n"
             "| path | ms per registration | registrations/s (one client) |\n|---|---|---|\n" + "\n".join(lines)
             + f"\n\nbefore / after: **{old_ / new:.2f}x**. Where the new path's time goes (medians, ms):\n\n"
             "| phase | ms |\n|---|---|\n" + "\n".join(phase_lines)
