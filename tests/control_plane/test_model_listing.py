@@ -125,3 +125,16 @@ def test_a_page_costs_the_same_few_queries_however_many_models_and_packs_it_hold
         event.remove(engine, "before_cursor_execute", count)
     assert (small, large) == (2, PACKS * MEMBERS + 2)
     assert small_queries == large_queries == 4, "count, page, its packs, their placements: " + "\n".join(statements)
+
+
+def test_the_status_page_counts_and_words_every_model_as_the_api_does(app, models):
+    from control_plane.observability.snapshot import take_snapshot
+
+    snap = take_snapshot(app.extensions["fleet"], check_s3=False)
+    statuses = [m["status"] for m in models.values()]
+    assert snap.models_by_status == {s: statuses.count(s) for s in set(statuses)}
+    assert len(snap.pending) == statuses.count("pending")
+    for listed in snap.pending:
+        assert listed.detail == models[listed.name]["pending_reason"], listed.name
+    assert snap.pending_by_reason == {"no_pack": 2, "building": 2, "unplaced": 10, "load_failed": 5,
+                                      "sync_failed": 2, "loading": 2}
