@@ -44,6 +44,7 @@ QUERIES = {  # what the catalogue's readers ask
     "page 50 of 100": {"per_page": 100, "page": 50},
     "locust catalogue: servable, 1,000": {"status": "servable", "per_page": 1000},
     "pending, 100": {"status": "pending", "per_page": 100},
+    "fleet up's poll: servable total": {"status": "servable", "per_page": 1},
     "name prefix, 100": {"name_prefix": "model-01", "per_page": 100},
 }
 
