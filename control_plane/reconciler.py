@@ -66,7 +66,7 @@ log = logging.getLogger(__name__)
 PROBE_MEMBER = "__fleet_probe__"
 PROBE_MAX_ELEMENTS = 2**16
 RECORD_BATCH, RECORD_EVERY_S = 50, 1.0
-__all__ = ["STUB_BASE_BYTES", "Reconciler", "wait_until"]
+__all__ = ["STUB_BASE_BYTES", "Reconciler"]
 
 
 @dataclass(frozen=True)
@@ -701,11 +701,3 @@ def behind_reason(served: str | None, expected: int) -> str:
         return f"server's copy has no generation, waiting for {expected}: its sync is behind"
     return f"server has generation {served}, waiting for {expected}: its sync is behind"
 
-
-def wait_until(predicate, timeout_s: float, interval_s: float = 0.5) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval_s)
-    return predicate()

@@ -221,10 +221,13 @@ class Registry:
         """Put a model into a pack of its kind and family with room left (self.choose_pack), or open a new
         pack. Holds the (kind, family) pack lock and the chosen pack's row lock until the commit."""
         lock_pack_choice(session, version.pack_kind, model.family)
+        # Only the members of this kind and family's packs are counted (through ix_models_pack), not every
+        # model in the registry: the count runs under the write lock, so it bounds registrations per second.
+        candidates = select(Pack.name).where(Pack.kind == version.pack_kind, Pack.family == model.family)
         current = (select(Model.pack, func.count().label("n"), func.sum(ModelVersion.bytes).label("b"))
                    .join(ModelVersion, (ModelVersion.model == Model.name) &
                          (ModelVersion.version == Model.current_version))
-                   .where(Model.pack.is_not(None), Model.name != model.name)
+                   .where(Model.pack.in_(candidates), Model.name != model.name)
                    .group_by(Model.pack).subquery())
         rows = session.execute(
             select(Pack.name, func.coalesce(current.c.n, 0), func.coalesce(current.c.b, 0))

@@ -83,9 +83,15 @@ class RepositoryBuilder:
 
     @retry(retry=retry_if_exception_type(IndexConflict), stop=stop_after_attempt(8),
            wait=wait_random_exponential(multiplier=0.05, max=1), reraise=True)
-    def _merge_index(self, pack: str, entries: dict[str, dict]) -> dict[str, dict]:
-        """Replace one pack's entries in the index; returns the entries it had before."""
-        files, etag = self._read_index()
+    def _merge_index(self, pack: str, entries: dict[str, dict],
+                     first_read: list[tuple[dict[str, dict], str | None]] | None = None) -> dict[str, dict]:
+        """Replace one pack's entries in the index; returns the entries it had before.
+
+        `first_read` may hold the index as the caller just read it: the first attempt uses it (at 10,000
+        models the index is ~2 MB, and reading and parsing it again cost as much as writing it); the
+        conditional write still refuses it if another writer changed the index since, and every retry
+        reads afresh."""
+        files, etag = first_read.pop() if first_read else self._read_index()
         before = {p: m for p, m in files.items() if p.startswith(f"{pack}/")}
         merged = {p: m for p, m in files.items() if not p.startswith(f"{pack}/")}
         merged.update({f"{pack}/{relative}": meta for relative, meta in entries.items()})
@@ -134,7 +140,7 @@ class RepositoryBuilder:
     def _publish_pack(self, pack: str, files: dict[str, dict], small: dict[str, bytes],
                       copies: list[tuple[str, str, str]]) -> None:
         bucket = self.location.bucket
-        current, _ = self._read_index()
+        current, etag = self._read_index()
         unchanged = {p for p, meta in files.items() if current.get(f"{pack}/{p}", {}).get("sha256") == meta["sha256"]}
 
         def copy(job: tuple[str, str, str]) -> None:
@@ -151,7 +157,7 @@ class RepositoryBuilder:
                 self.s3.put_object(Bucket=bucket, Key=self.location.key(f"{pack}/{relative}"), Body=small[relative],
                                    Metadata={"sha256": files[relative]["sha256"]})
         self._written += [f"{pack}/{p}" for p in files if p not in unchanged]
-        before = self._merge_index(pack, files)
+        before = self._merge_index(pack, files, first_read=[(current, etag)])
         for relative in sorted(set(before) - {f"{pack}/{p}" for p in files}):
             self.s3.delete_object(Bucket=bucket, Key=self.location.key(relative))
 

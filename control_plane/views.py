@@ -3,69 +3,95 @@ is not, why."""
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 
-from sqlalchemy import func, select
-from sqlalchemy.orm import Session, object_session
+from sqlalchemy import case, func, select
+from sqlalchemy.orm import Session
 
 from control_plane.db import Model, ModelVersion, Pack, Placement, Server
+from control_plane.pending import PendingReason, pending_reason, serves, serves_generation
+
+Served = dict[str, list[tuple[Placement, Server]]]
 
 
-def endpoints_by_pack(session: Session) -> dict[str, list[tuple[Placement, Server]]]:
-    """Replicas that serve something: on a healthy server, verified to serve a generation, not failed.
+@dataclass
+class PackFacts:
+    """What rendering models needs about their packs: the packs, all their placements with servers, and
+    the replicas that serve (`served`). Read for a page's packs at once, so a page costs two queries
+    however many models it holds."""
 
-    A placement waiting for a newer generation still serves the members of the one it was read back to
-    serve (`loaded_generation`); model_status compares that with the generation each model joined.
-    """
-    rows = session.execute(select(Placement, Server).join(Server, Server.name == Placement.server)
-                           .where(Server.healthy.is_(True), Placement.state != "failed",
-                                  Placement.loaded_generation >= 0)).all()
-    served: dict[str, list[tuple[Placement, Server]]] = {}
-    for placement, server in rows:
-        served.setdefault(placement.pack, []).append((placement, server))
+    packs: dict[str, Pack] = field(default_factory=dict)
+    placements: dict[str, list[Placement]] = field(default_factory=dict)
+    servers: dict[str, Server] = field(default_factory=dict)
+    served: Served = field(default_factory=dict)
+
+
+def pack_facts(session: Session, packs: Iterable[str | None] | None = None) -> PackFacts:
+    """Facts about the named packs (None: every pack)."""
+    names = None if packs is None else sorted({p for p in packs if p})
+    facts = PackFacts()
+    if names == []:
+        return facts
+    query = select(Pack) if names is None else select(Pack).where(Pack.name.in_(names))
+    facts.packs = {pack.name: pack for pack in session.scalars(query)}
+    for placement, server in _placements(session, names):
+        facts.servers[server.name] = server
+        facts.placements.setdefault(placement.pack, []).append(placement)
+        if serves(placement, server):
+            facts.served.setdefault(placement.pack, []).append((placement, server))
+    return facts
+
+
+def _placements(session: Session, packs: list[str] | None) -> list[tuple[Placement, Server]]:
+    query = select(Placement, Server).join(Server, Server.name == Placement.server)
+    if packs is not None:
+        query = query.where(Placement.pack.in_(packs))
+    return [(placement, server) for placement, server in session.execute(query)]
+
+
+def endpoints_by_pack(session: Session, packs: Iterable[str | None] | None = None) -> Served:
+    """Replicas that serve something (control_plane.pending.serves), by pack; every pack unless named."""
+    names = None if packs is None else sorted({p for p in packs if p})
+    served: Served = {}
+    for placement, server in _placements(session, names) if names != [] else []:
+        if serves(placement, server):
+            served.setdefault(placement.pack, []).append((placement, server))
     return served
 
 
-def model_status(model: Model, served: dict[str, list[tuple[Placement, Server]]]) -> tuple[str, list]:
+def status_column():
+    """A model's status in SQL, for filtering and counting a listing without loading its rows: the same
+    rule as model_status (control_plane.pending.serves and serves_generation), as a join target `live`
+    (per pack, the newest generation a serving replica serves) and the CASE over it."""
+    live = (select(Placement.pack.label("pack"), func.max(Placement.loaded_generation).label("generation"))
+            .join(Server, Server.name == Placement.server)
+            .where(Server.healthy.is_(True), Placement.state != "failed", Placement.loaded_generation >= 0)
+            .group_by(Placement.pack).subquery("live"))
+    status = case((Model.desired != "loaded", "unloaded"),
+                  (live.c.generation >= Model.joined_generation, "servable"), else_="pending")
+    return live, status
+
+
+def model_status(model: Model, served: Served) -> tuple[str, list]:
     """Status and live replicas, in an order fixed per model (rendezvous hashing of model and server): a
     client that takes the first endpoint gets the same one on every call, and models spread over replicas."""
     if model.desired != "loaded":
         return "unloaded", []
-    live = [s for p, s in served.get(model.pack or "", []) if p.loaded_generation >= model.joined_generation]
+    live = [s for p, s in served.get(model.pack or "", []) if serves_generation(p, model.joined_generation)]
     live.sort(key=lambda server: hashlib.blake2b(f"{model.name}/{server.name}".encode(), digest_size=8).digest())
     return ("servable" if live else "pending"), live
 
 
-def pending_reason(session: Session, model: Model) -> str:
-    """Why a model that should be served is not, in words a person can act on."""
-    pack = session.get(Pack, model.pack) if model.pack else None
-    if pack is None:
-        return "not in a pack yet"
-    if pack.built_generation < model.joined_generation:
-        return f"pack {pack.name} is being built (generation {model.joined_generation}; built so far: " \
-               f"{max(pack.built_generation, 0)})"
-    placements = list(session.scalars(select(Placement).where(Placement.pack == pack.name,
-                                                              Placement.retiring.is_(False))
-                                      .order_by(Placement.server)))
-    if pack.pending_reason and not placements:
-        return pack.pending_reason
-    if not placements:
-        return "waiting for the reconciler to place its pack"
-    parts = []
-    for placement in placements:
-        server = session.get(Server, placement.server)
-        if server is not None and not server.healthy:
-            parts.append(f"{placement.server}: server unhealthy ({server.last_error or 'not answering'})")
-        elif placement.error:
-            parts.append(f"{placement.server}: {placement.error}")
-        else:
-            parts.append(f"{placement.server}: loading generation {pack.built_generation}")
-    return "; ".join(parts)
+def model_reason(model: Model, facts: PackFacts) -> PendingReason:
+    """Why a model that should be served is not (control_plane.pending.pending_reason)."""
+    return pending_reason(model.joined_generation, facts.packs.get(model.pack or ""),
+                          facts.placements.get(model.pack or "", []), facts.servers)
 
 
-def model_out(model: Model, version: ModelVersion, served) -> dict:
-    status, servers = model_status(model, served)
-    session = object_session(model)
-    reason = pending_reason(session, model) if status == "pending" and session is not None else None
+def model_out(model: Model, version: ModelVersion, facts: PackFacts) -> dict:
+    status, servers = model_status(model, facts.served)
+    reason = model_reason(model, facts).text if status == "pending" else None
     return {
         "name": model.name, "version": version.version, "sha256": version.sha256, "bytes": version.bytes,
         "format": version.format, "family": model.family, "pack": model.pack, "status": status,

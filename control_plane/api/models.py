@@ -13,7 +13,8 @@ from apiflask.validators import Regexp
 from flask import current_app
 from marshmallow import Schema as MSchema
 from pydantic import ValidationError
-from sqlalchemy import select
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
 
 from control_plane.db import Model, ModelVersion
 from control_plane.errors import ApiError, not_found
@@ -29,7 +30,7 @@ from control_plane.schemas import (
     VersionOut,
 )
 from control_plane.staging import HashingTempFile, StagedArtifact, copy_to_staging
-from control_plane.views import endpoints_by_pack, model_out, model_status
+from control_plane.views import model_out, pack_facts, status_column
 from model_repository.formats import HOW_TO_PRODUCE
 
 bp = APIBlueprint("models", __name__, url_prefix="/api/v1/models", tag="models")
@@ -100,7 +101,7 @@ def _render(name: str) -> dict:
         if model is None:
             raise not_found("model", name)
         version = session.get(ModelVersion, (name, model.current_version))
-        return model_out(model, version, endpoints_by_pack(session))
+        return model_out(model, version, pack_facts(session, [model.pack]))
 
 
 @bp.post("")
@@ -136,22 +137,39 @@ def register_from_s3(body: RegisterFromS3):
 @bp.output(ModelPage)
 @bp.doc(summary="List models, with paging and filters")
 def list_models(query: ModelListQuery):
+    # One page costs what a page is: the filters (status included, as SQL) pick and count the rows, and
+    # only the page's rows and their packs are read and rendered. (A comment: a docstring here would
+    # become the operation's description in the OpenAPI document.)
     with _state().sessions() as session:
-        statement = select(Model, ModelVersion).join(
-            ModelVersion, (ModelVersion.model == Model.name) & (ModelVersion.version == Model.current_version))
-        if query.family:
-            statement = statement.where(Model.family == query.family)
-        if query.pack:
-            statement = statement.where(Model.pack == query.pack)
-        if query.name_prefix:
-            statement = statement.where(Model.name.startswith(query.name_prefix, autoescape=True))
-        served = endpoints_by_pack(session)
-        rows = session.execute(statement.order_by(Model.name)).all()
-        if query.status:
-            rows = [(m, v) for m, v in rows if model_status(m, served)[0] == query.status]
-        start = (query.page - 1) * query.per_page
-        items = [model_out(m, v, served) for m, v in rows[start:start + query.per_page]]
-        return {"items": items, "page": query.page, "per_page": query.per_page, "total": len(rows)}
+        _one_snapshot(session)
+        live, status = status_column()
+        current = (ModelVersion.model == Model.name) & (ModelVersion.version == Model.current_version)
+
+        def filtered(statement):
+            statement = statement.join(ModelVersion, current).outerjoin(live, live.c.pack == Model.pack)
+            if query.family:
+                statement = statement.where(Model.family == query.family)
+            if query.pack:
+                statement = statement.where(Model.pack == query.pack)
+            if query.name_prefix:
+                statement = statement.where(Model.name.startswith(query.name_prefix, autoescape=True))
+            if query.status:
+                statement = statement.where(status == query.status)
+            return statement
+
+        total = session.scalar(filtered(select(func.count()).select_from(Model)))
+        rows = session.execute(filtered(select(Model, ModelVersion)).order_by(Model.name)
+                               .offset((query.page - 1) * query.per_page).limit(query.per_page)).all()
+        facts = pack_facts(session, (model.pack for model, _ in rows))
+        items = [model_out(m, v, facts) for m, v in rows]
+        return {"items": items, "page": query.page, "per_page": query.per_page, "total": total}
+
+
+def _one_snapshot(session: Session) -> None:
+    """Count, page and packs read from one snapshot, so a model counted as servable is rendered servable.
+    SQLite's read transaction already is one; PostgreSQL's default (read committed) is not."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
 
 
 @bp.get("/<string:name>")

@@ -14,12 +14,13 @@ from typing import Any
 from sqlalchemy import select
 
 from control_plane.db import LoadTest, Model, Pack, Placement, Server
+from control_plane.pending import CATEGORIES, PendingReason, pending_reason, serves, serves_generation
 
 log = logging.getLogger(__name__)
 _CHECKS = concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="observability-check")
 S3_TIMEOUT_S = 2.0
 PENDING_LISTED = 200
-PENDING_REASONS = ("no_pack", "building", "unplaced", "load_failed", "sync_failed", "loading")
+PENDING_REASONS = CATEGORIES  # fleet_models_pending{reason=...}: control_plane/pending.py words and counts them
 SERVER_FIELDS = {"name", "family", "http_url", "grpc_url", "capacity_bytes", "healthy", "last_seen", "last_error",
                  "placed_packs", "repository_path"}
 
@@ -77,27 +78,6 @@ class Snapshot:
     latest_loadtests: list[dict] = field(default_factory=list)
 
 
-def pending_reason(model, pack: Pack | None, placements: list[Placement],
-                   healthy: set[str]) -> tuple[str, str]:
-    """Why a model that should be servable is not yet, as a short label and a sentence (`model`: a Model
-    or a row with its joined_generation)."""
-    if pack is None:
-        return "no_pack", "the model has no pack yet"
-    if pack.built_generation < model.joined_generation:
-        return "building", f"pack {pack.name} is being built (generation {pack.generation})"
-    live = [p for p in placements if p.server in healthy]
-    if not live:
-        return "unplaced", (f"no healthy {pack.family} server has room for pack {pack.name}"
-                            if not placements else f"pack {pack.name}'s servers are unhealthy")
-    failed = [p for p in live if p.state == "failed"]
-    if failed:
-        return "load_failed", f"{failed[0].server}: {failed[0].error or 'load failed'}"
-    erred = [p for p in live if p.error]
-    if erred and "sync" in (erred[0].error or ""):
-        return "sync_failed", f"{erred[0].server}: {erred[0].error}"
-    return "loading", f"pack {pack.name} is being synced and loaded on {', '.join(p.server for p in live)}"
-
-
 def _read_registry(state, snap: Snapshot) -> None:
     from control_plane.views import server_out
 
@@ -105,33 +85,38 @@ def _read_registry(state, snap: Snapshot) -> None:
         packs = {p.name: p for p in session.scalars(select(Pack).order_by(Pack.name))}
         placements = list(session.scalars(select(Placement)))
         servers = list(session.scalars(select(Server).order_by(Server.name)))
-        healthy = {s.name for s in servers if s.healthy}
+        by_name = {s.name: s for s in servers}
         by_pack: dict[str, list[Placement]] = {}
         for placement in placements:
             by_pack.setdefault(placement.pack, []).append(placement)
+        served = {pack: [p for p in rows if serves(p, by_name.get(p.server))] for pack, rows in by_pack.items()}
         snap.placements_by_state = dict(Counter(p.state for p in placements))
         members: Counter[str] = Counter()
         statuses: Counter[str] = Counter()
         reasons: Counter[str] = Counter()
+        # A reason depends on the pack and the generation joined only: worded once per pair, not per model.
+        worded: dict[tuple[str, int], PendingReason] = {}
         # Plain rows, not ORM objects: building 10,000 Model instances took most of a scrape.
         rows = session.execute(select(Model.name, Model.pack, Model.desired, Model.joined_generation)
                                .order_by(Model.name))
         for model in rows:
-            members[model.pack or ""] += 1
+            pack_name = model.pack or ""
+            members[pack_name] += 1
             if model.desired != "loaded":
                 statuses["unloaded"] += 1
                 continue
-            pack = packs.get(model.pack or "")
-            live = [p for p in by_pack.get(model.pack or "", [])
-                    if p.server in healthy and p.state == "loaded" and p.loaded_generation >= model.joined_generation]
-            if live:
+            if any(serves_generation(p, model.joined_generation) for p in served.get(pack_name, [])):
                 statuses["servable"] += 1
                 continue
             statuses["pending"] += 1
-            reason, detail = pending_reason(model, pack, by_pack.get(model.pack or "", []), healthy)
-            reasons[reason] += 1
+            key = (pack_name, model.joined_generation)
+            if key not in worded:
+                worded[key] = pending_reason(model.joined_generation, packs.get(pack_name),
+                                             by_pack.get(pack_name, []), by_name)
+            reason = worded[key]
+            reasons[reason.category] += 1
             if len(snap.pending) < PENDING_LISTED:
-                snap.pending.append(PendingModel(model.name, model.pack, reason, detail))
+                snap.pending.append(PendingModel(model.name, model.pack, reason.category, reason.text))
         snap.models_by_status, snap.pending_by_reason = dict(statuses), dict(reasons)
         snap.packs = [PackView(p.name, p.family, p.kind, members[p.name], p.generation, p.built_generation,
                                sorted((x.server, x.state, x.loaded_generation, x.error)

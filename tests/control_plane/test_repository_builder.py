@@ -122,3 +122,40 @@ def test_a_pack_left_without_members_disappears_from_s3(registry):
     assert {path.split("/", 1)[0] for path in index(registry)} == {"pack-0"}
     location = S3Location.parse(registry.settings.repository_uri)
     assert "Contents" not in registry.s3.list_objects_v2(Bucket=location.bucket, Prefix=location.key("pack-3/"))
+
+
+def index_calls(registry: Registry, operation: str) -> list[str]:
+    """Records each `operation` (GetObject, PutObject) the registry's S3 client sends for the index key."""
+    location = S3Location.parse(registry.settings.repository_uri)
+    calls: list[str] = []
+
+    def record(params, **_):
+        if params.get("Key") == location.key(INDEX_KEY):
+            calls.append(operation)
+    registry.s3.meta.events.register(f"before-parameter-build.s3.{operation}", record)
+    return calls
+
+
+def test_a_build_reads_the_index_once_when_no_other_writer_changes_it(registry):
+    build(registry, "pack-0")
+    reads = index_calls(registry, "GetObject")
+    build(registry, "pack-1")
+    assert reads == ["GetObject"], "the index (~2 MB at 10,000 models) is read once per build, not twice"
+
+
+def test_an_index_another_writer_changed_after_the_build_read_it_is_read_again_not_overwritten(registry, seaweed):
+    build(registry, "pack-0")
+    location = S3Location.parse(registry.settings.repository_uri)
+    other = seaweed.client()
+    foreign = {"format": 1, "files": {**index(registry), "pack-9/config.pbtxt": {"sha256": "0" * 64, "size": 1}}}
+    reads = index_calls(registry, "GetObject")
+
+    def another_writer(params, **_):  # lands between the build's read and its conditional write, once
+        if params.get("Key") == location.key(INDEX_KEY) and not foreign.get("written"):
+            other.put_object(Bucket=location.bucket, Key=location.key(INDEX_KEY),
+                             Body=json.dumps({k: v for k, v in foreign.items() if k != "written"}).encode())
+            foreign["written"] = True
+    registry.s3.meta.events.register("before-parameter-build.s3.PutObject", another_writer)
+    build(registry, "pack-1")
+    assert foreign.get("written") and reads == ["GetObject", "GetObject"], "the refused write was retried on a re-read"
+    assert {path.split("/", 1)[0] for path in index(registry)} == {"pack-0", "pack-1", "pack-9"}

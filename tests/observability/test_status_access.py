@@ -88,7 +88,8 @@ def test_pending_models_are_counted_and_listed_by_why_they_wait(app):
                      healthy=False))
         s.add_all([Pack(name="built", family="cpu", kind="k", generation=1, built_generation=1),
                    Pack(name="stale", family="cpu", kind="k", generation=2, built_generation=1),
-                   Pack(name="nowhere", family="cpu", kind="k", generation=1, built_generation=1),
+                   Pack(name="nowhere", family="cpu", kind="k", generation=1, built_generation=1,
+                        pending_reason="no cpu server has 250 MB free; 2 servers, 50 MB free each"),
                    Pack(name="broken", family="cpu", kind="k", generation=1, built_generation=1)])
         s.flush()
         s.add_all([Placement(pack="built", server="a", state="loaded", loaded_generation=1),
@@ -107,5 +108,6 @@ def test_pending_models_are_counted_and_listed_by_why_they_wait(app):
                  'fleet_pack_replicas{pack="built"} 1.0'):
         assert line in text, line
     page = client.get("/").text
-    assert "load failed (HTTP 400): bad" in page and "no healthy cpu server has room for pack nowhere" in page
+    assert "a: load failed (HTTP 400): bad" in page, "the API's pending_reason text (control_plane/pending.py)"
+    assert "no cpu server has 250 MB free; 2 servers, 50 MB free each" in page
     assert "gone (not ready)" in page
