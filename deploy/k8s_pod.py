@@ -68,6 +68,11 @@ class PodRun:
         return f"{self.workload['metadata']['name']}-0"
 
     @property
+    def namespace(self) -> str:
+        """metadata.namespace of the pod: the workload's own, as the rendering sets it."""
+        return self.workload["metadata"].get("namespace", "default")
+
+    @property
     def spec(self) -> Manifest:
         return self.workload["spec"]["template"]["spec"]
 
@@ -94,6 +99,8 @@ class PodRun:
                     env[item["name"]] = self.secrets[(ref["name"], ref["key"])]
                 elif source.get("fieldRef", {}).get("fieldPath") == "metadata.name":
                     env[item["name"]] = self.pod_name
+                elif source.get("fieldRef", {}).get("fieldPath") == "metadata.namespace":
+                    env[item["name"]] = self.namespace
                 else:
                     raise KeyError(f"env {item['name']}: valueFrom {source} is not emulated here")
         return env

@@ -66,6 +66,51 @@ class ControlPlane:
         return session
 
 
+def start_servers(root: Path, names) -> dict[str, TritonServer]:
+    """One real tritonserver per name, each on its own empty repository (root/NAME/repository)."""
+    servers = {}
+    for name in names:
+        repo = root / name / "repository"
+        repo.mkdir(parents=True)
+        servers[name] = TritonServer(repo, admin_key=ADMIN_KEY).start()
+    return servers
+
+
+def fleet_env(root: Path, seaweed, prefix: str, **overrides: str) -> dict[str, str]:
+    """The environment of a test control plane over `root` (SQLite registry, SeaweedFS repository under a
+    fresh prefix, 0.5 s reconcile interval); `overrides` are further FLEET_* variables."""
+    return {**os.environ, **seaweed.environment(), "FLEET_API_TOKEN": TOKEN, "FLEET_TRITON_ADMIN_KEY": ADMIN_KEY,
+            "FLEET_DATABASE_URL": f"sqlite:///{root / 'registry.db'}", "FLEET_WORK_DIR": str(root / "work"),
+            "FLEET_REPOSITORY_ROOT": str(root), "FLEET_REPOSITORY_URI": f"s3://models/{prefix}-{uuid.uuid4().hex[:8]}",
+            "FLEET_S3_ENDPOINT_URL": seaweed.endpoint_url, "FLEET_RECONCILE_INTERVAL_S": "0.5",
+            "PYTHONSAFEPATH": "1", **overrides}
+
+
+def register_servers(cp: ControlPlane, servers: dict[str, TritonServer], capacity_bytes: int = 2 * 2**30) -> None:
+    """Register local servers through the API, with their metrics and the repository the control plane syncs."""
+    api = cp.api()
+    for name, server in servers.items():
+        response = api.post(f"{cp.url}/api/v1/servers", json={
+            "name": name, "family": "cpu", "http_url": server.http_url, "grpc_url": server.grpc_url,
+            "metrics_url": server.metrics_url, "capacity_bytes": capacity_bytes,
+            "repository_path": str(server.repository)})
+        assert response.status_code == 201, response.text
+
+
+def register_models(api: requests.Session, url: str, models_dir: Path, count: int, architecture: str = "mlp"):
+    """Register the first `count` generated models of an architecture by upload; returns their entries."""
+    from model_repository.manifest import Manifest
+
+    entries = [m for m in Manifest.read(models_dir).models if m.architecture == architecture][:count]
+    for entry in entries:
+        signature = json.dumps({"inputs": [i.model_dump(mode="json") for i in entry.inputs],
+                                "outputs": [o.model_dump(mode="json") for o in entry.outputs]})
+        response = api.post(f"{url}/api/v1/models", data={"name": entry.id, "signature": signature},
+                            files={"artifact": ("model.pt", (models_dir / entry.file).read_bytes())})
+        assert response.status_code == 201, response.text
+    return entries
+
+
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory, seaweed, database_url):
     """SeaweedFS + two tritonservers + the control plane; the servers are registered through the API."""

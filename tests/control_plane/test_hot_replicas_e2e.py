@@ -9,10 +9,7 @@ is plenty cool. Every request of the test goes through `fleet.client`, and none 
 """
 from __future__ import annotations
 
-import json
-import os
 import threading
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -25,9 +22,8 @@ from fleet.client import FleetClient
 from fleet.triton_server import TritonServer, free_port
 from fleet.waiting import wait_for
 from model_repository.generator import example_inputs
-from model_repository.manifest import Manifest
 
-from .conftest import ADMIN_KEY, TOKEN, ControlPlane
+from .conftest import TOKEN, ControlPlane, fleet_env, register_models, register_servers, start_servers
 
 pytestmark = pytest.mark.slow
 SERVERS = ("h-a", "h-b", "h-c")
@@ -38,36 +34,16 @@ HOT_RPS_PER_REPLICA, COOL_RPS_PER_REPLICA = 5.0, 2.0
 def fleet(tmp_path_factory, seaweed, generated_models):
     """Three servers, two packs of two models each; every pack settled at two loaded replicas."""
     root = tmp_path_factory.mktemp("hot")
-    servers = {}
-    for name in SERVERS:
-        repo = root / name / "repository"
-        repo.mkdir(parents=True)
-        servers[name] = TritonServer(repo, admin_key=ADMIN_KEY).start()
-    env = {**os.environ, **seaweed.environment(), "FLEET_API_TOKEN": TOKEN, "FLEET_TRITON_ADMIN_KEY": ADMIN_KEY,
-           "FLEET_DATABASE_URL": f"sqlite:///{root / 'registry.db'}", "FLEET_WORK_DIR": str(root / "work"),
-           "FLEET_REPOSITORY_ROOT": str(root), "FLEET_REPOSITORY_URI": f"s3://models/hot-{uuid.uuid4().hex[:8]}",
-           "FLEET_S3_ENDPOINT_URL": seaweed.endpoint_url, "FLEET_RECONCILE_INTERVAL_S": "0.5",
-           "FLEET_PACK_SIZE": "2", "FLEET_REPLICAS_MIN": "2",
-           "FLEET_HOT_RPS_PER_REPLICA": str(HOT_RPS_PER_REPLICA),
-           "FLEET_COOL_RPS_PER_REPLICA": str(COOL_RPS_PER_REPLICA), "PYTHONSAFEPATH": "1",
-           # Not a test of failure detection: on a busy 2-core machine a server loading a pack while it
-           # serves once missed its 1 s liveness answers for over the default 5 s and was declared dead.
-           "FLEET_SERVER_DEAD_AFTER_S": "20"}
+    servers = start_servers(root, SERVERS)
+    env = fleet_env(root, seaweed, "hot", FLEET_PACK_SIZE="2", FLEET_REPLICAS_MIN="2",
+                    FLEET_HOT_RPS_PER_REPLICA=str(HOT_RPS_PER_REPLICA),
+                    FLEET_COOL_RPS_PER_REPLICA=str(COOL_RPS_PER_REPLICA),
+                    # Not a test of failure detection: on a busy 2-core machine a server loading a pack while
+                    # it serves once missed its liveness answers for over the default 5 s and was declared dead.
+                    FLEET_SERVER_DEAD_AFTER_S="20")
     cp = ControlPlane(f"http://127.0.0.1:{free_port()}", env, root / "control-plane.log").start()
-    api = cp.api()
-    for name, server in servers.items():
-        response = api.post(f"{cp.url}/api/v1/servers", json={
-            "name": name, "family": "cpu", "http_url": server.http_url, "grpc_url": server.grpc_url,
-            "metrics_url": server.metrics_url, "capacity_bytes": 2 * 2**30,
-            "repository_path": str(server.repository)})
-        assert response.status_code == 201, response.text
-    entries = [m for m in Manifest.read(generated_models).models if m.architecture == "mlp"][:4]
-    for entry in entries:
-        signature = json.dumps({"inputs": [i.model_dump(mode="json") for i in entry.inputs],
-                                "outputs": [o.model_dump(mode="json") for o in entry.outputs]})
-        response = api.post(f"{cp.url}/api/v1/models", data={"name": entry.id, "signature": signature},
-                            files={"artifact": ("model.pt", (generated_models / entry.file).read_bytes())})
-        assert response.status_code == 201, response.text
+    register_servers(cp, servers)
+    entries = register_models(cp.api(), cp.url, generated_models, 4)
     state = {"cp": cp, "servers": servers, "entries": entries}
     wait_for(lambda: settled_at_two(state), timeout_s=180, what="every pack loaded on two servers")
     yield state

@@ -2,21 +2,18 @@
 is emptied; a killed server's replicas keep answering on the survivors and are placed again."""
 from __future__ import annotations
 
-import json
 import os
 import signal
 import threading
-import uuid
 
 import pytest
 import tritonclient.grpc as grpcclient
 
-from fleet.triton_server import TritonServer, free_port
+from fleet.triton_server import free_port
 from fleet.waiting import wait_for
 from model_repository.generator import example_inputs
-from model_repository.manifest import Manifest
 
-from .conftest import ADMIN_KEY, TOKEN, ControlPlane
+from .conftest import ControlPlane, fleet_env, register_models, register_servers, start_servers
 
 pytestmark = pytest.mark.slow
 SERVERS = ("r-a", "r-b", "r-c")
@@ -26,32 +23,11 @@ MODELS = 9
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory, seaweed, generated_models):
     root = tmp_path_factory.mktemp("replicas")
-    servers = {}
-    for name in SERVERS:
-        repo = root / name / "repository"
-        repo.mkdir(parents=True)
-        servers[name] = TritonServer(repo, admin_key=ADMIN_KEY).start()
-    env = {**os.environ, **seaweed.environment(), "FLEET_API_TOKEN": TOKEN, "FLEET_TRITON_ADMIN_KEY": ADMIN_KEY,
-           "FLEET_DATABASE_URL": f"sqlite:///{root / 'registry.db'}", "FLEET_WORK_DIR": str(root / "work"),
-           "FLEET_REPOSITORY_ROOT": str(root),
-           "FLEET_REPOSITORY_URI": f"s3://models/rep-{uuid.uuid4().hex[:8]}",
-           "FLEET_S3_ENDPOINT_URL": seaweed.endpoint_url, "FLEET_RECONCILE_INTERVAL_S": "0.5",
-           "FLEET_SERVER_DEAD_AFTER_S": "2", "FLEET_PACK_SIZE": "2", "PYTHONSAFEPATH": "1"}
-    cp = ControlPlane(f"http://127.0.0.1:{free_port()}", env, root / "control-plane.log").start()
-    api = cp.api()
-    for name, server in servers.items():
-        response = api.post(f"{cp.url}/api/v1/servers", json={
-            "name": name, "family": "cpu", "http_url": server.http_url, "grpc_url": server.grpc_url,
-            "metrics_url": server.metrics_url, "capacity_bytes": 2 * 2**30,
-            "repository_path": str(server.repository)})
-        assert response.status_code == 201, response.text
-    entries = [m for m in Manifest.read(generated_models).models if m.architecture == "mlp"][:MODELS]
-    for entry in entries:
-        signature = json.dumps({"inputs": [i.model_dump(mode="json") for i in entry.inputs],
-                                "outputs": [o.model_dump(mode="json") for o in entry.outputs]})
-        response = api.post(f"{cp.url}/api/v1/models", data={"name": entry.id, "signature": signature},
-                            files={"artifact": ("model.pt", (generated_models / entry.file).read_bytes())})
-        assert response.status_code == 201, response.text
+    servers = start_servers(root, SERVERS)
+    cp = ControlPlane(f"http://127.0.0.1:{free_port()}", fleet_env(
+        root, seaweed, "rep", FLEET_SERVER_DEAD_AFTER_S="2", FLEET_PACK_SIZE="2"), root / "control-plane.log").start()
+    register_servers(cp, servers)
+    entries = register_models(cp.api(), cp.url, generated_models, MODELS)
     state = {"cp": cp, "servers": servers, "entries": entries}
     wait_for(lambda: all(len(model(state, e.id)["endpoints"]) == 2 for e in entries), timeout_s=180)
     yield state

@@ -10,7 +10,6 @@ pods' sync sidecars do (no repository_path: the control plane never syncs them i
 """
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 import threading
@@ -31,10 +30,9 @@ from fleet.client import FleetClient
 from fleet.triton_server import TritonServer, free_port
 from fleet.waiting import wait_for
 from model_repository.generator import example_inputs
-from model_repository.manifest import Manifest
 from model_repository.s3_sync import NoAssignment, SyncError, sync
 
-from .conftest import ADMIN_KEY, TOKEN
+from .conftest import ADMIN_KEY, TOKEN, register_models, start_servers
 
 pytestmark = pytest.mark.slow
 SERVERS = ("eks-triton-cpu-0", "eks-triton-cpu-1", "eks-triton-cpu-2")
@@ -87,11 +85,7 @@ class Sidecars:
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory, seaweed, generated_models):
     root = tmp_path_factory.mktemp("scale-in")
-    servers = {}
-    for name in SERVERS:
-        repo = root / name / "repository"
-        repo.mkdir(parents=True)
-        servers[name] = TritonServer(repo, admin_key=ADMIN_KEY).start()
+    servers = start_servers(root, SERVERS)
     uri = f"s3://models/scale-in-{uuid.uuid4().hex[:8]}"
     with pytest.MonkeyPatch.context() as patch:
         for key, value in seaweed.environment().items():
@@ -121,14 +115,7 @@ def fleet(tmp_path_factory, seaweed, generated_models):
         try:
             wait_for(lambda: {s["name"] for s in get(fleet, "/servers")["items"]} == set(SERVERS), timeout_s=30,
                      what="discovery registers the three servers")
-            entries = [m for m in Manifest.read(generated_models).models if m.architecture == "mlp"][:MODELS]
-            for entry in entries:
-                signature = json.dumps({"inputs": [i.model_dump(mode="json") for i in entry.inputs],
-                                        "outputs": [o.model_dump(mode="json") for o in entry.outputs]})
-                response = api.post(f"{url}/api/v1/models", data={"name": entry.id, "signature": signature},
-                                    files={"artifact": ("model.pt", (generated_models / entry.file).read_bytes())})
-                assert response.status_code == 201, response.text
-            fleet["entries"] = entries
+            fleet["entries"] = register_models(api, url, generated_models, MODELS)
             wait_for(lambda: settled(fleet), timeout_s=180, what="two loaded replicas of every pack")
             yield fleet
         finally:
