@@ -28,14 +28,14 @@ fleet_tier_budget_bytes{pack="pack-a",tier="host"} 8000
 
 
 @pytest.fixture
-def control_plane(seaweed, s3_uri, tmp_path, monkeypatch):
+def control_plane(request, seaweed, s3_uri, tmp_path, monkeypatch):
     """A control plane (no reconciler thread) on the session's S3 with two servers that sync themselves;
-    the disk status is read at most once an hour, so each test decides when it is read."""
+    the disk status is read at most once an hour (or at the interval a test gives as its parameter)."""
     for key, value in seaweed.environment().items():
         monkeypatch.setenv(key, value)
     settings = Settings(api_token=TOKEN, database_url=f"sqlite:///{tmp_path / 'registry.db'}",
                         repository_uri=s3_uri, s3_endpoint_url=seaweed.endpoint_url, work_dir=tmp_path / "cp",
-                        disk_status_interval_s=3600)
+                        disk_status_interval_s=getattr(request, "param", 3600))
     app = create_app(settings, start_reconciler=False)
     with app.extensions["fleet"].sessions.begin() as session:  # as discovery registers pods it found
         for name in (POD, SILENT):
@@ -92,6 +92,7 @@ def test_a_servers_published_sync_status_becomes_its_disk_tier_in_the_api_and_me
     assert metric(text, "fleet_server_tier_resident_bytes", server=SILENT, tier="disk") is None
 
 
+@pytest.mark.parametrize("control_plane", [1e-6], indirect=True)  # every read_disk_tiers() reads S3
 def test_the_triton_scrape_and_the_disk_status_each_keep_the_others_tiers(control_plane, seaweed, tmp_path):
     app, client, settings = control_plane
     reconciler = app.extensions["fleet"].reconciler
@@ -105,7 +106,6 @@ def test_the_triton_scrape_and_the_disk_status_each_keep_the_others_tiers(contro
 
     sync(settings.repository_uri, tmp_path / "pod", seaweed.client(), server=POD, disk_budget_bytes=10**6,
          publish_status=True)  # the next pass: both packs already on disk
-    reconciler._last_disk_read = float("-inf")  # the cadence has passed
     reconciler.read_disk_tiers()
     usage = client.get(f"/api/v1/servers/{POD}", headers=HEADERS).get_json()["tier_usage"]
     assert usage["tiers"]["host"]["resident_bytes"] == 3000 and usage["tiers"]["disk"]["hits"] == 2
