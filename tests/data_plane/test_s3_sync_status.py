@@ -81,6 +81,7 @@ class ReadOnlySecondIdentity(SeaweedS3):
         return command
 
 
+@pytest.mark.slow  # starts its own SeaweedFS with a second, read-only identity
 def test_a_role_that_cannot_write_the_status_still_syncs_every_pack(generated_models, tmp_path, caplog):
     build_repository(generated_models, tmp_path / "source", pack_size=10)
     with ReadOnlySecondIdentity(tmp_path / "s3") as s3:
