@@ -91,7 +91,8 @@ class Server(Base):
     gpu_budget_bytes: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     neuron_cores: Mapped[int | None] = mapped_column(Integer, nullable=True)
     # What each tier held at the reconciler's last scrape of the server's metrics (control_plane/traffic.py
-    # TierUsage, per tier), so any control-plane replica can show it; None: not scraped yet.
+    # TierUsage, per tier) and, as tier "disk", its sync's last status (control_plane/assignments.py), so
+    # any control-plane replica can show it; None: neither read yet.
     tier_usage: Mapped[dict | None] = mapped_column(JSON, nullable=True)
 
 

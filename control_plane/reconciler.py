@@ -14,7 +14,9 @@ and the next tick places those packs elsewhere. The reconcile thread runs `tick(
    placements `pending`, surplus ones `retiring` (still served);
 5. publish each changed server's assignment to S3, sync local servers, load what is behind, and mark a
    placement `loaded` only once Triton's config for the pack carries the generation that was built;
-6. unload retiring replicas once every target replica of their pack is loaded.
+6. unload retiring replicas once every target replica of their pack is loaded;
+7. store each server's disk tier: local servers' sync reports, others' status from S3 (every
+   `disk_status_interval_s`).
 
 Work for different servers runs on a bounded thread pool; one server's loads run in order, so two loads
 of the same pack on the same server never race.
@@ -36,7 +38,13 @@ import requests
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, aliased, sessionmaker
 
-from control_plane.assignments import publish_assignment
+from control_plane.assignments import (
+    AssignmentError,
+    keep_disk_tier,
+    publish_assignment,
+    read_sync_status,
+    with_disk_tier,
+)
 from control_plane.capacity import device_bytes
 from control_plane.db import AuditEntry, Model, ModelVersion, Pack, Placement, Server
 from control_plane.discovery import DiscoveryError, DiscoverySettings, apply, make_discoverer
@@ -104,6 +112,10 @@ class Reconciler:
         self.discovery = DiscoverySettings.from_env()
         self._discoverer = None
         self._last_discovery = float("-inf")
+        # The disk tier: local servers' sync reports (from _sync_server), others' status read from S3.
+        self._disk_reports: dict[str, dict] = {}
+        self._disk_lock = threading.Lock()
+        self._last_disk_read = float("-inf")
 
     @property
     def http(self) -> requests.Session:
@@ -171,6 +183,7 @@ class Reconciler:
         self.publish_assignments()
         self.load_placements()
         self.retire_replicas()
+        self.read_disk_tiers()
 
     def discover_servers(self) -> None:
         """Register Triton pods (EKS) or tasks (ECS) that appeared and deregister those that left, every
@@ -389,7 +402,7 @@ class Reconciler:
         if usage:
             with self.sessions.begin() as session:
                 for server in session.scalars(select(Server).where(Server.name.in_(usage))):
-                    server.tier_usage = usage[server.name]
+                    server.tier_usage = keep_disk_tier(server.tier_usage, usage[server.name])
 
     # ---- placement -----------------------------------------------------------------------------
     def place_packs(self) -> None:
@@ -470,7 +483,7 @@ class Reconciler:
                 select(Placement.pack, Placement.server, Placement.reserved_bytes, Placement.residency_bytes,
                        Placement.device_bytes, Placement.state, Placement.loaded_generation, Pack.built_generation,
                        Server.http_url, Server.repository_path, Server.family, Server.gpu_budget_bytes,
-                       Server.instance_type, server_reserved.label("server_reserved"))
+                       Server.instance_type, Server.disk_budget_bytes, server_reserved.label("server_reserved"))
                 .join(Pack, Pack.name == Placement.pack).join(Server, Server.name == Placement.server)
                 .where(Server.healthy.is_(True), Placement.retiring.is_(False), Pack.built_generation >= 0)).all()
         by_server: dict[str, list] = defaultdict(list)
@@ -489,7 +502,7 @@ class Reconciler:
         load cost more than the load of a small pack at 2,000 packs.
         """
         server, repository_path = rows[0].server, rows[0].repository_path
-        problems = self._sync_server(server, repository_path) if repository_path else {}
+        problems = self._sync_server(server, repository_path, rows[0].disk_budget_bytes) if repository_path else {}
         outcomes: list[tuple[str, LoadResult | None, str | None, int, str]] = []
         flushed = time.monotonic()
         for row in sorted(rows, key=lambda r: r.pack):
@@ -601,15 +614,19 @@ class Reconciler:
             return None, f"reading the config back failed (HTTP {response.status_code}): {response.text[:300]}"
         return response.json(), None
 
-    def _sync_server(self, server: str, repository_path: str) -> dict[str, str]:
-        """Sync one server's repository from S3; returns, per pack ("*": all), why it could not be updated."""
+    def _sync_server(self, server: str, repository_path: str, disk_budget_bytes: int | None = None) -> dict[str, str]:
+        """Sync one server's repository from S3, within its disk budget (None: free disk less a reserve);
+        returns, per pack ("*": all), why it could not be updated."""
         try:
             with metrics.timed_sync():
                 report = sync(self.settings.repository_uri, repository_path, self.builder.registry.s3,
-                              server=server)
+                              server=server, disk_budget_bytes=disk_budget_bytes)
         except SyncError as error:
             log.error("sync to %s failed: %s", server, error)
             return {"*": f"sync failed, serving the last good version: {error}"}
+        if report.status is not None:  # the disk tier, straight from the sync: no S3 round trip
+            with self._disk_lock:
+                self._disk_reports[server] = report.status
         problems: dict[str, list[str]] = {}
         for path, reason in report.refused.items():
             problems.setdefault(path.split("/", 1)[0], []).append(f"{path}: {reason}")
@@ -617,6 +634,38 @@ class Reconciler:
             log.error("sync to %s refused %s", server, report.refused)
         return {pack: "sync refused, serving the last good version: " + "; ".join(reasons)[:1000]
                 for pack, reasons in problems.items()}
+
+    # ---- disk tier -----------------------------------------------------------------------------
+    def read_disk_tiers(self) -> None:
+        """Store each server's disk tier in servers.tier_usage, next to what the Triton scrape wrote.
+
+        Local servers (a repository_path: synced by this control plane) report through `_sync_server`.
+        Servers that sync themselves (EKS sidecars, ECS tasks) publish their status to S3; it is read every
+        `disk_status_interval_s`, not every tick, one GET per server, concurrently; a missing document (not
+        synced yet) leaves the server's tier_usage as it is, and a failed read is only logged.
+        """
+        with self._disk_lock:
+            statuses, self._disk_reports = self._disk_reports, {}
+        if time.monotonic() - self._last_disk_read >= self.settings.disk_status_interval_s:
+            self._last_disk_read = time.monotonic()
+            with self.sessions() as session:
+                remote = [n for n in session.scalars(select(Server.name).where(
+                    Server.healthy.is_(True), Server.repository_path.is_(None))) if n not in statuses]
+            for name, status in zip(remote, self._each(self.pool, self._read_sync_status, remote), strict=True):
+                if status is not None:
+                    statuses[name] = status
+        if not statuses:
+            return
+        with self.sessions.begin() as session:
+            for server in session.scalars(select(Server).where(Server.name.in_(statuses))):
+                server.tier_usage = with_disk_tier(server.tier_usage, statuses[server.name])
+
+    def _read_sync_status(self, server: str) -> dict | None:
+        try:
+            return read_sync_status(self.builder.registry.s3, self.settings, server)
+        except AssignmentError as error:
+            log.warning("disk tier of %s not updated: %s", server, error)
+            return None
 
     # ---- retire --------------------------------------------------------------------------------
     def retire_replicas(self) -> None:

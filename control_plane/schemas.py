@@ -184,9 +184,16 @@ class TierStateOut(BaseModel):
 
 
 class TierUsageOut(BaseModel):
-    scraped_at: datetime = Field(description="when the reconciler last read the server's metrics")
+    scraped_at: datetime | None = Field(description="when the reconciler last read the server's metrics (host, "
+                                        "gpu, neuron); null if only the disk tier was reported yet")
+    disk_synced_at: datetime | None = Field(None, description="when the server's sync wrote the disk tier's "
+                                            "figures; null without a disk tier")
     tiers: dict[str, TierStateOut] = Field(description="per tier: host (pack residency in host RAM), gpu "
-                                           "(gpu family) or neuron (inf2, summed over NeuronCores)")
+                                           "(gpu family) or neuron (inf2, summed over NeuronCores), from "
+                                           "Triton's metrics; disk (members are packs, loads are packs "
+                                           "downloaded, load_seconds the seconds spent downloading, counters "
+                                           "since the sync's state began, budget -1: whole repository), from "
+                                           "the server's sync (docs/fleet-data.md)")
 
 
 class ServerOut(BaseModel):
@@ -198,7 +205,8 @@ class ServerOut(BaseModel):
     instance_type: str | None = None
     tiers: TierBudgetsOut
     tier_usage: TierUsageOut | None = Field(None, description="what each tier held at the last scrape of the "
-                                            "server's metrics; null until scraped (no metrics_url: never)")
+                                            "server's metrics and its sync's last status; null until either "
+                                            "was read")
     reserved_bytes: int = Field(description="host RAM its placements reserve")
     free_bytes: int
     healthy: bool

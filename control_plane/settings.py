@@ -38,6 +38,9 @@ class Settings(BaseModel):
     reconcile_workers: int = Field(8, ge=1, description="syncs, loads and probes run concurrently across servers")
     health_interval_s: float = Field(1.0, gt=0, description="health checks run on their own thread at this cadence")
     server_dead_after_s: float = 5.0
+    disk_status_interval_s: float = Field(20.0, gt=0, description="how often the sync status servers publish to "
+                                          "S3 (.fleet/status/NAME.json) is read as their disk tier: one GET per "
+                                          "server; local servers report through the control plane's own sync")
     stub_probe_interval_s: float = Field(5.0, description="how often each loaded pack's stub is probed; a "
                                          "pack whose stub does not answer is reloaded (0: never)")
     validation_workers: int = Field(2, description="artifacts validated at once, each in its own sandboxed "

@@ -178,6 +178,7 @@ def sync(uri: str, repository: Path, endpoint_url: str | None, interval: float, 
     """Bring a local repository in step with S3: incremental, verified, atomic per model.
 
     Writes REPOSITORY.sync-status.json and REPOSITORY.sync.prom (Prometheus text) next to the repository.
+    With a server name, the status also goes to S3 (.fleet/status/NAME.json) for the control plane.
     With --interval, failures (no index, S3 unreachable) are logged and retried with back-off.
     """
     from tenacity import Retrying, retry_if_exception_type, wait_exponential
@@ -208,7 +209,7 @@ def sync(uri: str, repository: Path, endpoint_url: str | None, interval: float, 
     def one_round():
         with tqdm(unit="B", unit_scale=True, desc="sync", dynamic_ncols=True, disable=bool(interval)) as bar:
             report = run(uri, repository, client, on_progress=bar.update, server=server,
-                         disk_budget_bytes=disk_budget_bytes, used_at=usage.poll())
+                         disk_budget_bytes=disk_budget_bytes, used_at=usage.poll(), publish_status=server is not None)
         click.echo(f"synced {len(report.downloaded)} files ({report.bytes} B); changed models: "
                    f"{sorted(report.changed_models) or 'none'}; removed: {sorted(report.removed_models) or 'none'}"
                    + (f"; {report.resident_packs} packs, {report.resident_bytes} B on disk" if server else ""))

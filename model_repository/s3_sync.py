@@ -15,6 +15,9 @@ cache, so thousands of members would be fetched again at each reload. Instead:
   assigned packs exceed the budget, the most recently assigned or used ones are kept (LRU) and the rest
   are reported as over budget. Each sync writes its status as JSON and as Prometheus text next to the
   repository (see `status_paths`), so an operator, the control plane or a node exporter can read it.
+  With `publish_status=True` (what `fleet sync --server` does) the same JSON document is also written to
+  S3 next to the assignment (`.fleet/status/NAME.json`): on EKS and ECS the files next to the repository
+  sit in the pod's or task's volume, where the control plane cannot read them.
 """
 from __future__ import annotations
 
@@ -42,6 +45,7 @@ from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_ex
 log = logging.getLogger(__name__)
 INDEX_KEY = ".fleet/index.json"
 ASSIGNMENTS_PREFIX = ".fleet/assignments"
+STATUS_PREFIX = ".fleet/status"  # each server's last sync status, read by the control plane (disk tier)
 # Objects stream to disk in chunks of this size, hashed on the way: one chunk in memory per download.
 STREAM_CHUNK_BYTES = 2**20
 DISK_RESERVE_FRACTION = 0.05  # the default budget leaves this share of the filesystem free
@@ -99,6 +103,8 @@ class SyncReport:
     hits: int = 0  # packs wanted and already complete on disk
     misses: int = 0  # packs wanted that needed downloads
     fill_seconds: float = 0.0
+    status: dict | None = None  # the status document this sync wrote (`<repo>.sync-status.json`)
+    status_published: bool = False  # it was also written to S3 (`status_key`)
 
     @property
     def ok(self) -> bool:
@@ -191,6 +197,29 @@ def read_remote_index(client, location: S3Location) -> dict[str, dict] | None:
 
 def assignment_key(server: str) -> str:
     return f"{ASSIGNMENTS_PREFIX}/{server}.json"
+
+
+def status_key(server: str) -> str:
+    """Where a server's sync publishes its status, next to its assignment (control_plane/assignments.py)."""
+    return f"{STATUS_PREFIX}/{server}.json"
+
+
+def publish_sync_status(client, location: S3Location, server: str, document: dict) -> bool:
+    """Write a sync's status document to S3 for the control plane; True if written.
+
+    Never raises for S3 trouble: the status is a report about the sync, and a role without write access
+    to `.fleet/status/` (or S3 briefly away) must cost the report, never the models on disk.
+    """
+    key = location.key(status_key(server))
+    try:
+        client.put_object(Bucket=location.bucket, Key=key, Body=json.dumps(document, sort_keys=True).encode(),
+                          ContentType="application/json")
+    except TRANSFER_ERRORS as error:
+        log.warning("cannot publish the sync status of server %s to s3://%s/%s (%s); the sync itself is "
+                    "unaffected: grant s3:PutObject on that key (k8s/iam/repository-read-policy.json, the ECS "
+                    "task role)", server, location.bucket, key, error)
+        return False
+    return True
 
 
 def read_assignment(client, location: S3Location, server: str) -> dict | None:
@@ -372,12 +401,13 @@ def _choose_within_budget(assigned: list[str], sizes: dict[str, int], budget: in
 
 def sync(uri: str, repository: Path, client=None, on_progress: Callable[[int], None] | None = None, *,
          server: str | None = None, disk_budget_bytes: int | None = None,
-         used_at: Mapping[str, float] | None = None) -> SyncReport:
+         used_at: Mapping[str, float] | None = None, publish_status: bool = False) -> SyncReport:
     """Bring `repository` in step with the S3 prefix; see the module docstring for the guarantees.
 
     Without `server` the whole repository is synced (small setups). With it, only that server's
     assignment, within `disk_budget_bytes` (default: free disk less a reserve). `used_at` (pack -> unix
-    time of its last request, e.g. from Triton's metrics) refines the LRU order.
+    time of its last request, e.g. from Triton's metrics) refines the LRU order. With `publish_status`
+    and `server`, the status document is also written to S3 (`status_key`; a failure is only logged).
     """
     client = client or s3_client()
     location = S3Location.parse(uri)
@@ -441,7 +471,9 @@ def sync(uri: str, repository: Path, client=None, on_progress: Callable[[int], N
     report.hits = len({_model_of(p) for p in remote} - wanted_models)
     if server is not None:
         report.evicted_packs = sorted(report.removed_models & set(report.over_budget_packs) & present_before)
-    _write_status(repository, report, state)
+    report.status = _write_status(repository, report, state)
+    if publish_status and server is not None:
+        report.status_published = publish_sync_status(client, location, server, report.status)
     return report
 
 
@@ -502,7 +534,7 @@ def _record_verified(repository: Path, local: dict, remote: dict, verified: dict
     report.resident_packs = len({_model_of(p) for p in index})
 
 
-def _write_status(repository: Path, report: SyncReport, state: dict) -> None:
+def _write_status(repository: Path, report: SyncReport, state: dict) -> dict:
     counters = state["counters"]
     counters["hits"] += report.hits
     counters["misses"] += report.misses
@@ -510,7 +542,7 @@ def _write_status(repository: Path, report: SyncReport, state: dict) -> None:
     counters["fill_seconds"] = round(counters["fill_seconds"] + report.fill_seconds, 3)
     _write_json(_state_path(repository), state)
     json_path, prom_path = status_paths(repository)
-    _write_json(json_path, {
+    document = {
         "server": report.server, "updated_at": time.time(), "budget_bytes": report.budget_bytes,
         "resident_bytes": report.resident_bytes, "resident_packs": report.resident_packs,
         "assigned_packs": report.assigned_packs, "missing_packs": report.missing_packs,
@@ -518,7 +550,8 @@ def _write_status(repository: Path, report: SyncReport, state: dict) -> None:
         "last_sync": {"downloaded_files": len(report.downloaded), "downloaded_bytes": report.bytes,
                       "hits": report.hits, "misses": report.misses, "fill_seconds": report.fill_seconds,
                       "refused": report.refused},
-        "totals": counters})
+        "totals": dict(counters)}
+    _write_json(json_path, document)
     labels = f'{{server="{report.server or ""}"}}'
     metrics = [
         ("fleet_sync_resident_bytes", "gauge", "bytes of packs on this server's disk", report.resident_bytes),
@@ -544,6 +577,7 @@ def _write_status(repository: Path, report: SyncReport, state: dict) -> None:
         os.replace(tmp, prom_path)
     except OSError as error:
         log.warning("cannot write %s (%s); continuing without it", prom_path, error)
+    return document
 
 
 def _apply_model(repository: Path, staging: Path, model: str, remote: dict[str, dict]) -> None:

@@ -149,10 +149,40 @@ class FleetCollector(Collector):
             placed.add_metric([server.name], server.placed_bytes)
         yield capacity
         yield placed
+        yield from tier_families(snap)
         loadtests = GaugeMetricFamily("fleet_loadtests", "Load-test runs by status", labels=["status"])
         for status in ("pending", "running", "succeeded", "failed"):
             loadtests.add_metric([status], snap.loadtests_by_status.get(status, 0))
         yield loadtests
+
+
+# Per server and tier, from servers.tier_usage (host, gpu, neuron from the Triton scrape; disk from the sync).
+# The counters are exported as gauges of the last reading, not as counters: host and device tiers count since
+# each stub started and lose an unloaded pack's share, so the sum can fall; Prometheus' rate() would read a
+# fall as a reset. Use delta()/deriv() over them, or the server's own fleet_tier_*_total counters.
+TIER_GAUGES = (
+    ("resident_bytes", "fleet_server_tier_resident_bytes", "Bytes resident in a server's tier"),
+    ("resident_members", "fleet_server_tier_resident_members", "Members resident in a server's tier (disk: packs)"),
+    ("budget_bytes", "fleet_server_tier_budget_bytes", "A server's tier budget (disk -1: whole repository synced)"),
+    ("hits", "fleet_server_tier_hits", "Hits of a server's tier, last reading (disk: packs found complete)"),
+    ("misses", "fleet_server_tier_misses", "Misses of a server's tier, last reading (disk: packs downloaded)"),
+    ("evictions", "fleet_server_tier_evictions", "Evictions from a server's tier, last reading"),
+    ("loads", "fleet_server_tier_loads", "Loads into a server's tier, last reading (disk: packs downloaded)"),
+    ("load_seconds", "fleet_server_tier_load_seconds", "Seconds spent filling a server's tier, last reading"),
+)
+
+
+def tier_families(snap: Snapshot) -> Iterator[GaugeMetricFamily]:
+    """fleet_server_tier_*{server, tier}: what each tier of each server held at its last reading."""
+    families = {key: GaugeMetricFamily(name, text, labels=["server", "tier"]) for key, name, text in TIER_GAUGES}
+    for server in snap.servers:
+        usage = server.extra.get("tier_usage") or {}
+        for tier, state in sorted((usage.get("tiers") or {}).items()):
+            for key, family in families.items():
+                value = state.get(key) if isinstance(state, dict) else None
+                if isinstance(value, int | float):
+                    family.add_metric([server.name, tier], float(value))
+    yield from families.values()
 
 
 def leader_of(state) -> Callable[[], bool]:

@@ -207,12 +207,16 @@ def test_every_container_logs_to_cloudwatch():
         assert logging["Options"]["awslogs-group"] == {"Ref": "LogGroup"}
 
 
-def test_task_role_may_only_read_the_repository_prefix():
+def test_task_role_may_only_read_the_repository_prefix_and_publish_its_sync_status():
     statements = _statements("TaskRole")
     assert "ManagedPolicyArns" not in _props("TaskRole")
     assert [(s["Effect"], s["Action"]) for s in statements] == \
-        [("Allow", "s3:GetObject"), ("Allow", "s3:ListBucket")]
-    read, listing = statements
+        [("Allow", "s3:GetObject"), ("Allow", "s3:ListBucket"), ("Allow", "s3:PutObject")]
+    read, listing, status = statements
+    # the only write: the sync's status document next to the assignments (model_repository/s3_sync.py)
+    assert status["Resource"] == \
+        {"Fn::Sub": "arn:${AWS::Partition}:s3:::${RepositoryBucket}/${RepositoryPrefix}/.fleet/status/*"}
+    assert "Condition" not in status
     assert read["Resource"] == \
         {"Fn::Sub": "arn:${AWS::Partition}:s3:::${RepositoryBucket}/${RepositoryPrefix}/*"}
     assert listing["Resource"] == {"Fn::Sub": "arn:${AWS::Partition}:s3:::${RepositoryBucket}"}

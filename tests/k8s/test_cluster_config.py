@@ -54,10 +54,12 @@ def test_workloads_pinned_to_the_system_group_name_it(all_manifests: list[Manife
     assert pinned == {"system"}
 
 
-def test_repository_read_policy_allows_only_reading_the_repository_prefix() -> None:
+def test_repository_read_policy_allows_only_reading_the_repository_prefix_and_writing_sync_status() -> None:
     policy = json.loads((K8S_ROOT / "iam" / "repository-read-policy.json").read_text())
     statements = {s["Action"]: s for s in policy["Statement"]}
-    assert set(statements) == {"s3:GetObject", "s3:ListBucket"}
+    assert set(statements) == {"s3:GetObject", "s3:ListBucket", "s3:PutObject"}
+    assert statements["s3:PutObject"]["Resource"] == \
+        "arn:aws:s3:::REPOSITORY_BUCKET/REPOSITORY_PREFIX/.fleet/status/*"
     assert all(s["Effect"] == "Allow" for s in statements.values())
     assert statements["s3:GetObject"]["Resource"] == "arn:aws:s3:::REPOSITORY_BUCKET/REPOSITORY_PREFIX/*"
     listing = statements["s3:ListBucket"]

@@ -95,3 +95,35 @@ def test_readiness_probe_passes_under_the_control_planes_policy(seaweed, s3_uri:
     for operation, params in calls:
         assert allowed(policy, *_request_context(operation, params)), \
             f"{operation}({params}) is denied by k8s/iam/{policy_file}"
+
+
+def test_a_servers_sync_makes_only_calls_the_servers_read_policy_allows(seaweed, s3_uri: str, tmp_path):
+    """`fleet sync --server` reads its assignment and share, and writes its status: all within the
+    server's role (repository-read-policy.json), which cannot touch models or assignments."""
+    from control_plane.assignments import publish_assignment
+    from model_repository.s3_sync import S3Location, status_key, sync, upload
+
+    source = tmp_path / "source"
+    (source / "pack-a" / "1").mkdir(parents=True)
+    (source / "pack-a" / "config.pbtxt").write_text('name: "pack-a"\n')
+    (source / "pack-a" / "1" / "model.py").write_text("# a pack\n")
+    client = seaweed.client()
+    upload(source, s3_uri, client)
+    publish_assignment(client, Settings(repository_uri=s3_uri), "eks-triton-cpu-0", {"pack-a": 1})
+    calls: list[tuple[str, dict[str, Any]]] = []
+
+    def record(params, model, **_):
+        calls.append((model.name, dict(params)))
+
+    client.meta.events.register("provide-client-params.s3", record)
+    report = sync(s3_uri, tmp_path / "repo", client, server="eks-triton-cpu-0", publish_status=True)
+    assert report.status_published and (tmp_path / "repo" / "pack-a" / "config.pbtxt").exists()
+    location = S3Location.parse(s3_uri)
+    policy = _policy("repository-read-policy.json", location.bucket, location.prefix)
+    writes = [params["Key"] for operation, params in calls if operation == "PutObject"]
+    assert writes == [location.key(status_key("eks-triton-cpu-0"))]
+    for operation, params in calls:
+        assert allowed(policy, *_request_context(operation, params)), \
+            f"{operation}({params}) is denied by k8s/iam/repository-read-policy.json"
+    for key in (location.key(".fleet/assignments/eks-triton-cpu-0.json"), location.key("pack-a/1/model.py")):
+        assert not allowed(policy, *_request_context("PutObject", {"Bucket": location.bucket, "Key": key}))

@@ -174,3 +174,26 @@ def test_fleet_logs_merges_the_stacks_logs_in_time_order(fleet):
     only = CliRunner().invoke(logs_command, ["--dir", str(fleet.root), "--grep", "obs-merge-7", "--source",
                                              "control-plane"])
     assert only.output and all("obs-merge-7" in line for line in only.output.splitlines())
+
+
+def test_the_disk_tier_of_a_local_server_comes_from_the_control_planes_own_sync(fleet):
+    """fleet up's servers are synced by the control plane: their disk tier is that sync's report, shown by
+    the API and exported per server and tier on /metrics, the same figures as the sync's status file."""
+    from control_plane.assignments import disk_tier
+    from model_repository.s3_sync import status_paths
+
+    server = fleet.servers["triton-a"]
+    on_disk = json.loads(status_paths(server.repository)[0].read_text())
+
+    def shown():
+        usage = fleet.api().get(f"{fleet.url}/api/v1/servers/triton-a").json()["tier_usage"] or {}
+        return usage if (usage.get("tiers") or {}).get("disk") == disk_tier(on_disk) else None
+
+    usage = wait_for(shown, 30, what="the disk tier from the control plane's sync")
+    packs = {fleet.model(m.id)["pack"] for m in fleet.models}
+    assert usage["tiers"]["disk"]["resident_members"] == len(packs) and usage["disk_synced_at"]
+    found = samples(fleet.api().get(f"{fleet.url}/metrics").text)
+    assert value(found, "fleet_server_tier_resident_bytes", server="triton-a", tier="disk") == \
+        on_disk["resident_bytes"] > 0
+    assert value(found, "fleet_server_tier_resident_members", server="triton-a", tier="disk") == len(packs)
+    assert value(found, "fleet_server_tier_budget_bytes", server="triton-a", tier="disk") == on_disk["budget_bytes"]
