@@ -214,18 +214,21 @@ class Reconciler:
         return list(pool.map(function, list(items)))
 
     # ---- health --------------------------------------------------------------------------------
-    def _ready(self, http_url: str) -> str | None:
-        """None while the server is alive. Liveness, not readiness: with strict readiness Triton answers
-        "not ready" while any model loads, and the health thread now runs during loads (a pack of 300
-        members takes ~8 s to load here), so readiness would declare a busy server dead. The answer may take
-        up to half the dead window: a server busy loading packs on a loaded machine has been seen to take over
-        1 s to answer liveness, while a dead one refuses the connection at once."""
+    def _ready(self, http_url: str) -> tuple[str | None, bool]:
+        """(None, _) while the server is alive, else (problem, slow). Liveness, not readiness: with strict
+        readiness Triton answers "not ready" while any model loads, and the health thread runs during loads
+        (a pack of 300 members takes ~8 s to load here), so readiness would declare a busy server dead.
+        `slow`: the server accepted the connection but did not answer in time. That is what a busy server
+        on a loaded machine does (three servers loading packs on two cores missed 1 s answers for seconds
+        and were declared dead, dropping live replicas), so it gets the longer server_slow_dead_after_s; a
+        killed one refuses the connection at once and gets server_dead_after_s."""
         try:
-            response = self.http.get(f"{http_url}/v2/health/live",
-                                     timeout=max(1.0, self.settings.server_dead_after_s / 2))
-            return None if response.status_code == 200 else f"not live (HTTP {response.status_code})"
+            response = self.http.get(f"{http_url}/v2/health/live", timeout=max(1.0, self.settings.server_dead_after_s))
+            return (None, False) if response.status_code == 200 else (f"not live (HTTP {response.status_code})", False)
+        except requests.ReadTimeout:
+            return "slow: accepted the connection but did not answer liveness in time", True
         except requests.RequestException as error:
-            return f"unreachable: {type(error).__name__}"
+            return f"unreachable: {type(error).__name__}", False
 
     def check_health(self) -> None:
         with self.sessions() as session:
@@ -238,7 +241,7 @@ class Reconciler:
             for server in session.scalars(select(Server)):
                 if server.name not in problems:
                     continue
-                problem = problems[server.name]
+                problem, slow = problems[server.name]
                 if problem is None:
                     if not server.healthy:
                         session.add(AuditEntry(action="server.recovered", subject=server.name))
@@ -247,8 +250,8 @@ class Reconciler:
                 server.last_error = problem
                 last_seen = server.last_seen.replace(tzinfo=UTC) if server.last_seen and \
                     server.last_seen.tzinfo is None else server.last_seen
-                if server.healthy and (last_seen is None or
-                                       (now - last_seen).total_seconds() > self.settings.server_dead_after_s):
+                window = self.settings.server_slow_dead_after_s if slow else self.settings.server_dead_after_s
+                if server.healthy and (last_seen is None or (now - last_seen).total_seconds() > window):
                     server.healthy = False
                     moved = session.execute(Placement.__table__.delete().where(Placement.server == server.name))
                     session.add(AuditEntry(action="server.dead", subject=server.name,

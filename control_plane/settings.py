@@ -37,7 +37,11 @@ class Settings(BaseModel):
     reconcile_interval_s: float = 1.0
     reconcile_workers: int = Field(8, ge=1, description="syncs, loads and probes run concurrently across servers")
     health_interval_s: float = Field(1.0, gt=0, description="health checks run on their own thread at this cadence")
-    server_dead_after_s: float = 5.0
+    server_dead_after_s: float = Field(5.0, gt=0, description="a server that refuses connections (or is not "
+                                       "live) for this long is dead: its placements are dropped and re-placed")
+    server_slow_dead_after_s: float = Field(30.0, gt=0, description="a server that accepts connections but does "
+                                            "not answer liveness in time (busy, or hung) is dead only after this "
+                                            "long: on a loaded machine a server loading packs answers late")
     disk_status_interval_s: float = Field(20.0, gt=0, description="how often the sync status servers publish to "
                                           "S3 (.fleet/status/NAME.json) is read as their disk tier: one GET per "
                                           "server; local servers report through the control plane's own sync")
