@@ -90,7 +90,8 @@ def test_a_server_killed_under_load_fails_its_models_for_a_bounded_window(stack,
         report.append((client.name, placed[client.name], len(after), len(failed), window))
         assert recovered is not None or not failed, f"{client.name} never recovered"
         if placed[client.name] != victim:
-            assert failed == [], f"{client.name} on the surviving server failed {len(failed)} requests"
+            reasons = sorted({info for t, ok, info in client.outcomes if t > killed_at and not ok})
+            assert failed == [], f"{client.name} on the surviving server failed {len(failed)} requests: {reasons}"
         else:
             assert window < 60
     assert any(server_name == victim and failures for _, server_name, _, failures, _ in report)
