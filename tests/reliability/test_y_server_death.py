@@ -59,14 +59,18 @@ def test_a_server_killed_under_load_fails_its_models_for_a_bounded_window(stack,
     names = [f"death-{e.id}" for e in entries]
     for entry, name in zip(entries, names, strict=True):
         assert register(stack, entry, generated_models, name=name).status_code in (200, 201)
-    placed = {name: wait_for(lambda name=name: servable(stack, name))["endpoints"][0]["server"] for name in names}
-    victim_name = names[0]
-    victim = placed[victim_name]
+    for name in names:
+        wait_for(lambda name=name: servable(stack, name))
     clients = [Client(stack, name, example_inputs(entry, batch=1, seed=1)[0])
                for entry, name in zip(entries, names, strict=True)]
     for client in clients:
         client.start()
-    time.sleep(2)
+    wait_for(lambda: all(any(ok for _, ok, _ in c.outcomes) for c in clients), timeout_s=60)
+    time.sleep(2)  # load before the kill
+    # Where each client really sends (the API's first endpoint when it last resolved), not where the model
+    # was first served: a model served by one server at registration may list the other first a moment later.
+    placed = {c.name: [where for _, ok, where in c.outcomes if ok][-1] for c in clients}
+    victim = placed[names[0]]
     server, _ = stack["servers"][victim]
     killed_at = time.monotonic()
     os.killpg(server.process.pid, signal.SIGKILL)
