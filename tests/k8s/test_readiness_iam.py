@@ -72,7 +72,8 @@ def test_the_policy_model_denies_what_iam_denies():
 
 
 @pytest.mark.parametrize("policy_file", ["repository-write-policy.json"])
-def test_readiness_probe_passes_under_the_control_planes_policy(seaweed, s3_uri: str, tmp_path, policy_file):
+def test_readiness_probe_passes_under_the_control_planes_policy(seaweed, s3_uri: str, tmp_path, policy_file,
+                                                               monkeypatch):
     calls: list[tuple[str, dict[str, Any]]] = []
 
     def record(params, model, **_):
@@ -84,7 +85,7 @@ def test_readiness_probe_passes_under_the_control_planes_policy(seaweed, s3_uri:
         settings = Settings(database_url=f"sqlite:///{tmp_path}/registry.db", repository_uri=s3_uri,
                             s3_endpoint_url=seaweed.endpoint_url, work_dir=tmp_path / "work")
         for key, value in seaweed.environment().items():
-            pytest.MonkeyPatch().setenv(key, value)
+            monkeypatch.setenv(key, value)  # undone after the test: later tests talk to other S3s
         app = create_app(settings, start_reconciler=False)
         response = app.test_client().get("/readyz")
     finally:
