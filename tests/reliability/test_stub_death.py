@@ -51,7 +51,12 @@ def test_a_killed_stub_is_detected_and_its_pack_reloaded_while_other_packs_keep_
     victim_name, bystander_name = f"stub-{victim_entry.id}", f"stub-{bystander_entry.id}"
     for entry, name in ((victim_entry, victim_name), (bystander_entry, bystander_name)):
         assert register(stack, entry, generated_models, name=name).status_code in (200, 201)
-    victim = wait_for(lambda: servable(stack, victim_name))
+    # Every server holds a replica of each pack (two servers, two replicas): wait for both, so the replica
+    # whose stub is killed below stays the one probed (a second replica loading later would otherwise take
+    # over the model's first endpoint and hide the failure this test is about).
+    every_server = len(stack["servers"])
+    victim = wait_for(lambda: (m := servable(stack, victim_name)) and len(m["endpoints"]) == every_server and m,
+                      timeout_s=120)
     bystander = wait_for(lambda: servable(stack, bystander_name))
     assert victim["pack"] != bystander["pack"]
 
@@ -74,7 +79,8 @@ def test_a_killed_stub_is_detected_and_its_pack_reloaded_while_other_packs_keep_
 
     traffic = threading.Thread(target=bystander_traffic, daemon=True)
     traffic.start()
-    server, _ = stack["servers"][victim["endpoints"][0]["server"]]
+    victim_endpoint = victim["endpoints"][0]
+    server, _ = stack["servers"][victim_endpoint["server"]]
     stub = stub_of(server, victim["pack"])
     killed_at = time.monotonic()
     os.kill(stub.pid, signal.SIGKILL)
@@ -83,11 +89,8 @@ def test_a_killed_stub_is_detected_and_its_pack_reloaded_while_other_packs_keep_
     recovered_at = None
     deadline = killed_at + 90
     while time.monotonic() < deadline:
-        model = servable(stack, victim_name)
         try:
-            if model is None:
-                raise InferenceServerException("not servable (pack reloading)")
-            infer(model["endpoints"][0]["grpc_url"], model["pack"], victim_name, vx, timeout_s=10)
+            infer(victim_endpoint["grpc_url"], victim["pack"], victim_name, vx, timeout_s=10)
             if seen_failure or time.monotonic() - killed_at > 3:
                 recovered_at = time.monotonic()
                 break
@@ -100,8 +103,7 @@ def test_a_killed_stub_is_detected_and_its_pack_reloaded_while_other_packs_keep_
 
     assert recovered_at is not None, f"the pack never served again; last error: {seen_failure}"
     assert seen_failure is not None, "a killed stub must have been noticed (requests failed until the reload)"
-    new_stub = stub_of(stack["servers"][servable(stack, victim_name)["endpoints"][0]["server"]][0],
-                       victim["pack"])
+    new_stub = stub_of(server, victim["pack"])
     assert new_stub.pid != stub.pid
     actions = [row[0] for row in sql(stack, "SELECT action FROM audit_log WHERE subject = :pack AND id > 0 "
                                       "ORDER BY id", pack=victim["pack"])]
