@@ -18,7 +18,14 @@ from typing import Any
 from botocore.exceptions import BotoCoreError, ClientError
 
 from control_plane.settings import Settings
-from model_repository.s3_sync import S3Location, SyncError, assignment_key, read_assignment, status_key
+from model_repository.s3_sync import (
+    ASSIGNMENTS_PREFIX,
+    S3Location,
+    SyncError,
+    assignment_key,
+    read_assignment,
+    status_key,
+)
 
 DISK_TIER = "disk"
 
@@ -53,13 +60,31 @@ def read_server_assignment(s3, settings: Settings, server: str) -> dict | None:
         raise AssignmentError(str(error)) from None
 
 
-def delete_assignment(s3, settings: Settings, server: str) -> None:
-    """Forget a server that left; its sync then stops with a clear 'no assignment' message."""
+def assigned_servers(s3, settings: Settings) -> set[str]:
+    """Every server that has an assignment in S3, registered or not (one LIST per 1,000 servers)."""
+    location = _location(settings)
+    folder = location.key(ASSIGNMENTS_PREFIX) + "/"
+    names: set[str] = set()
+    try:
+        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=location.bucket, Prefix=folder):
+            for item in page.get("Contents", []):
+                name = item["Key"][len(folder):]
+                if name.endswith(".json") and "/" not in name:
+                    names.add(name[:-len(".json")])
+    except (ClientError, BotoCoreError) as error:
+        raise AssignmentError(f"cannot list the assignments under s3://{location.bucket}/{folder}: {error}") from None
+    return names
+
+
+def forget_server(s3, settings: Settings, server: str) -> None:
+    """Delete what S3 holds for a server that left: its assignment (a sync still running there then stops
+    with a clear 'no assignment' message) and its published sync status. Deleting a missing key is no error."""
     location = _location(settings)
     try:
-        s3.delete_object(Bucket=location.bucket, Key=location.key(assignment_key(server)))
+        for key in (assignment_key(server), status_key(server)):
+            s3.delete_object(Bucket=location.bucket, Key=location.key(key))
     except (ClientError, BotoCoreError) as error:
-        raise AssignmentError(f"cannot delete the assignment of server '{server}': {error}") from None
+        raise AssignmentError(f"cannot delete the assignment and status of server '{server}': {error}") from None
 
 
 def read_sync_status(s3, settings: Settings, server: str) -> dict | None:

@@ -40,6 +40,8 @@ from sqlalchemy.orm import Session, aliased, sessionmaker
 
 from control_plane.assignments import (
     AssignmentError,
+    assigned_servers,
+    forget_server,
     keep_disk_tier,
     publish_assignment,
     read_sync_status,
@@ -116,6 +118,7 @@ class Reconciler:
         self._disk_reports: dict[str, dict] = {}
         self._disk_lock = threading.Lock()
         self._last_disk_read = float("-inf")
+        self._last_forget = float("-inf")
 
     @property
     def http(self) -> requests.Session:
@@ -184,6 +187,7 @@ class Reconciler:
         self.load_placements()
         self.retire_replicas()
         self.read_disk_tiers()
+        self.forget_departed_servers()
 
     def discover_servers(self) -> None:
         """Register Triton pods (EKS) or tasks (ECS) that appeared and deregister those that left, every
@@ -669,6 +673,31 @@ class Reconciler:
         except AssignmentError as error:
             log.warning("disk tier of %s not updated: %s", server, error)
             return None
+
+    def forget_departed_servers(self) -> None:
+        """Delete the S3 assignment and sync status of servers no longer registered (a scaled-in pod or
+        task, a server removed through the API), every `disk_status_interval_s`: one LIST, then a DELETE
+        per departed server. Without it they stay in S3 forever and a server that comes back under the
+        same name would start from a stale share. A failure is only logged and retried next time."""
+        if time.monotonic() - self._last_forget < self.settings.disk_status_interval_s:
+            return
+        self._last_forget = time.monotonic()
+        s3 = self.builder.registry.s3
+        try:
+            assigned = assigned_servers(s3, self.settings)
+        except AssignmentError as error:
+            log.warning("departed servers not forgotten: %s", error)
+            return
+        with self.sessions() as session:
+            registered = set(session.scalars(select(Server.name)))
+        for server in sorted(assigned - registered):
+            try:
+                forget_server(s3, self.settings, server)
+            except AssignmentError as error:
+                log.warning("%s", error)
+                continue
+            self._published.pop(server, None)  # a server back under this name gets its share published
+            log.info("server %s left: its assignment and sync status were deleted from S3", server)
 
     # ---- retire --------------------------------------------------------------------------------
     def retire_replicas(self) -> None:

@@ -44,7 +44,9 @@ class Settings(BaseModel):
                                             "long: on a loaded machine a server loading packs answers late")
     disk_status_interval_s: float = Field(20.0, gt=0, description="how often the sync status servers publish to "
                                           "S3 (.fleet/status/NAME.json) is read as their disk tier: one GET per "
-                                          "server; local servers report through the control plane's own sync")
+                                          "server; local servers report through the control plane's own sync. At the "
+                                          "same cadence, departed servers' assignments and statuses are "
+                                          "deleted from S3 (one LIST)")
     stub_probe_interval_s: float = Field(5.0, description="how often each loaded pack's stub is probed; a "
                                          "pack whose stub does not answer is reloaded (0: never)")
     validation_workers: int = Field(2, description="artifacts validated at once, each in its own sandboxed "

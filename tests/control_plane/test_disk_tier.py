@@ -8,7 +8,13 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from control_plane.app import create_app
-from control_plane.assignments import disk_tier, publish_assignment, read_sync_status
+from control_plane.assignments import (
+    assigned_servers,
+    disk_tier,
+    publish_assignment,
+    read_server_assignment,
+    read_sync_status,
+)
 from control_plane.db import Server
 from control_plane.settings import Settings
 from control_plane.traffic import parse
@@ -128,3 +134,24 @@ def test_the_status_is_read_at_its_own_cadence_one_get_per_server(control_plane,
     reconciler.read_disk_tiers()
     reconciler.tick()
     assert len(reads) == 2, "within disk_status_interval_s the status is not read again"
+
+
+def test_a_server_that_left_loses_its_assignment_and_status_in_s3_and_one_that_returns_gets_its_share_again(
+        control_plane, seaweed, tmp_path):
+    app, client, settings = control_plane
+    reconciler = app.extensions["fleet"].reconciler
+    pod_syncs(seaweed, settings, tmp_path)  # POD has a published status
+    reconciler.publish_assignments()  # and both servers their (here empty) share
+    s3 = seaweed.client()
+    assert assigned_servers(s3, settings) == {POD, SILENT}
+
+    assert client.delete(f"/api/v1/servers/{POD}", headers=HEADERS).status_code == 200  # the pod scaled in
+    reconciler.forget_departed_servers()
+    assert assigned_servers(s3, settings) == {SILENT}, "a registered server keeps its assignment"
+    assert read_sync_status(s3, settings, POD) is None and read_server_assignment(s3, settings, POD) is None
+
+    with app.extensions["fleet"].sessions.begin() as session:  # the pod is back under the same name
+        session.add(Server(name=POD, family="cpu", http_url="http://127.0.0.1:9", grpc_url="127.0.0.1:9",
+                           capacity_bytes=2**30))
+    reconciler.publish_assignments()
+    assert read_server_assignment(s3, settings, POD)["packs"] == {}, "its share is published again"
