@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from control_plane.targets.ecs_template import load_template
+from control_plane.targets.ecs.template import load_template
 from deploy.cfn import Context, resolve
 from deploy.podman import Container, podman, run_detached
 

@@ -46,7 +46,7 @@ def _cfn_lint() -> None:
                           capture_output=True, text=True)
     if done.returncode != 0:
         raise RuntimeError(done.stdout + done.stderr)
-    from control_plane.targets.ecs_template import template_body
+    from control_plane.targets.ecs.template import template_body
 
     click.echo(f"    cfn-lint clean; TemplateBody {len(template_body().encode()):,} bytes")
 
@@ -60,7 +60,7 @@ def _images() -> None:
 
 
 def _render_all() -> None:
-    from control_plane.targets.eks_manifests import K8S_ROOT, render
+    from control_plane.targets.eks.manifests import K8S_ROOT, render
 
     for overlay in sorted((K8S_ROOT / "overlays").iterdir()):
         objects = render(overlay)

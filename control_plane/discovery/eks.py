@@ -14,7 +14,7 @@ from kubernetes.client import ApiException
 from kubernetes.utils import parse_quantity
 
 from control_plane.discovery.base import Discovered, DiscoveryError, DiscoverySettings, ServerState
-from control_plane.targets.eks_manifests import FAMILY_LABEL
+from control_plane.targets.eks.manifests import FAMILY_LABEL
 from model_repository.server_names import EKS_PREFIX, eks_server_name
 
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"

@@ -15,7 +15,7 @@ import requests
 
 from control_plane.assignments import publish_assignment
 from control_plane.settings import Settings
-from control_plane.targets.eks_manifests import K8S_ROOT, render
+from control_plane.targets.eks.manifests import K8S_ROOT, render
 from deploy.ecs_task import HOST_FROM_TASK
 from deploy.k8s_pod import PodRun
 from fleet.seaweedfs import SeaweedS3

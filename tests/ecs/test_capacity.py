@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from control_plane.targets.ecs_template import load_template
+from control_plane.targets.ecs.template import load_template
 
 T = load_template()
 PARAMETERS: dict[str, Any] = T["Parameters"]

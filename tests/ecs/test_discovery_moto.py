@@ -14,7 +14,7 @@ from moto.elbv2.models import FakeHealthStatus, elbv2_backends
 from control_plane.db import AuditEntry, Pack, Placement, Server, make_engine, make_sessionmaker
 from control_plane.discovery import DiscoveryError, DiscoverySettings, discover
 from control_plane.migrate import upgrade
-from control_plane.targets.ecs_tasks import private_ip
+from control_plane.targets.ecs.tasks import private_ip
 
 from .conftest import REGION
 

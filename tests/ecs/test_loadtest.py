@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from control_plane.targets.base import DeploymentSpec, LoadTestSpec, TargetError
-from control_plane.targets.ecs_loadtest import LocustCommands
+from control_plane.targets.ecs.loadtest import LocustCommands
 from loadtest.results import parse_stats_csv
 
 LOCUSTFILE = Path(__file__).parent / "fixtures" / "fake_adfilter_locustfile.py"

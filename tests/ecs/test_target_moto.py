@@ -10,7 +10,7 @@ import pytest
 from moto.cloudformation.models import Event, cloudformation_backends
 
 from control_plane.targets.base import DeploymentSpec, TargetError
-from control_plane.targets.ecs_stack import EventFeed, wait_for_stack
+from control_plane.targets.ecs.stack import EventFeed, wait_for_stack
 
 SPEC = DeploymentSpec(repository_uri="s3://models/fleet/v1", replicas={"cpu": 2}, image_tag="0.2.0")
 ACCOUNT, REGION = "123456789012", "us-east-1"

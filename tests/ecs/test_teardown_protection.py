@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 
-from control_plane.targets.ecs_stack import release_scale_in_protection
+from control_plane.targets.ecs.stack import release_scale_in_protection
 
 # The part of the real template that matters here: an ASG whose new instances are protected from scale-in.
 STACK = {

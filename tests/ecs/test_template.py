@@ -14,8 +14,8 @@ import cfnlint.decode
 import pytest
 
 from control_plane.targets.base import DeploymentSpec
-from control_plane.targets.ecs import EcsConfig, stack_parameters
-from control_plane.targets.ecs_template import (
+from control_plane.targets.ecs.target import EcsConfig, stack_parameters
+from control_plane.targets.ecs.template import (
     DEFAULT_TEMPLATE,
     TEMPLATE_BODY_LIMIT,
     load_template,

@@ -26,7 +26,7 @@ from kubernetes import client
 from kubernetes.client import ApiException
 
 from control_plane.targets.eks import EksSettings, EksTarget
-from control_plane.targets.eks_manifests import K8S_ROOT, Roles, render
+from control_plane.targets.eks.manifests import K8S_ROOT, Roles, render
 
 NAMESPACE = "triton-fleet"
 REPOSITORY_ROLE = "arn:aws:iam::123456789012:role/triton-fleet-repository-read"

@@ -6,7 +6,7 @@ from typing import Any
 
 import yaml
 
-from control_plane.targets.eks_manifests import K8S_ROOT
+from control_plane.targets.eks.manifests import K8S_ROOT
 
 CLUSTER_FILE = K8S_ROOT / "cluster" / "eksctl-cluster.yaml"
 Manifest = dict[str, Any]

@@ -13,7 +13,7 @@ from control_plane.db import AuditEntry, Pack, Placement, Server, make_engine, m
 from control_plane.discovery import DiscoveryError, DiscoverySettings, discover
 from control_plane.migrate import upgrade
 from control_plane.targets.base import DeploymentSpec
-from control_plane.targets.eks_manifests import (
+from control_plane.targets.eks.manifests import (
     ALL_OVERLAY,
     FAMILY_LABEL,
     Roles,

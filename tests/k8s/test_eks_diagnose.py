@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from kubernetes.client import ApiException, V1Container, V1Node, V1NodeStatus, V1ObjectMeta, V1Pod, V1PodSpec
 
-from control_plane.targets.eks_client import Cluster, api_error
-from control_plane.targets.eks_diagnose import diagnose, explain_unschedulable
+from control_plane.targets.eks.client import Cluster, api_error
+from control_plane.targets.eks.diagnose import diagnose, explain_unschedulable
 
 INF2_SELECTOR = {"node.kubernetes.io/instance-type": "inf2.xlarge"}
 

@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from control_plane.targets.base import TargetError
-from control_plane.targets.eks_locust import STATS_BEGIN, STATS_END, result_from_log
+from control_plane.targets.eks.locust import STATS_BEGIN, STATS_END, result_from_log
 
 # Runs in a subprocess: importing locust monkey-patches the interpreter with gevent.
 _WRITE_REAL_CSV = """

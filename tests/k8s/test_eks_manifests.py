@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from control_plane.targets.base import DeploymentSpec, LoadTestSpec, TargetError
-from control_plane.targets.eks_manifests import (
+from control_plane.targets.eks.manifests import (
     REPOSITORY_CHECKSUM,
     ROLE_ARN_ANNOTATION,
     Roles,

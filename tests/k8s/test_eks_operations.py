@@ -8,7 +8,7 @@ import pytest
 from kubernetes import client
 
 from control_plane.targets.base import DeploymentSpec, LoadTestSpec, ServerEndpoint, TargetError
-from control_plane.targets.eks_locust import STATS_BEGIN, STATS_END
+from control_plane.targets.eks.locust import STATS_BEGIN, STATS_END
 
 NAMESPACE = "triton-fleet"
 STATS_CSV = (

@@ -6,9 +6,9 @@ from typing import Any
 
 import pytest
 
-from control_plane.targets.eks import CLUSTER_SCOPED, SECRETS
-from control_plane.targets.eks_locust import STATS_BEGIN, STATS_END
-from control_plane.targets.eks_manifests import ROLE_ARN_ANNOTATION
+from control_plane.targets.eks.locust import STATS_BEGIN, STATS_END
+from control_plane.targets.eks.manifests import ROLE_ARN_ANNOTATION
+from control_plane.targets.eks.target import CLUSTER_SCOPED, SECRETS
 
 Manifest = dict[str, Any]
 STANDARD_LABELS = ("app.kubernetes.io/name", "app.kubernetes.io/instance", "app.kubernetes.io/component",

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from control_plane.targets.eks_manifests import K8S_ROOT
+from control_plane.targets.eks.manifests import K8S_ROOT
 
 OVERLAYS = ("graviton", "g4dn", "inf2", "control-plane", "locust", "all")
 VALIDATOR = Path(sys.executable).parent / "kubernetes-validate"

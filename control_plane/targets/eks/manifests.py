@@ -21,7 +21,7 @@ import yaml
 
 from control_plane.targets.base import ComputeFamily, DeploymentSpec, LoadTestSpec, TargetError
 
-K8S_ROOT = Path(__file__).resolve().parents[2] / "k8s"
+K8S_ROOT = Path(__file__).resolve().parents[3] / "k8s"
 ALL_OVERLAY = K8S_ROOT / "overlays" / "all"
 
 FAMILY_LABEL = "triton-fleet.io/family"

@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 
 from kubernetes.client import ApiException, CoreV1Event, V1ContainerStatus, V1Node, V1Pod
 
-from control_plane.targets.eks_client import Cluster, api_error
+from control_plane.targets.eks.client import Cluster, api_error
 
 IMAGE_PULL_REASONS = frozenset({"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull"})
 CANNOT_START = {

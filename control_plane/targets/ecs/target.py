@@ -24,17 +24,17 @@ from control_plane.targets.base import (
     TargetError,
     TargetName,
 )
-from control_plane.targets.ecs_aws import GuardedClient, aws_errors, make_client
-from control_plane.targets.ecs_loadtest import LoadTestPlace, LoadTestRun
-from control_plane.targets.ecs_stack import (
+from control_plane.targets.ecs.aws import GuardedClient, aws_errors, make_client
+from control_plane.targets.ecs.loadtest import LoadTestPlace, LoadTestRun
+from control_plane.targets.ecs.stack import (
     delete_stack,
     deploy_stack,
     describe_stack,
     release_scale_in_protection,
     stack_outputs,
 )
-from control_plane.targets.ecs_tasks import private_ip, ready_tasks, wait_until_ready
-from control_plane.targets.ecs_template import DEFAULT_TEMPLATE, template_body
+from control_plane.targets.ecs.tasks import private_ip, ready_tasks, wait_until_ready
+from control_plane.targets.ecs.template import DEFAULT_TEMPLATE, template_body
 
 
 def _quiet(_: str) -> None:

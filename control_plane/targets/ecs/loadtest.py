@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from control_plane.targets.base import LoadTestResult, LoadTestSpec, Progress, TargetError
-from control_plane.targets.ecs_tasks import describe_tasks, private_ip, stop_summary
+from control_plane.targets.ecs.tasks import describe_tasks, private_ip, stop_summary
 from loadtest.results import ResultsError
 from loadtest.results import parse_stats_csv as parse_locust_csv
 

@@ -13,7 +13,7 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from control_plane.targets.base import Progress, TargetError
-from control_plane.targets.ecs_aws import missing_action
+from control_plane.targets.ecs.aws import missing_action
 
 # Statuses an update may start from; any other settled status needs a teardown or a manual fix first.
 _UPDATABLE = {"CREATE_COMPLETE", "UPDATE_COMPLETE", "UPDATE_ROLLBACK_COMPLETE", "IMPORT_COMPLETE",

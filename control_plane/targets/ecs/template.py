@@ -14,7 +14,7 @@ from typing import Any
 import yaml
 
 TEMPLATE_BODY_LIMIT = 51_200  # bytes CloudFormation accepts in TemplateBody
-DEFAULT_TEMPLATE = Path(__file__).resolve().parents[2] / "ecs" / "templates" / "adfilter-fleet.yaml"
+DEFAULT_TEMPLATE = Path(__file__).resolve().parents[3] / "ecs" / "templates" / "adfilter-fleet.yaml"
 
 
 class _CfnLoader(yaml.SafeLoader):

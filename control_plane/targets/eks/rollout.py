@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from kubernetes.client import ApiException, V1Job, V1Pod, V1StatefulSet
 
 from control_plane.targets.base import Progress, TargetError
-from control_plane.targets.eks_client import Cluster, api_error
-from control_plane.targets.eks_diagnose import PodProblem, diagnose
+from control_plane.targets.eks.client import Cluster, api_error
+from control_plane.targets.eks.diagnose import PodProblem, diagnose
 
 
 @dataclass(frozen=True)

@@ -33,9 +33,9 @@ from control_plane.targets.base import (
     TargetError,
     TargetName,
 )
-from control_plane.targets.eks_client import Cluster, api_error, load_api_client
-from control_plane.targets.eks_locust import result_from_log
-from control_plane.targets.eks_manifests import (
+from control_plane.targets.eks.client import Cluster, api_error, load_api_client
+from control_plane.targets.eks.locust import result_from_log
+from control_plane.targets.eks.manifests import (
     ALL_OVERLAY,
     COMPONENT_LABEL,
     FAMILY_LABEL,
@@ -48,7 +48,7 @@ from control_plane.targets.eks_manifests import (
     render,
     statefulset_name,
 )
-from control_plane.targets.eks_rollout import (
+from control_plane.targets.eks.rollout import (
     Waiting,
     pods,
     wait_for_job,
