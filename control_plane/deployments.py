@@ -22,13 +22,16 @@ def make_target(name: str, settings: Settings):
     if name == "ecs":
         import os
 
+        from control_plane.discovery import DiscoverySettings
         from control_plane.targets.ecs import EcsConfig, EcsTarget
 
         registry = os.environ.get("FLEET_ECS_IMAGE_REGISTRY")
         if not registry:
             raise TargetError("set FLEET_ECS_IMAGE_REGISTRY to the ECR registry that holds the "
                               "triton-fleet/server-cpu and triton-fleet/loadtest images (docs/ecs.md)")
-        return EcsTarget(EcsConfig(image_registry=registry, region=os.environ.get("AWS_REGION")))
+        # A control plane that discovers the tasks places packs on them: each task syncs only its share.
+        scope = "assigned" if DiscoverySettings.from_env().target == "ecs" else "whole"
+        return EcsTarget(EcsConfig(image_registry=registry, region=os.environ.get("AWS_REGION"), sync_scope=scope))
     return None  # local: servers are started by `fleet up` and registered through /servers
 
 

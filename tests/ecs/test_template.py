@@ -350,3 +350,19 @@ def test_every_parameter_the_target_sends_exists_in_the_template(template):
 
 def test_the_moto_double_has_exactly_the_real_templates_outputs():
     assert set(load_template(MOTO_TEMPLATE)["Outputs"]) == set(T["Outputs"])
+
+
+@pytest.mark.parametrize(("discovery", "scope"), [("ecs", "assigned"), ("none", "whole"), (None, "whole")])
+def test_a_control_plane_that_discovers_ecs_tasks_deploys_them_to_sync_only_their_share(monkeypatch, discovery,
+                                                                                        scope):
+    from control_plane.deployments import make_target
+    from control_plane.settings import Settings
+
+    monkeypatch.setenv("FLEET_ECS_IMAGE_REGISTRY", "123456789012.dkr.ecr.us-east-1.amazonaws.com")
+    if discovery is None:
+        monkeypatch.delenv("FLEET_DISCOVERY_TARGET", raising=False)
+    else:
+        monkeypatch.setenv("FLEET_DISCOVERY_TARGET", discovery)
+    target = make_target("ecs", Settings(api_token="t"))
+    sent = stack_parameters(target.config, DeploymentSpec(repository_uri="s3://models/fleet", replicas={"cpu": 2}))
+    assert sent["SyncScope"] == scope

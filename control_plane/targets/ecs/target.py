@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 from urllib.parse import urlparse
 
 import boto3
@@ -59,6 +60,10 @@ class EcsConfig:
     ready_timeout_s: float = 900.0
     task_start_timeout_s: float = 900.0  # a task may wait for managed scaling to launch an instance
     loadtest_grace_s: float = 300.0  # after run-time: locust's shutdown and the CSV upload
+    # Template parameter SyncScope: "whole" (each task syncs the whole repository and serves adfilter: the
+    # ad-filter stack without a control plane) or "assigned" (each task syncs only the packs a control plane
+    # that discovers ECS tasks placed on it). make_target picks "assigned" when FLEET_DISCOVERY_TARGET=ecs.
+    sync_scope: Literal["whole", "assigned"] = "whole"
 
 
 def _repository(uri: str) -> tuple[str, str]:
@@ -92,6 +97,7 @@ def stack_parameters(config: EcsConfig, spec: DeploymentSpec) -> dict[str, str]:
         "RepositoryBucket": bucket,
         "RepositoryPrefix": prefix,
         "ResultsBucket": config.results_bucket or bucket,
+        "SyncScope": config.sync_scope,
         "DesiredCount": str(replicas),
         # The requested count is a floor for CPU auto scaling, which may add tasks above it.
         "MinTasks": str(replicas),
