@@ -3,7 +3,9 @@
 Why a client at all: a model lives in a pack (one Triton model holding many members) on one or more
 servers, and both can change while a client runs (placement moves packs, servers die, replicas come and
 go). The client asks the control plane where a model is served (`GET /api/v1/models/{name}`: endpoints
-and request parameters), caches the answer, spreads requests over the replicas, and when a replica
+and request parameters), caches the answer (refreshed in the background once it is `refresh_after_s` old,
+so a new replica gets traffic within seconds while no request waits on the control plane), spreads
+requests over the replicas, and when a replica
 answers UNAVAILABLE or NOT_FOUND (or cannot be reached) it resolves again and retries on another
 replica. INVALID_ARGUMENT (wrong shape, dtype, range) is the caller's mistake and is never retried.
 If the control plane cannot be reached, the last known endpoints keep being used.
@@ -19,6 +21,7 @@ import os
 import threading
 import time
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -84,22 +87,61 @@ def retried(error: InferenceServerException) -> bool:
 class _Routes:
     """Resolution cache and replica choice, shared by the sync and asyncio clients."""
 
-    def __init__(self, control_plane_url: str, token: str | None, cache_ttl_s: float, bad_for_s: float) -> None:
+    def __init__(self, control_plane_url: str, token: str | None, cache_ttl_s: float, bad_for_s: float,
+                 refresh_after_s: float = 5.0) -> None:
         self.url = control_plane_url.rstrip("/")
         self.http = requests.Session()
         token = token if token is not None else os.environ.get("FLEET_API_TOKEN")
         if token:
             self.http.headers["Authorization"] = f"Bearer {token}"
         self.cache_ttl_s, self.bad_for_s = cache_ttl_s, bad_for_s
+        self.refresh_after_s = min(refresh_after_s, cache_ttl_s)
+        self._refreshing: set[str] = set()  # models whose background refresh is in flight (one at a time)
+        self._refresher: ThreadPoolExecutor | None = None
         self._routes: dict[str, Route] = {}
         self._bad: dict[str, float] = {}  # endpoint -> until when it is avoided
         self._turn = itertools.count()
         self._lock = threading.Lock()
 
     def resolve(self, name: str, refresh: bool = False) -> Route:
+        """The model's route: from the cache while younger than `cache_ttl_s` (past `refresh_after_s` a
+        background refresh starts and this call still answers from the cache), else from the control plane."""
         cached = self._routes.get(name)
-        if cached and not refresh and time.monotonic() - cached.resolved_at < self.cache_ttl_s:
-            return cached
+        if cached and not refresh:
+            age = time.monotonic() - cached.resolved_at
+            if age < self.cache_ttl_s:
+                if age >= self.refresh_after_s:
+                    self._refresh_in_background(name)
+                return cached
+        return self._fetch(name, cached)
+
+    def _refresh_in_background(self, name: str) -> None:
+        with self._lock:
+            if name in self._refreshing:
+                return
+            self._refreshing.add(name)
+            if self._refresher is None:
+                self._refresher = ThreadPoolExecutor(2, thread_name_prefix="fleet-routes")
+
+        def refresh() -> None:
+            try:
+                self._fetch(name, self._routes.get(name))
+            except FleetClientError:
+                pass  # the cached route stays; a failing request re-resolves in the foreground and says why
+            finally:
+                with self._lock:
+                    self._refreshing.discard(name)
+
+        self._refresher.submit(refresh)
+
+    def close(self) -> None:
+        with self._lock:
+            refresher, self._refresher = self._refresher, None
+        if refresher is not None:
+            refresher.shutdown(wait=False, cancel_futures=True)
+        self.http.close()
+
+    def _fetch(self, name: str, cached: Route | None) -> Route:
         try:
             response = self.http.get(f"{self.url}/api/v1/models/{name}", timeout=5)
         except requests.RequestException as error:
@@ -175,12 +217,18 @@ def _policy(attempts: int, deadline_s: float) -> dict:
 
 
 class FleetClient:
-    """Blocking client (tritonclient.grpc); one gRPC channel per server, shared by threads."""
+    """Blocking client (tritonclient.grpc); one gRPC channel per server, shared by threads.
+
+    Route cache: a model's replicas are asked of the control plane once, then used from the cache; once
+    `refresh_after_s` old they are refreshed in the background (one GET per model in use, at most one in
+    flight), and after `cache_ttl_s` a request waits for a fresh answer. An unreachable control plane
+    leaves the last known replicas in use. A replica that fails is avoided for `bad_for_s`.
+    """
 
     def __init__(self, control_plane_url: str, token: str | None = None, *, attempts: int = 6,
                  deadline_s: float = 30.0, request_timeout_s: float = 10.0, cache_ttl_s: float = 30.0,
-                 bad_for_s: float = 2.0) -> None:
-        self.routes = _Routes(control_plane_url, token, cache_ttl_s, bad_for_s)
+                 refresh_after_s: float = 5.0, bad_for_s: float = 2.0) -> None:
+        self.routes = _Routes(control_plane_url, token, cache_ttl_s, bad_for_s, refresh_after_s)
         self.attempts, self.deadline_s, self.request_timeout_s = attempts, deadline_s, request_timeout_s
         self._clients: dict[str, grpcclient.InferenceServerClient] = {}
         self._lock = threading.Lock()
@@ -236,6 +284,7 @@ class FleetClient:
             for client in self._clients.values():
                 client.close()
             self._clients.clear()
+        self.routes.close()
 
     def __enter__(self) -> FleetClient:
         return self
@@ -249,8 +298,8 @@ class AsyncFleetClient:
 
     def __init__(self, control_plane_url: str, token: str | None = None, *, attempts: int = 6,
                  deadline_s: float = 30.0, request_timeout_s: float = 10.0, cache_ttl_s: float = 30.0,
-                 bad_for_s: float = 2.0) -> None:
-        self.routes = _Routes(control_plane_url, token, cache_ttl_s, bad_for_s)
+                 refresh_after_s: float = 5.0, bad_for_s: float = 2.0) -> None:
+        self.routes = _Routes(control_plane_url, token, cache_ttl_s, bad_for_s, refresh_after_s)
         self.attempts, self.deadline_s, self.request_timeout_s = attempts, deadline_s, request_timeout_s
         self._clients: dict[str, aiogrpcclient.InferenceServerClient] = {}
 
@@ -289,3 +338,4 @@ class AsyncFleetClient:
         for client in self._clients.values():
             await client.close()
         self._clients.clear()
+        self.routes.close()

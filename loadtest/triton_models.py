@@ -62,7 +62,8 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--refresh-catalogue", type=float, default=0.0, env_var="LOCUST_REFRESH_CATALOGUE",
                         help="With a control-plane URL: re-read where each model is served every this many "
                              "seconds (0: never), so the load follows models the control plane re-places, "
-                             "e.g. after a server dies.")
+                             "e.g. after a server dies. With --fleet-client: how often each user refreshes a "
+                             "model's replicas in the background (default 30 s).")
 
 
 @events.test_start.add_listener
@@ -123,7 +124,12 @@ class TritonModelsUser(User):
         if options.fleet_client and options.models_from.startswith(("http://", "https://")):
             from fleet.client import FleetClient
 
-            self._fleet = FleetClient(options.models_from, options.token or None,
+            # Every user holds its own client: refreshing each model's route every 5 s (the client's
+            # default) would multiply GETs on the control plane by users x models; refresh at the
+            # catalogue's pace instead (--refresh-catalogue), or only when a route is 30 s old.
+            refresh_s = options.refresh_catalogue if options.refresh_catalogue > 0 else 30.0
+            self._fleet = FleetClient(options.models_from, options.token or None, refresh_after_s=refresh_s,
+                                      cache_ttl_s=max(30.0, refresh_s),
                                       request_timeout_s=self._timeout_s, deadline_s=self._timeout_s)
         seed = worker_seed(environment, options.mix_seed, next(_user_numbers))
         self._sampler = _workload.sampler(seed) if _workload else None
