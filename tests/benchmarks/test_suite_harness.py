@@ -10,6 +10,7 @@ import pytest
 
 from benchmarks import report
 from benchmarks.adfilter_bench import AdfilterConfig
+from benchmarks.data_plane import JSON_NAME as DP_JSON_NAME
 from benchmarks.data_plane import QUICK as DP_QUICK
 from benchmarks.loadgen import LoadgenConfig
 from benchmarks.peers import CONTENDERS, PeersConfig
@@ -30,6 +31,56 @@ TINY = SuiteConfig(
 
 def _positive(value) -> bool:
     return isinstance(value, (int, float)) and math.isfinite(value) and value > 0
+
+
+def check_tiny_data_plane_run(on_disk: dict) -> None:
+    """What a tiny run of benchmarks.data_plane must have written (its own JSON, and the suite's section):
+    checked here rather than in a run of its own, so the section is measured once per test session."""
+    assert on_disk["config"]["mode"] == "tiny"
+    for section in ("memory", "servable", "latency", "zipf", "environment"):
+        assert section in on_disk
+
+    memory = on_disk["memory"]
+    assert [r["layout"] for r in memory["runs"]] == ["packs", "dedicated"], "layouts alternate"
+    packs, dedicated = memory["runs"]
+    assert packs["models"] == 6 and packs["triton_models"] == 3  # one pack per architecture
+    assert dedicated["models"] == 2 and dedicated["stopped"] == "cap" and dedicated["of"] == 6
+    for run_ in memory["runs"]:
+        assert run_["loaded"]["pss"] > run_["empty"]["pss"] > 0
+        assert run_["loaded"]["processes"] > run_["empty"]["processes"] >= 1, "stubs are counted"
+        assert _positive(run_["pss_mb_per_model"]) and _positive(run_["load_s"])
+    summary = memory["summary"]
+    assert summary["packs"]["models_per_gib"] == pytest.approx(1024 / summary["packs"]["pss_mb_per_model"])
+    assert summary["ratio_models_per_gib"] == pytest.approx(
+        summary["packs"]["models_per_gib"] / summary["dedicated"]["models_per_gib"])
+
+    servable = on_disk["servable"]
+    assert servable["models"] == 6 and len(servable["runs"]) == 1
+    for run_ in servable["runs"]:
+        assert 0 < run_["ready_s"] <= run_["packs_loaded_s"] <= run_["all_answered_s"]
+        assert run_["answers"] == 6
+    assert _positive(servable["summary"]["dedicated_extrapolated_load_s"])
+
+    latency = on_disk["latency"]
+    assert latency["members"] == 3
+    for kind in ("cold", "second", "warm"):
+        assert latency[kind]["count"] == 3
+        assert 0 < latency[kind]["p50_ms"] <= latency[kind]["p99_ms"] <= latency[kind]["max_ms"]
+    assert latency["member_loads_observed"] == latency["member_loads_expected"] == 3 + 3
+
+    zipf = on_disk["zipf"]
+    assert [r["config"] for r in zipf["runs"]] == ["batching", "no_batching"], "A/B alternate"
+    for run_ in zipf["runs"]:
+        assert run_["errors"] == 0 and run_["completed"] > 0 and _positive(run_["rps"])
+        assert run_["rps"] == pytest.approx(run_["completed"] / run_["seconds"])
+        assert 0 < run_["p50_ms"] <= run_["p99_ms"]
+        # the server counted at least what the client saw succeed (plus nothing failed)
+        assert run_["server"]["requests"] >= run_["completed"]
+        assert run_["server"]["avg_batch"] >= 1 and _positive(run_["server"]["torch_forward_us"])
+    assert zipf["runs"][1]["server"]["avg_batch"] == 1, "without dynamic batching every batch is one request"
+    assert zipf["tritonserver_version"].startswith("2.")
+    assert zipf["summary"]["ratio_rps"] == pytest.approx(
+        zipf["summary"]["batching"]["rps"] / zipf["summary"]["no_batching"]["rps"])
 
 
 @pytest.mark.slow
@@ -83,7 +134,9 @@ def test_a_tiny_suite_run_writes_consistent_results_and_computed_goals(tmp_path)
     assert s["rps"] == max(level["rps"] for level in adfilter["levels"].values())
     assert s["ratio_p99_over_budget"] == pytest.approx(s["p99_ms"] / 10.0)
 
-    assert on_disk["data_plane"]["memory"]["models"] == 6 and on_disk["data_plane"]["servable"]["models"] == 6
+    check_tiny_data_plane_run(on_disk["data_plane"])
+    section_file = json.loads((tmp_path / "out" / "data_plane" / DP_JSON_NAME).read_text())
+    assert section_file["table"] == on_disk["data_plane"]["table"], "the section also wrote its own JSON"
     assert on_disk["gpu"]["skipped"], "no GPU here: the section says why it did not run"
 
     # Verdicts are recomputed from the numbers, never stored as text alone.
@@ -104,4 +157,5 @@ def test_a_tiny_suite_run_writes_consistent_results_and_computed_goals(tmp_path)
 
     text = docs.read_text()
     assert results["goals_table"] in text and "TINY mode" in text and "Not run in this run" in text
+    assert "| measurement | packs | baseline | ratio |" in text and results["data_plane"]["table"] in text
     assert (docs.parent / "img" / PLOT_NAME).stat().st_size > 1000

@@ -222,13 +222,16 @@ def test_200_concurrent_registrations_over_two_replicas_land_exactly_once_in_pac
         assert keys == [f"artifacts/{name}/{winners[name]}.pt"], (name, keys)
 
 
-def test_the_leader_killed_while_1000_models_register_loses_nothing_and_all_become_servable(
+def test_the_leader_killed_while_hundreds_of_models_register_loses_nothing_and_all_become_servable(
         make_replicas, generated_models: Path):
     entries = Manifest.read(generated_models).models
     blobs = {e.id: (generated_models / e.file).read_bytes() for e in entries}
     replicas = make_replicas(count=2, tritons=2, pack_size=100, stub_probe_interval_s=0)
     leader = wait_for(lambda: replicas.leaders() or None, 15)[0]
-    jobs = [(f"bulk-{k:04d}", entries[k % 60]) for k in range(1000)]
+    # 400 registrations into packs of 100, the leader killed after 100: every pack kind fills and spills
+    # over while the leader dies (1,000 took 117 s here and proved nothing more).
+    total, kill_after = 400, 100
+    jobs = [(f"bulk-{k:04d}", entries[k % 60]) for k in range(total)]
     done = collections.Counter()
     done_lock = threading.Condition()
 
@@ -244,7 +247,7 @@ def test_the_leader_killed_while_1000_models_register_loses_nothing_and_all_beco
     with ThreadPoolExecutor(16) as pool:
         futures = [pool.submit(one, job) for job in enumerate(jobs)]
         with done_lock:
-            assert done_lock.wait_for(lambda: sum(done.values()) >= 250, timeout=600)
+            assert done_lock.wait_for(lambda: sum(done.values()) >= kill_after, timeout=600)
         kill(replicas.planes[leader])
         killed_at = time.monotonic()
         survivor = 1 - leader
@@ -260,14 +263,14 @@ def test_the_leader_killed_while_1000_models_register_loses_nothing_and_all_beco
     assert registered == {name: entry.sha256 for name, entry in jobs}, "nothing lost, nothing extra"
     audits = collections.Counter(s for (s,) in replicas.sql(
         "SELECT subject FROM audit_log WHERE action = 'model.register'"))
-    assert len(audits) == 1000 and set(audits.values()) == {1}, "no duplicates"
+    assert len(audits) == total and set(audits.values()) == {1}, "no duplicates"
     sizes = [n for (n,) in replicas.sql("SELECT count(*) FROM models GROUP BY pack")]
     assert max(sizes) <= 100
 
     def all_servable():
         listed = replicas.call("GET", "/models", prefer=survivor,
                                params={"name_prefix": "bulk-", "status": "servable", "per_page": 1})
-        return listed.json()["total"] == 1000
+        return listed.json()["total"] == total
     wait_for(all_servable, 900, interval_s=2)
     servable_s = time.monotonic() - killed_at
     # Every pack is still published, including those the killed leader built: publishing is per pack, so
@@ -289,8 +292,8 @@ def test_the_leader_killed_while_1000_models_register_loses_nothing_and_all_beco
             assert out.shape[0] == 1 and np.isfinite(out).all()
         finally:
             client.close()
-    print(f"\n1000 registrations over 2 replicas in {took:.0f} s ({dict(done)}); leader SIGKILLed after "
-          f"250; new leader after {takeover_s:.2f} s; all 1000 servable {servable_s:.0f} s after the kill")
+    print(f"\n{total} registrations over 2 replicas in {took:.0f} s ({dict(done)}); leader SIGKILLed after "
+          f"{kill_after}; new leader after {takeover_s:.2f} s; all {total} servable {servable_s:.0f} s after the kill")
 
 
 def registering_while(replicas: Replicas, generated_models: Path, prefix: str, count: int, outage,

@@ -51,6 +51,20 @@ def _databases() -> list[str]:
     return [name for name in os.environ.get("FLEET_TEST_DATABASES", "sqlite,postgresql").split(",") if name]
 
 
+def pytest_collection_modifyitems(config, items):
+    """Tests marked one_registry (servers and stubs killed: the data plane's and reconciler's behaviour,
+    which every API and race test already checks on both databases) run on the first database only."""
+    first = (_databases() or ["sqlite"])[0]
+    keep, drop = [], []
+    for item in items:
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        skip = item.get_closest_marker("one_registry") and params.get("stack", first) != first
+        (drop if skip else keep).append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
+
+
 @pytest.fixture(scope="session", params=_databases())
 def stack(request, tmp_path_factory):
     """The whole stack for tests/reliability (the last folder of the suite, so it lives only for them), once

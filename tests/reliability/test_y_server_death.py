@@ -24,7 +24,7 @@ from model_repository.manifest import Manifest
 
 from .conftest import TOKEN, api, infer, register, servable, url
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.one_registry]
 
 
 class Client(threading.Thread):
