@@ -1,20 +1,14 @@
-"""fleet.client against a real control plane and two real tritonservers that both serve one pack.
-
-Until placement keeps replicas by itself (branch fleet), the second replica is made by hand here: the pack
-is synced to the second server, loaded there, and recorded as a loaded placement in the registry, so the
-control plane's own `GET /api/v1/models/{name}` lists both endpoints.
-"""
+"""fleet.client against a real control plane and two real tritonservers that both serve one pack (the
+control plane's own placement keeps two replicas), so `GET /api/v1/models/{name}` lists both endpoints."""
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import re
 import signal
 import subprocess
 import sys
 import threading
-import uuid
 from pathlib import Path
 
 import numpy as np
@@ -23,16 +17,15 @@ import requests
 import torch
 from tritonclient.utils import InferenceServerException
 
-from control_plane.db import Pack, Placement, make_engine, make_sessionmaker
 from fleet import waiting
 from fleet.client import AsyncFleetClient, FleetClient, ModelNotFound
 from fleet.triton_server import TritonServer, free_port
 from loadtest.results import parse_stats_csv
 from model_repository.generator import example_inputs
 from model_repository.manifest import Manifest
-from model_repository.s3_sync import UsageTracker, sync
+from model_repository.s3_sync import UsageTracker
 
-from .conftest import ADMIN_KEY, TOKEN, ControlPlane
+from .conftest import TOKEN, ControlPlane, fleet_env, register_models, register_servers, start_servers
 
 pytestmark = pytest.mark.slow
 LOCUSTFILE = Path(__file__).resolve().parents[2] / "loadtest" / "triton_models.py"
@@ -49,50 +42,26 @@ def requests_served(server: TritonServer, pack: str) -> float:
 
 @pytest.fixture
 def replicated(tmp_path_factory, seaweed, generated_models):
-    """A model registered through the control plane, its pack loaded on two servers."""
+    """A model registered through the control plane, whose placement keeps its pack on both servers
+    (FLEET_REPLICAS_MIN defaults to 2); yields once both replicas serve it."""
     root = tmp_path_factory.mktemp("client")
-    servers = {}
-    for name in ("replica-a", "replica-b"):
-        repo = root / name / "repository"
-        repo.mkdir(parents=True)
-        servers[name] = TritonServer(repo, admin_key=ADMIN_KEY).start()
-    uri = f"s3://models/client-{uuid.uuid4().hex[:8]}"
-    database = f"sqlite:///{root / 'registry.db'}"
-    env = {**os.environ, **seaweed.environment(), "FLEET_API_TOKEN": TOKEN, "FLEET_TRITON_ADMIN_KEY": ADMIN_KEY,
-           "FLEET_DATABASE_URL": database, "FLEET_WORK_DIR": str(root / "work"),
-           "FLEET_REPOSITORY_ROOT": str(root), "FLEET_REPOSITORY_URI": uri,
-           "FLEET_S3_ENDPOINT_URL": seaweed.endpoint_url, "FLEET_RECONCILE_INTERVAL_S": "0.5",
-           "FLEET_SERVER_DEAD_AFTER_S": "2", "PYTHONSAFEPATH": "1"}
-    cp = ControlPlane(f"http://127.0.0.1:{free_port()}", env, root / "control-plane.log").start()
+    servers = start_servers(root, ("replica-a", "replica-b"))
+    cp = None
     try:
+        cp = ControlPlane(f"http://127.0.0.1:{free_port()}",
+                          fleet_env(root, seaweed, "client", FLEET_SERVER_DEAD_AFTER_S="2"),
+                          root / "control-plane.log").start()
+        register_servers(cp, servers, capacity_bytes=8 * 2**30)
+        architecture = Manifest.read(generated_models).models[0].architecture
+        (entry,) = register_models(cp.api(), cp.url, generated_models, 1, architecture=architecture)
         api = cp.api()
-        for name, server in servers.items():
-            response = api.post(f"{cp.url}/api/v1/servers", json={
-                "name": name, "family": "cpu", "http_url": server.http_url, "grpc_url": server.grpc_url,
-                "capacity_bytes": 8 * 2**30, "repository_path": str(server.repository)})
-            assert response.status_code == 201, response.text
-        entry = Manifest.read(generated_models).models[0]
-        response = api.post(f"{cp.url}/api/v1/models", data={"name": entry.id, "signature": json.dumps(
-            {"inputs": [i.model_dump(mode="json") for i in entry.inputs],
-             "outputs": [o.model_dump(mode="json") for o in entry.outputs]})},
-            files={"artifact": ("model.pt", (generated_models / entry.file).read_bytes())})
-        assert response.status_code == 201, response.text
-        model = wait_for(lambda: (b := api.get(f"{cp.url}/api/v1/models/{entry.id}").json())["status"] == "servable"
-                         and b, "the model is servable")
-        first = model["endpoints"][0]["server"]
-        second = next(name for name in servers if name != first)
-        # The second replica: the same pack generation synced, loaded and recorded as loaded.
-        sync(uri, servers[second].repository, seaweed.client())
-        servers[second].load(model["pack"])
-        sessions = make_sessionmaker(make_engine(database))
-        with sessions.begin() as session:
-            generation = session.get(Pack, model["pack"]).built_generation
-            session.merge(Placement(pack=model["pack"], server=second, state="loaded", loaded_generation=generation))
-        wait_for(lambda: len(api.get(f"{cp.url}/api/v1/models/{entry.id}").json()["endpoints"]) == 2,
-                 "both replicas are listed")
-        yield {"cp": cp, "servers": servers, "entry": entry, "pack": model["pack"], "first": first}
+        model = wait_for(lambda: len((b := api.get(f"{cp.url}/api/v1/models/{entry.id}").json())["endpoints"]) == 2
+                         and b, "both replicas serve the model")
+        yield {"cp": cp, "servers": servers, "entry": entry, "pack": model["pack"],
+               "first": model["endpoints"][0]["server"]}
     finally:
-        cp.stop()
+        if cp is not None:
+            cp.stop()
         for server in servers.values():
             server.stop()
 

@@ -7,17 +7,15 @@ sidecar and copies the S3 repository into the server's folder when it chooses.
 from __future__ import annotations
 
 import json
-import os
-import uuid
 
 import pytest
 
-from fleet.triton_server import TritonServer, free_port
+from fleet.triton_server import free_port
 from fleet.waiting import wait_for
 from model_repository.manifest import Manifest
 from model_repository.s3_sync import sync
 
-from .conftest import ADMIN_KEY, TOKEN, ControlPlane
+from .conftest import ControlPlane, fleet_env, start_servers
 
 pytestmark = pytest.mark.slow
 
@@ -25,15 +23,10 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def sidecar_stack(tmp_path_factory, seaweed):
     root = tmp_path_factory.mktemp("late")
-    repo = root / "sidecar" / "repository"
-    repo.mkdir(parents=True)
-    server = TritonServer(repo, admin_key=ADMIN_KEY).start()
-    uri = f"s3://models/late-{uuid.uuid4().hex[:8]}"
-    env = {**os.environ, **seaweed.environment(), "FLEET_API_TOKEN": TOKEN, "FLEET_TRITON_ADMIN_KEY": ADMIN_KEY,
-           "FLEET_DATABASE_URL": f"sqlite:///{root / 'registry.db'}", "FLEET_WORK_DIR": str(root / "work"),
-           "FLEET_REPOSITORY_ROOT": str(root),
-           "FLEET_REPOSITORY_URI": uri, "FLEET_S3_ENDPOINT_URL": seaweed.endpoint_url,
-           "FLEET_RECONCILE_INTERVAL_S": "0.3", "PYTHONSAFEPATH": "1", "FLEET_STUB_PROBE_INTERVAL_S": "0"}
+    (server,) = start_servers(root, ("sidecar",)).values()
+    repo = server.repository
+    env = fleet_env(root, seaweed, "late", FLEET_RECONCILE_INTERVAL_S="0.3", FLEET_STUB_PROBE_INTERVAL_S="0")
+    uri = env["FLEET_REPOSITORY_URI"]
     cp = ControlPlane(f"http://127.0.0.1:{free_port()}", env, root / "control-plane.log").start()
     response = cp.api().post(f"{cp.url}/api/v1/servers", json={
         "name": "sidecar", "family": "cpu", "http_url": server.http_url, "grpc_url": server.grpc_url,
