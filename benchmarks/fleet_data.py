@@ -1,7 +1,8 @@
 """Data side of the fleet, measured in one run (real SeaweedFS, real tritonservers, real control plane).
 
-1. Bytes on each server's disk: placement-aware sync (`sync(..., server=NAME)`) vs the whole repository
-   that every server synced before (the baseline, measured in the same run), with and without a budget.
+1. Bytes on each server's disk: placement-aware sync (`sync(..., server=NAME)`) of the share the control
+   plane's placement gives each server vs the whole repository that every server synced before (the
+   baseline, measured in the same run), with and without a disk budget.
 2. Failed requests when a server is killed under load, through `fleet.client`: the model's pack on one
    server only (baseline) vs on two (a replica).
 3. Seconds for a new server to take its share: its assignment published -> packs on its disk (sync) ->
@@ -33,6 +34,7 @@ from pathlib import Path
 import requests
 
 from control_plane.assignments import publish_assignment
+from control_plane.placement import PackView, PlacementPolicy, ServerView, plan_placement, working_set_bytes
 from control_plane.settings import Settings
 from control_plane.traffic import parse
 from fleet import waiting
@@ -47,6 +49,7 @@ from model_repository.s3_sync import local_index, sync, upload
 
 TOKEN, ADMIN_KEY = "bench-token", "bench-admin-key"
 SECTION = "## Data side"
+SERVER_HOST_BUDGET = 8 * 2**30  # what the e2e tests register local servers with
 
 
 def wait_for(predicate, what: str, timeout_s: float = 180.0):
@@ -70,10 +73,15 @@ def disk_share(s3: SeaweedS3, root: Path, models: int, servers: int, replicas: i
     baseline = sync(uri, root / "whole", client).resident_bytes
     names = [f"server-{k}" for k in range(servers)]
     packs = [plan.name for plan in plans]
+    # The control plane's own placement (what its reconciler runs), each server with a local server's
+    # default host budget; the assignment is what the reconciler would publish to each server.
+    views = [PackView(plan.name, "cpu", working_set_bytes(m.bytes for m in plan.members)) for plan in plans]
+    placed = plan_placement([ServerView(name, "cpu", SERVER_HOST_BUDGET) for name in names], views, {},
+                            PlacementPolicy(replicas_min=replicas, replicas_max=max(replicas, 4)))
     assignment: dict[str, dict[str, int]] = {name: {} for name in names}
-    for k, pack in enumerate(packs):  # a round-robin stand-in for placement: `replicas` servers per pack
-        for r in range(replicas):
-            assignment[names[(k + r) % servers]][pack] = 1
+    for pack, holders in placed.assignment.items():
+        for name in holders:
+            assignment[name][pack] = 1
     settings = Settings(repository_uri=uri)
     budget = int(whole * 0.4)
     rows = []
@@ -362,8 +370,9 @@ def render(result: dict) -> str:
     whole = disk["repository_bytes"]
     lines = [SECTION, "",
              f"One run of `python -m benchmarks.fleet_data` on {result['machine']} ({result['date']}); real "
-             "SeaweedFS, tritonservers and control plane. Placement here is a round-robin stand-in (each pack on "
-             f"{disk['replicas']} of {disk['servers']} servers); the fleet branch's placement decides in production.",
+             "SeaweedFS, tritonservers and control plane. The disk step places packs with the control plane's own "
+             f"placement (`control_plane.placement.plan_placement`, {disk['replicas']} replicas, "
+             f"{SERVER_HOST_BUDGET / 2**30:g} GiB host budget per server) and syncs each server's assignment.",
              "", f"### Bytes on each server's disk ({disk['models']} models in {disk['packs']} packs, repository "
              f"{whole:,} B)", "",
              "| server | packs assigned | bytes, whole repository (baseline) | bytes, assigned share | share / "
@@ -377,8 +386,10 @@ def render(result: dict) -> str:
     expected = disk["replicas"] / disk["servers"]
     lines += ["", f"Each server holds {min(shares):.2f}-{max(shares):.2f} of what the whole-repository sync put on "
               f"every server ({disk['replicas']} replicas over {disk['servers']} servers: {expected:.2f} on average "
-              "by pack count; packs differ in size). With the budget, each stays within it and reports the packs "
-              "left out.",
+              "by pack count; packs differ in size). Placement balances host memory (each replica's working set), "
+              "not disk bytes: with these small models every pack costs the same working-set floor, so each "
+              "server gets the same number of packs whatever their bytes on disk. With the budget, each stays "
+              "within it and reports the packs left out.",
               "", f"### Failed requests when the server holding the model is killed (fleet.client, "
               f"{result['users']} threads, client deadline 5 s, {result['after_s']:.0f} s observed after the kill)",
               "", "Each row on a fresh fleet of three servers, the model's pack placed by the control plane with "
