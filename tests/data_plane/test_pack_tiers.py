@@ -285,3 +285,57 @@ def test_an_inf2_member_evicted_from_its_core_comes_back_from_the_bytes_in_host_
 
 def np_equal(a, b) -> bool:
     return a.shape == b.shape and bool((a == b).all())
+
+
+def test_an_instance_being_unloaded_leaves_the_gauges_its_successor_shares(tmp_path, monkeypatch):
+    """Triton shares a custom metric between every instance that makes one of the same family and labels,
+    so on a reload the old instance and its successor write the same gauges. The old instance's last flush
+    (in finalize, which may run after the new instance has served) adds its counters but must not set the
+    gauges back to its own state. Found as a flaky full-suite run: a real tritonserver showed a device tier
+    with 3 loads and 0 resident members after a reload."""
+    shared: dict[tuple, StandInMetric] = {}
+
+    def shared_metric(family: StandInMetricFamily, labels: dict[str, str]) -> StandInMetric:
+        key = (family.name, tuple(sorted(labels.items())))
+        if key not in shared:
+            shared[key] = StandInMetric(family.name, labels)
+            StandInMetricFamily.made.append(shared[key])
+        return shared[key]
+
+    monkeypatch.setattr(StandInMetricFamily, "Metric", shared_metric)
+    version = tmp_path / "reloaded" / "1"
+    (version / "members").mkdir(parents=True)
+    members = {}
+    for k, ident in enumerate("ab"):
+        torch.manual_seed(k)
+        torch.jit.save(torch.jit.trace(torch.nn.Linear(4, 2).eval(), torch.ones(1, 4)),
+                       str(version / "members" / f"{ident}.pt"))
+        members[ident] = {"file": f"members/{ident}.pt", "sha256": "", "format": "torchscript",
+                          "inputs": [{"name": "INPUT__0", "dtype": "FP32", "shape": [-1, 4]}],
+                          "outputs": [{"name": "OUTPUT__0", "dtype": "FP32", "shape": [-1, 2]}]}
+    (version / "members.json").write_text(json.dumps({"generation": 1, "members": members}))
+    args = {"model_config": json.dumps({"parameters": {}}), "model_name": "reloaded",
+            "model_repository": str(version.parent), "model_version": "1", "model_instance_name": "reloaded_0"}
+    old = runtime.TritonPythonModel()
+    old.initialize(args)
+    new = None
+    try:
+        for ident in "ab":
+            old._make_ready(ident)
+        old._flush_metrics(force=True)
+        assert metric("fleet_tier_resident_members", pack="reloaded", tier="host") == 2
+        new = runtime.TritonPythonModel()  # the reload: the new instance serves before the old one is gone
+        new.initialize(args)
+        new._make_ready("a")
+        new._flush_metrics(force=True)
+        assert metric("fleet_tier_resident_members", pack="reloaded", tier="host") == 1
+        old.finalize()
+        old = None
+        assert metric("fleet_tier_resident_members", pack="reloaded", tier="host") == 1, \
+            "the unloaded instance set the shared gauge back to its own state"
+        assert metric("fleet_pack_resident_members", pack="reloaded") == 1
+        assert metric("fleet_tier_loads_total", pack="reloaded", tier="host") == 3, "counters add up over both"
+    finally:
+        for instance in (old, new):
+            if instance is not None:
+                instance.finalize()

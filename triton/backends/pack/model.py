@@ -635,10 +635,17 @@ class TritonPythonModel:
         self.buffer.gauges.setdefault(member, {}).update(values)
 
     def _flush_metrics(self, force: bool = False) -> None:
+        """Hand the buffered counters and the current gauges to Triton.
+
+        Triton shares a custom metric between every instance that makes one of the same family and labels:
+        on a reload, the new instance and the old one it replaces write the same gauges. So an instance
+        that is stopping adds its counters but leaves the gauges alone: they describe its successor.
+        """
         now = time.monotonic()
         if not force and now - self.buffer.last_flush < METRICS_FLUSH_SECONDS:
             return
         with self.lock:
+            set_gauges = not self.stopping
             pending, pack, gauges = self.buffer.pending, self.buffer.pack, self.buffer.gauges
             self.buffer.pending, self.buffer.pack, self.buffer.gauges = defaultdict(MemberCounters), \
                 PackCounters(), {}
@@ -656,25 +663,29 @@ class TritonPythonModel:
                 value = getattr(pack, kind)
                 if value:
                     self.pack_metrics[kind].increment(value)
+            self._flush_tier("host", TierCounters(pack.hits, pack.misses, pack.evictions, pack.loads,
+                                                  pack.load_seconds), resident_bytes, resident_members, set_gauges)
+            if self.tier is not None:
+                self._flush_tier(self.tier.name, *self.tier.take_counters(), set_gauges)
+            if not set_gauges:
+                return
             for member, values in gauges.items():
                 for kind, value in values.items():
                     self._metric(kind, member).set(value)
             self.pack_metrics["resident_bytes"].set(resident_bytes)
             self.pack_metrics["resident_members"].set(resident_members)
-            self._flush_tier("host", TierCounters(pack.hits, pack.misses, pack.evictions, pack.loads,
-                                                  pack.load_seconds), resident_bytes, resident_members)
-            if self.tier is not None:
-                self._flush_tier(self.tier.name, *self.tier.take_counters())
             self.pack_metrics["waiting_requests"].set(waiting)
             self.pack_metrics["stub_rss_bytes"].set(rss_bytes())
 
-    def _flush_tier(self, tier: str, counters: TierCounters, resident_bytes: int, resident_members: int) -> None:
+    def _flush_tier(self, tier: str, counters: TierCounters, resident_bytes: int, resident_members: int,
+                    set_gauges: bool = True) -> None:
         for kind in ("hits", "misses", "evictions", "loads", "load_seconds"):
             value = getattr(counters, kind)
             if value:
                 self.tier_metrics[(tier, kind)].increment(value)
-        self.tier_metrics[(tier, "resident_bytes")].set(resident_bytes)
-        self.tier_metrics[(tier, "resident_members")].set(resident_members)
+        if set_gauges:
+            self.tier_metrics[(tier, "resident_bytes")].set(resident_bytes)
+            self.tier_metrics[(tier, "resident_members")].set(resident_members)
 
     # ---- loading -------------------------------------------------------------------------------
     def _check_file(self, member: Member) -> None:
