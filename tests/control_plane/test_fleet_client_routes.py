@@ -70,8 +70,12 @@ def test_many_callers_of_a_stale_route_cause_one_refresh_at_a_time(api):
         with ThreadPoolExecutor(8) as pool:
             routes = list(pool.map(lambda _: client.routes.resolve("m1"), range(200)))
         assert all(r.endpoints == ("10.0.0.1:8001",) for r in routes)
-        assert api.gets == 2, "one refresh in flight for the model, however many requests found it stale"
+        wait_for(lambda: api.gets >= 2, timeout_s=10, what="the background refresh to reach the control plane")
+        api.endpoints.append("10.0.0.2:8001")
+        client.routes.refresh_after_s = 60  # from here on, reading the route starts no refresh
         api.release.set()
+        wait_for(lambda: len(client.routes.resolve("m1").endpoints) == 2, timeout_s=10, what="the refresh")
+        assert api.gets == 2, "one refresh in flight for the model, however many requests found it stale"
 
 
 def test_a_young_route_is_not_asked_for_again_and_an_unknown_model_still_says_so(api):
