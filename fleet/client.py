@@ -61,6 +61,27 @@ class _Retry(Exception):
     """Internal: this attempt failed in a way another attempt may not."""
 
 
+class GrpcClient(grpcclient.InferenceServerClient):
+    """tritonclient's blocking client, closed once and only explicitly.
+
+    tritonclient closes the channel again in `__del__`, whenever the garbage collector gets to the object.
+    Under gevent (locust) a collection can run while another greenlet of the same thread holds gRPC's
+    channel mutex; that close then waits on the mutex forever and the whole process hangs (seen: a locust
+    run that wrote its stats and never exited, stuck in `__del__` -> `Channel._close` -> pthread_mutex_lock).
+    So `close` is idempotent and the collector never closes: call `close` (FleetClient.close does).
+    """
+
+    _closed = False
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            super().close()
+
+    def __del__(self) -> None:
+        pass
+
+
 @dataclass
 class Route:
     """Where a model is served now, as the control plane said at `resolved_at`."""
@@ -236,7 +257,7 @@ class FleetClient:
     def _client(self, endpoint: str) -> grpcclient.InferenceServerClient:
         with self._lock:
             if endpoint not in self._clients:
-                self._clients[endpoint] = grpcclient.InferenceServerClient(endpoint)
+                self._clients[endpoint] = GrpcClient(endpoint)
             return self._clients[endpoint]
 
     def infer(self, name: str, inputs: Mapping[str, np.ndarray] | Sequence[np.ndarray]) -> dict[str, np.ndarray]:

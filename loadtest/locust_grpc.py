@@ -28,6 +28,7 @@ from locust.env import Environment
 from locust.runners import MasterRunner, WorkerRunner
 from tritonclient.utils import InferenceServerException
 
+from fleet.client import GrpcClient
 from loadtest import server_counts
 from loadtest.run_meta import RunMeta, describe_machine, write_meta
 
@@ -83,8 +84,9 @@ class ClientPool:
     def get(self, address: str) -> grpcclient.InferenceServerClient:
         client = self._clients.get(address)
         if client is None:
-            client = self._clients[address] = grpcclient.InferenceServerClient(grpc_address(address),
-                                                                               channel_args=CHANNEL_ARGS)
+            # GrpcClient: closed only by close(), never by the garbage collector (a close from __del__
+            # can deadlock gRPC under gevent; fleet/client.py says how)
+            client = self._clients[address] = GrpcClient(grpc_address(address), channel_args=CHANNEL_ARGS)
         return client
 
     def close(self) -> None:

@@ -4,6 +4,7 @@ still answered from the cache at once and refreshed behind the caller's back, so
 within seconds without any request waiting on the control plane."""
 from __future__ import annotations
 
+import gc
 import json
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -12,7 +13,7 @@ import pytest
 from werkzeug.serving import make_server
 from werkzeug.wrappers import Request, Response
 
-from fleet.client import FleetClient, ModelNotFound
+from fleet.client import FleetClient, GrpcClient, ModelNotFound
 from fleet.waiting import wait_for
 
 
@@ -93,3 +94,19 @@ def test_an_unreachable_control_plane_leaves_the_last_known_replicas_in_use(api)
         api.server.shutdown()
         api.server.server_close()
         assert client.routes.resolve("m1").endpoints == first.endpoints
+
+
+def test_a_grpc_client_is_closed_once_and_never_by_the_garbage_collector():
+    """Under gevent (locust) a close run by the garbage collector can deadlock gRPC: seen as a locust that
+    wrote its stats and never exited, stuck in tritonclient's __del__ -> Channel._close."""
+    closes: list[str] = []
+    closed = GrpcClient("127.0.0.1:1")
+    closed._channel.close = lambda: closes.append("closed")
+    closed.close()
+    closed.close()
+    assert closes == ["closed"], "a second close does not reach the channel"
+    forgotten = GrpcClient("127.0.0.1:1")
+    forgotten._channel.close = lambda: closes.append("forgotten")
+    del closed, forgotten
+    gc.collect()
+    assert closes == ["closed"], "the collector closes nothing"
