@@ -41,7 +41,7 @@ from fleet import waiting
 from fleet.client import FleetClient
 from fleet.processes import stop_group
 from fleet.seaweedfs import SeaweedS3
-from fleet.triton_server import TritonServer, free_port
+from fleet.triton_server import TritonServer, free_port, start_servers
 from model_repository.generator import example_inputs, generate
 from model_repository.manifest import Manifest
 from model_repository.packing import build_repository
@@ -194,20 +194,10 @@ def _kill_under_load(cp: ControlPlaneProcess, model: str, inputs, victim: Triton
             "max_latency_s": round(latencies[-1], 3) if latencies else None}
 
 
-def _start_servers(base: Path, names: tuple[str, ...]) -> dict[str, TritonServer]:
-    """One real tritonserver per name on its own empty repository (base/NAME/repository)."""
-    servers = {}
-    for name in names:
-        repo = base / name / "repository"
-        repo.mkdir(parents=True)
-        servers[name] = TritonServer(repo, admin_key=ADMIN_KEY).start()
-    return servers
-
-
 def _kill_once(s3: SeaweedS3, base: Path, replicas_min: int, after_s: float, users: int) -> dict:
     generated = base / "generated"
     generate(1, generated, seed=2)
-    servers = _start_servers(base, ("triton-a", "triton-b", "triton-c"))
+    servers = start_servers(base, ("triton-a", "triton-b", "triton-c"), ADMIN_KEY)
     cp = ControlPlaneProcess(base, s3, {"FLEET_REPLICAS_MIN": str(replicas_min)})
     try:
         for name, server in servers.items():
@@ -246,7 +236,7 @@ def hot_pack_replica(s3: SeaweedS3, root: Path, hot_rps: float, cool_rps: float,
     root = root / f"hot-{uuid.uuid4().hex[:6]}"
     generated = root / "generated"
     generate(2, generated, seed=3)
-    servers = _start_servers(root, ("hot-a", "hot-b", "hot-c"))
+    servers = start_servers(root, ("hot-a", "hot-b", "hot-c"), ADMIN_KEY)
     cp = ControlPlaneProcess(root, s3, {"FLEET_HOT_RPS_PER_REPLICA": str(hot_rps),
                                         "FLEET_COOL_RPS_PER_REPLICA": str(cool_rps),
                                         # failure detection is not measured here (see the e2e test's note)

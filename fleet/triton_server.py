@@ -220,3 +220,14 @@ class TritonServer:
 
     def metrics(self) -> str:
         return requests.get(self.metrics_url, timeout=10).text
+
+
+def start_servers(root: Path, names, admin_key: str | None = None) -> dict[str, TritonServer]:
+    """One started tritonserver per name, each on its own empty repository (root/NAME/repository): the
+    small local fleets of the e2e tests and the fleet benchmark."""
+    servers = {}
+    for name in names:
+        repo = root / name / "repository"
+        repo.mkdir(parents=True)
+        servers[name] = TritonServer(repo, admin_key=admin_key).start()
+    return servers

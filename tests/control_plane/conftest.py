@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from fleet import triton_server
 from fleet.processes import stop_group
 from fleet.triton_server import TritonServer, free_port
 
@@ -67,13 +68,9 @@ class ControlPlane:
 
 
 def start_servers(root: Path, names) -> dict[str, TritonServer]:
-    """One real tritonserver per name, each on its own empty repository (root/NAME/repository)."""
-    servers = {}
-    for name in names:
-        repo = root / name / "repository"
-        repo.mkdir(parents=True)
-        servers[name] = TritonServer(repo, admin_key=ADMIN_KEY).start()
-    return servers
+    """One real tritonserver per name, each on its own empty repository (root/NAME/repository), with the
+    tests' admin key."""
+    return triton_server.start_servers(root, names, ADMIN_KEY)
 
 
 def fleet_env(root: Path, seaweed, prefix: str, **overrides: str) -> dict[str, str]:
