@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import configparser
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -122,8 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("images", nargs="*", choices=[*SPECS, []], help="default: all")
     options = parser.parse_args(argv)
-    if not shutil.which("podman"):
-        ensure_tools()
+    ensure_tools()
     started = time.monotonic()
     for name in options.images or list(SPECS):
         build(name)

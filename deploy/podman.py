@@ -12,10 +12,40 @@ import subprocess
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 RUNC = "/usr/sbin/runc"
 ULIMITS = ("--ulimit", "nofile=20000:20000", "--ulimit", "nproc=4096:4096")
-APT_PACKAGES = ("podman", "runc", "debootstrap")
+
+
+@dataclass(frozen=True)
+class Tool:
+    """One program that podman (or our image builds) executes, and the Debian package that brings it."""
+
+    package: str
+    candidates: tuple[str, ...]  # a name on PATH or an absolute path; any one present is enough
+    why: str
+
+    def present(self) -> bool:
+        return any(os.path.exists(c) if c.startswith("/") else shutil.which(c) for c in self.candidates)
+
+
+# Each program podman runs for what the tests and `make images` do, checked one by one: a machine where
+# podman was installed once by hand can hide a missing one (slirp4netns is only a Recommends of Debian's
+# podman, and `--no-install-recommends` dropped it: every container with its own network failed).
+TOOLS: tuple[Tool, ...] = (
+    Tool("podman", ("podman",), "builds and runs the images"),
+    Tool("runc", (RUNC,), "the OCI runtime (crun fails here: cgroups in hybrid mode)"),
+    Tool("conmon", ("conmon", "/usr/libexec/podman/conmon", "/usr/bin/conmon"), "monitors each container"),
+    Tool("slirp4netns", ("slirp4netns",), "the network of a pod/task container that reaches the host's loopback"),
+    Tool("debootstrap", ("debootstrap", "/usr/sbin/debootstrap"), "builds the Debian base image (no registry here)"),
+)
+# For images of another architecture (Graviton: arm64) built and run here under emulation.
+EMULATION_TOOLS: tuple[Tool, ...] = (
+    Tool("qemu-user-static", ("qemu-aarch64-static", "/usr/bin/qemu-aarch64-static"), "runs arm64 binaries"),
+    Tool("binfmt-support", ("update-binfmts", "/usr/sbin/update-binfmts"), "registers qemu with the kernel"),
+)
+BINFMT_DIR = Path("/proc/sys/fs/binfmt_misc")
 
 
 class PodmanUnavailable(RuntimeError):
@@ -26,24 +56,73 @@ def base_command() -> list[str]:
     return ["podman", "--runtime", RUNC, "--cgroup-manager=cgroupfs"]
 
 
-def ensure_tools(install: bool = True) -> None:
-    """podman, runc and debootstrap present, installed with apt-get when missing and allowed (root)."""
-    missing = [p for p in APT_PACKAGES if not (shutil.which(p) or os.path.exists(f"/usr/sbin/{p}"))]
+def missing_tools(tools: tuple[Tool, ...] = TOOLS) -> list[Tool]:
+    return [tool for tool in tools if not tool.present()]
+
+
+def _describe(tools: list[Tool]) -> str:
+    return "; ".join(f"{t.candidates[0]} ({t.why})" for t in tools)
+
+
+def _apt_install(packages: list[str]) -> None:
+    """apt-get install, refreshing the package lists only when the first try cannot find a package."""
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    command = ["apt-get", "install", "-y", "--no-install-recommends", *packages]
+    done = subprocess.run(command, env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        subprocess.run(["apt-get", "update"], env=env, capture_output=True, text=True)
+        done = subprocess.run(command, env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise PodmanUnavailable(f"apt-get could not install {' '.join(packages)}: {done.stderr[-500:]}")
+
+
+def ensure_tools(install: bool = True, tools: tuple[Tool, ...] = TOOLS) -> None:
+    """Every program in `tools` present, installed with apt-get when missing and allowed (root).
+
+    The message of PodmanUnavailable names each missing program, what it is for and the command that
+    installs it; the container tests skip with it.
+    """
+    missing = missing_tools(tools)
     if not missing:
         return
+    packages = sorted({t.package for t in missing})
+    fix = f"apt-get install -y {' '.join(packages)}"
     if not install:
-        raise PodmanUnavailable(f"missing {', '.join(missing)}: apt-get install -y {' '.join(APT_PACKAGES)}")
+        raise PodmanUnavailable(f"missing {_describe(missing)}: {fix}")
     if os.geteuid() != 0:
-        raise PodmanUnavailable(f"missing {', '.join(missing)} and not root: run as root, or "
-                                f"`sudo apt-get install -y {' '.join(APT_PACKAGES)}`")
-    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    done = subprocess.run(["apt-get", "install", "-y", "--no-install-recommends", *APT_PACKAGES],
-                          env=env, capture_output=True, text=True)
-    if done.returncode != 0:
-        done = subprocess.run(["sh", "-c", f"apt-get update && apt-get install -y {' '.join(APT_PACKAGES)}"],
-                              env=env, capture_output=True, text=True)
-    if done.returncode != 0:
-        raise PodmanUnavailable(f"apt-get could not install {' '.join(APT_PACKAGES)}: {done.stderr[-500:]}")
+        raise PodmanUnavailable(f"missing {_describe(missing)} and not root: run as root, or `sudo {fix}`")
+    if not shutil.which("apt-get"):
+        raise PodmanUnavailable(f"missing {_describe(missing)} and no apt-get here: install {' '.join(packages)}")
+    _apt_install(packages)
+    still = missing_tools(tools)
+    if still:
+        raise PodmanUnavailable(f"installed {' '.join(packages)} but still missing {_describe(still)}")
+
+
+def ensure_emulation(arch: str = "arm64", install: bool = True) -> None:
+    """Binaries of `arch` run here through qemu-user-static registered with binfmt_misc.
+
+    Why each step: Debian's qemu-user-static registers its interpreters through binfmt-support, which
+    needs the binfmt_misc file system; a container or a fresh VM often has it unmounted (the folder is
+    empty), and then an arm64 binary fails with "Exec format error".
+    """
+    if arch not in ("arm64", "aarch64"):
+        raise PodmanUnavailable(f"emulation of {arch} is not set up by this project (only arm64)")
+    ensure_tools(install=install, tools=EMULATION_TOOLS)
+    if not (BINFMT_DIR / "register").exists():
+        if os.geteuid() != 0:
+            raise PodmanUnavailable(f"{BINFMT_DIR} is not mounted and not root: "
+                                    f"`sudo mount -t binfmt_misc binfmt_misc {BINFMT_DIR}`")
+        done = subprocess.run(["mount", "-t", "binfmt_misc", "binfmt_misc", str(BINFMT_DIR)],
+                              capture_output=True, text=True)
+        if done.returncode != 0:
+            raise PodmanUnavailable(f"cannot mount binfmt_misc at {BINFMT_DIR}: {done.stderr.strip()}")
+    if not (BINFMT_DIR / "qemu-aarch64").exists():
+        subprocess.run(["update-binfmts", "--enable", "qemu-aarch64"], capture_output=True, text=True)
+    entry = BINFMT_DIR / "qemu-aarch64"
+    if not entry.exists() or "enabled" not in entry.read_text():
+        raise PodmanUnavailable("qemu-aarch64 is not registered with binfmt_misc: "
+                                "`update-binfmts --enable qemu-aarch64` (package binfmt-support)")
 
 
 def podman(*args: str, check: bool = True, timeout: float | None = None) -> subprocess.CompletedProcess:
