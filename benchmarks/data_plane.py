@@ -39,6 +39,7 @@ import requests
 from tqdm import tqdm
 
 from fleet.triton_server import TritonServer
+from model_repository.contract import MEMBER_REQUESTS, TRITON_SUCCESS, request_parameters, samples
 from model_repository.generator import example_inputs, generate
 from model_repository.manifest import Manifest
 from model_repository.packing import PackPlan, build_repository
@@ -234,10 +235,10 @@ def load_models(server: TritonServer, names: Sequence[str], workers: int, desc: 
 
 
 TRITON_COUNTERS = (
-    "nv_inference_request_success", "nv_inference_request_failure", "nv_inference_count",
+    TRITON_SUCCESS, "nv_inference_request_failure", "nv_inference_count",
     "nv_inference_exec_count", "nv_inference_request_duration_us", "nv_inference_queue_duration_us",
     "nv_inference_compute_input_duration_us", "nv_inference_compute_infer_duration_us",
-    "nv_inference_compute_output_duration_us", "fleet_member_requests_total",
+    "nv_inference_compute_output_duration_us", MEMBER_REQUESTS,
     "fleet_member_compute_duration_us_total", "fleet_member_loads_total", "fleet_member_evictions_total",
 )
 
@@ -245,12 +246,9 @@ TRITON_COUNTERS = (
 def metric_totals(text: str) -> dict[str, float]:
     """Sum each counter of TRITON_COUNTERS over all its label sets (all models, all members)."""
     totals = dict.fromkeys(TRITON_COUNTERS, 0.0)
-    for line in text.splitlines():
-        if not line or line.startswith("#"):
-            continue
-        name = line.split("{", 1)[0].split(" ", 1)[0]
-        if name in totals:
-            totals[name] += float(line.rsplit(" ", 1)[1])
+    for sample in samples(text):
+        if sample.name in totals:
+            totals[sample.name] += sample.value
     return totals
 
 
@@ -308,7 +306,7 @@ async def _drive(url: str, targets: Sequence[Target], order: Iterable[int], conc
                 return
             target = targets[index]
             request_inputs = inputs_of(index)
-            parameters = {"model_id": target.member} if target.member is not None else None
+            parameters = request_parameters(target.member) if target.member is not None else None
             sent = time.perf_counter()
             try:
                 await client.infer(target.model, request_inputs, parameters=parameters)
@@ -526,14 +524,14 @@ def zipf_run(server: TritonServer, label: str, targets: Sequence[Target], config
     after_members = metric_totals(server.metrics())
     delta = _delta(after_triton, before)
     member_delta = _delta(after_members, before)
-    success = max(delta["nv_inference_request_success"], 1.0)
-    forward_requests = max(member_delta["fleet_member_requests_total"], 1.0)
+    success = max(delta[TRITON_SUCCESS], 1.0)
+    forward_requests = max(member_delta[MEMBER_REQUESTS], 1.0)
     return {
         "config": label, "pair": pair, "seconds": result.elapsed_s, "completed": result.completed,
         "errors": result.errors, "first_error": result.first_error, "distinct_members": result.distinct,
         "rps": result.completed / result.elapsed_s, **_percentiles_ms(result.latencies_s), "cpu": cpu,
         "server": {
-            "requests": delta["nv_inference_request_success"],
+            "requests": delta[TRITON_SUCCESS],
             "avg_batch": delta["nv_inference_count"] / max(delta["nv_inference_exec_count"], 1.0),
             "request_us": delta["nv_inference_request_duration_us"] / success,
             "queue_us": delta["nv_inference_queue_duration_us"] / success,

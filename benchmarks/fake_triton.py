@@ -19,7 +19,11 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-PROBE_ANSWER = b'{"error":"model \'__fleet_probe__\' is not in pack"}'
+from model_repository.contract import PROBE_MEMBER, ErrorCode, tagged
+
+# What a live pack runtime answers the stub probe (model_repository.contract).
+PROBE_ANSWER = json.dumps({"error": tagged(ErrorCode.UNKNOWN_MEMBER,
+                                           f"model '{PROBE_MEMBER}' is not in pack")}).encode()
 
 
 def handler(load_s: float, fast_s: float, probe_s: float, resident_bytes: int) -> type[BaseHTTPRequestHandler]:

@@ -23,6 +23,7 @@ from google.protobuf import json_format, text_format
 from tritonclient.grpc import model_config_pb2 as pb
 
 from benchmarks.data_plane import Target
+from model_repository.contract import request_parameters
 
 
 class _Tensor:
@@ -133,7 +134,7 @@ def profile(repository: Path, targets: Sequence[Target], order: Sequence[int], r
 
     torch.set_num_threads(1)
     packs = {name: load_pack(repository / name) for name in sorted({t.model for t in targets})}
-    built = [_Request({"INPUT__0": t.array}, {"model_id": t.member} if t.member else {}) for t in targets]
+    built = [_Request({"INPUT__0": t.array}, request_parameters(t.member) if t.member else {}) for t in targets]
     for index in range(len(targets)):  # load every member, past TorchScript's first (profiling) calls
         pack = packs[targets[index].model]
         ident, deadline = targets[index].member or pack.single_member, time.monotonic() + 60

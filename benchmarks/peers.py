@@ -52,6 +52,7 @@ from benchmarks.pack_runtime import profile as profile_pack_runtime
 from benchmarks.torch_limit import torch_batched_limit
 from fleet.triton_server import TritonServer, free_port
 from loadtest.raw_driver import DriverResult, closed_loop
+from model_repository.contract import http_infer_path, request_parameters
 from model_repository.packing import PackPlan
 from model_repository.triton_config import PackSettings
 
@@ -186,7 +187,7 @@ class GrpcSender(Sender):
 
     async def send(self, index: int) -> None:
         target = self._targets[index]
-        parameters = {"model_id": target.member} if target.member is not None else None
+        parameters = request_parameters(target.member) if target.member is not None else None
         await self._client.infer(target.model, self._inputs[index], parameters=parameters,
                                  client_timeout=self._timeout_s)
 
@@ -236,11 +237,11 @@ def triton_http_requests(base_url: str, targets: Sequence[Target]) -> tuple[list
     """KServe v2 JSON: the same tensor as ``data`` (row-major), the member as a request parameter."""
     urls, bodies = [], []
     for target in targets:
-        urls.append(f"{base_url}/v2/models/{target.model}/infer")
+        urls.append(f"{base_url}{http_infer_path(target.model)}")
         body = {"inputs": [{"name": "INPUT__0", "shape": list(target.array.shape), "datatype": target.dtype,
                             "data": target.array.ravel().tolist()}]}
         if target.member is not None:
-            body["parameters"] = {"model_id": target.member}
+            body["parameters"] = request_parameters(target.member)
         bodies.append(json.dumps(body).encode())
     return urls, bodies
 

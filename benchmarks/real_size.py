@@ -33,6 +33,7 @@ import numpy as np
 import psutil
 
 from fleet.triton_server import TritonServer
+from model_repository.contract import request_parameters
 from model_repository.generator import example_inputs
 from model_repository.manifest import Manifest, ModelEntry
 
@@ -192,7 +193,7 @@ def cold_requests(plan: Plan, work: Path) -> list[dict]:
         client = grpcclient.InferenceServerClient(server.grpc_url)
         server.load("cold-warmup")  # the stub's one-time costs (first torch.jit.load) are not a member's
         for entry in warm_manifest.models:
-            client.infer("cold-warmup", request_inputs(entry), parameters={"model_id": entry.id})
+            client.infer("cold-warmup", request_inputs(entry), parameters=request_parameters(entry.id))
         for kind, (folder, members, budget) in packs.items():
             name = f"cold-{kind}"
             server.load(name)
@@ -203,7 +204,7 @@ def cold_requests(plan: Plan, work: Path) -> list[dict]:
                 entry = entries[round_ % 2]
                 baselines.append(baseline_load_and_forward(entry, folder))
                 started = time.perf_counter()
-                client.infer(name, request_inputs(entry), parameters={"model_id": entry.id})
+                client.infer(name, request_inputs(entry), parameters=request_parameters(entry.id))
                 times.append(time.perf_counter() - started)
             time.sleep(0.5)  # the loader flushes its counters just after it answers
             loads = metric(server, "fleet_pack_loads_total", name)
@@ -239,7 +240,7 @@ def neighbour(plan: Plan, work: Path) -> dict:
             latencies, deadline = [], time.monotonic() + seconds
             while time.monotonic() < deadline:
                 started = time.perf_counter()
-                client.infer("neighbour", hot_inputs, parameters={"model_id": hot.id})
+                client.infer("neighbour", hot_inputs, parameters=request_parameters(hot.id))
                 latencies.append((time.perf_counter() - started) * 1e3)
             return latencies
 
@@ -254,7 +255,7 @@ def neighbour(plan: Plan, work: Path) -> dict:
             while not stop.is_set():
                 entry = big.models[k % 2]
                 try:
-                    other.infer("neighbour", request_inputs(entry), parameters={"model_id": entry.id})
+                    other.infer("neighbour", request_inputs(entry), parameters=request_parameters(entry.id))
                 except InferenceServerException as error:
                     loader_errors.append(str(error))
                 k += 1
@@ -364,7 +365,7 @@ async def _drive(url: str, by_id: dict[str, ModelEntry], ranked: list[str], sequ
             position += 1
             started = time.perf_counter()
             try:
-                await client.infer("zoo", inputs[ident], parameters={"model_id": ident})
+                await client.infer("zoo", inputs[ident], parameters=request_parameters(ident))
                 latencies.append((time.perf_counter() - started) * 1e3)
             except InferenceServerException as error:
                 code = str(error.status()).rsplit(".", 1)[-1]

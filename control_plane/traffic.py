@@ -17,27 +17,9 @@ import time
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 
-from prometheus_client.parser import text_string_to_metric_families
+from model_repository.contract import ServerMetrics, TierUsage, parse_metrics
 
-PACK_COUNTER = "nv_inference_request_success"
-MEMBER_COUNTER = "fleet_member_requests"  # the parser drops the _total suffix from the family name
-TIER_PREFIX = "fleet_tier_"
-TIER_GAUGES = ("resident_bytes", "resident_members", "budget_bytes")
-TIER_COUNTERS = ("hits", "misses", "evictions", "loads", "load_seconds")
-
-
-@dataclass
-class TierUsage:
-    """One tier of one server, summed over its pack instances; counters since each stub started."""
-
-    resident_bytes: float = 0.0
-    resident_members: float = 0.0
-    budget_bytes: float = 0.0
-    hits: float = 0.0
-    misses: float = 0.0
-    evictions: float = 0.0
-    loads: float = 0.0  # loads into the tier (promotions, for the device tiers)
-    load_seconds: float = 0.0
+__all__ = ["Scrape", "TierUsage", "TrafficMeter", "parse", "scrape_of", "tier_usage_document"]
 
 
 @dataclass
@@ -48,35 +30,15 @@ class Scrape:
     tiers: dict[str, TierUsage] = field(default_factory=dict)  # tier -> usage summed over packs
 
 
+def scrape_of(metrics: ServerMetrics, at: float | None = None) -> Scrape:
+    """The counters this module needs from one server's parsed metrics."""
+    return Scrape(time.monotonic() if at is None else at, metrics.model_successes, metrics.member_requests,
+                  metrics.tiers)
+
+
 def parse(text: str, at: float | None = None) -> Scrape:
-    """The counters this module needs from one /metrics page."""
-    scrape = Scrape(time.monotonic() if at is None else at, {}, {})
-    for family in text_string_to_metric_families(text):
-        if family.name == PACK_COUNTER:
-            for sample in family.samples:
-                pack = sample.labels.get("model")
-                if pack:
-                    scrape.packs[pack] = scrape.packs.get(pack, 0.0) + sample.value
-        elif family.name.startswith(TIER_PREFIX):
-            _add_tier(scrape.tiers, family)
-        elif family.name == MEMBER_COUNTER:
-            for sample in family.samples:
-                if sample.name.endswith("_total") and "pack" in sample.labels and "member" in sample.labels:
-                    key = (sample.labels["pack"], sample.labels["member"])
-                    scrape.members[key] = scrape.members.get(key, 0.0) + sample.value
-    return scrape
-
-
-def _add_tier(tiers: dict[str, TierUsage], family) -> None:
-    kind = family.name.removeprefix(TIER_PREFIX)
-    if kind not in TIER_GAUGES and kind not in TIER_COUNTERS:
-        return
-    for sample in family.samples:
-        tier = sample.labels.get("tier")
-        if not tier or (kind in TIER_COUNTERS and not sample.name.endswith("_total")):
-            continue
-        usage = tiers.setdefault(tier, TierUsage())
-        setattr(usage, kind, getattr(usage, kind) + sample.value)
+    """The counters this module needs from one /metrics page (model_repository.contract.parse_metrics)."""
+    return scrape_of(parse_metrics(text), at)
 
 
 @dataclass

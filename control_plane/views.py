@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 
 from control_plane.db import Model, ModelVersion, Pack, Placement, Server
 from control_plane.pending import PendingReason, pending_reason, serves, serves_generation
+from model_repository.contract import request_parameters
 
 Served = dict[str, list[tuple[Placement, Server]]]
 
@@ -98,7 +99,7 @@ def model_out(model: Model, version: ModelVersion, facts: PackFacts) -> dict:
         "pending_reason": reason,
         "signature": version.signature,
         "endpoints": [{"server": s.name, "grpc_url": s.grpc_url, "http_url": s.http_url} for s in servers],
-        "request_parameters": {"model_id": model.name},
+        "request_parameters": request_parameters(model.name),
         "created_at": model.created_at,
     }
 

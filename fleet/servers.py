@@ -17,7 +17,13 @@ from dataclasses import dataclass
 
 import requests
 
-from fleet.triton_server import ADMIN_HEADER
+from model_repository.triton_admin import (
+    TritonAdmin,
+    TritonAdminError,
+    TritonRefused,
+    TritonSlow,
+    TritonUnreachable,
+)
 
 log = logging.getLogger(__name__)
 
@@ -98,24 +104,16 @@ def loaded_models(triton_url: str, admin_key: str | None = None, timeout_s: floa
 
     `POST /v2/repository/index` is part of Triton's model-repository API, which the fleet's servers restrict
     to callers with the admin key (--http-restricted-api)."""
-    headers = {ADMIN_HEADER: admin_key} if admin_key else {}
     try:
-        response = requests.post(f"{triton_url.rstrip('/')}/v2/repository/index", json={"ready": True},
-                                 headers=headers, timeout=timeout_s)
-    except requests.ConnectionError:
+        return sorted(TritonAdmin(triton_url, admin_key).ready_models(timeout_s))
+    except TritonUnreachable:
         return None
-    except requests.RequestException as error:
-        raise TritonBusy(f"Triton at {triton_url} did not answer its repository index in {timeout_s:.0f} s: "
-                         f"{type(error).__name__}") from None
-    if response.status_code in (401, 403) or (response.status_code == 400 and "restricted" in response.text):
-        raise ServerCommandError(f"Triton at {triton_url} refused its repository index (HTTP {response.status_code}): "
-                                 "its model-repository API is restricted; pass the key with --admin-key "
-                                 "(or TRITON_ADMIN_KEY)")
-    if response.status_code != 200:
-        error = TritonBusy if response.status_code >= 500 else ServerCommandError
-        raise error(f"Triton at {triton_url}: repository index -> HTTP {response.status_code}: "
-                    f"{response.text[:300]}")
-    return sorted(m["name"] for m in response.json() if m.get("state", "READY") == "READY")
+    except TritonSlow as error:
+        raise TritonBusy(str(error)) from None
+    except TritonRefused as error:
+        raise ServerCommandError(f"{error}; pass the key with --admin-key (or TRITON_ADMIN_KEY)") from None
+    except TritonAdminError as error:
+        raise (TritonBusy if (error.status or 0) >= 500 else ServerCommandError)(str(error)) from None
 
 
 def wait_drained(triton_url: str, timeout_s: float, admin_key: str | None = None, interval_s: float = 2.0,

@@ -18,10 +18,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import requests
+from model_repository.triton_admin import ADMIN_HEADER, TritonAdmin
 
 log = logging.getLogger(__name__)
-ADMIN_HEADER = "triton-admin-key"
 
 
 class TritonServerError(RuntimeError):
@@ -156,11 +155,13 @@ class TritonServer:
         raise TritonServerError(f"tritonserver not ready after {self.startup_timeout_s:.0f} s; "
                                 f"last log lines:\n{self.log_tail()}")
 
+    @property
+    def admin(self) -> TritonAdmin:
+        """The admin client of this server (with its key and metrics URL)."""
+        return TritonAdmin(self.http_url, self.admin_key, self.metrics_url)
+
     def is_ready(self) -> bool:
-        try:
-            return requests.get(f"{self.http_url}/v2/health/ready", timeout=2).status_code == 200
-        except requests.RequestException:
-            return False
+        return self.admin.ready()
 
     def log_tail(self, lines: int = 20) -> str:
         if not self.log_path or not self.log_path.exists():
@@ -194,32 +195,22 @@ class TritonServer:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    # ---- repository API (needs the admin key when one is set) -----------------------------------
-    def _admin_headers(self) -> dict[str, str]:
-        return {ADMIN_HEADER: self.admin_key} if self.admin_key else {}
-
+    # ---- repository API (needs the admin key when one is set): model_repository.triton_admin -------
     def load(self, name: str, timeout_s: float = 300.0) -> None:
-        response = requests.post(f"{self.http_url}/v2/repository/models/{name}/load",
-                                 headers=self._admin_headers(), timeout=timeout_s)
-        if response.status_code != 200:
-            raise TritonServerError(f"loading '{name}' failed ({response.status_code}): "
-                                    f"{response.json().get('error', response.text)}")
+        result = self.admin.load(name, timeout_s=timeout_s)
+        if not result.ok:
+            raise TritonServerError(f"loading '{name}': {result.error}")
 
     def unload(self, name: str, timeout_s: float = 60.0) -> None:
-        response = requests.post(f"{self.http_url}/v2/repository/models/{name}/unload",
-                                 headers=self._admin_headers(), timeout=timeout_s)
-        if response.status_code != 200:
-            raise TritonServerError(f"unloading '{name}' failed ({response.status_code}): "
-                                    f"{response.json().get('error', response.text)}")
+        result = self.admin.unload(name, timeout_s=timeout_s)
+        if not result.ok:
+            raise TritonServerError(f"unloading '{name}': {result.error}")
 
     def ready_models(self) -> set[str]:
-        response = requests.post(f"{self.http_url}/v2/repository/index", json={"ready": True},
-                                 headers=self._admin_headers(), timeout=30)
-        response.raise_for_status()
-        return {m["name"] for m in response.json()}
+        return self.admin.ready_models()
 
     def metrics(self) -> str:
-        return requests.get(self.metrics_url, timeout=10).text
+        return self.admin.metrics_text()
 
 
 def start_servers(root: Path, names, admin_key: str | None = None) -> dict[str, TritonServer]:

@@ -19,6 +19,7 @@ from typing import Any
 import requests
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
+from model_repository.contract import MODEL_ID_PARAMETER
 from model_repository.manifest import MANIFEST_NAME, Manifest, TensorSpec
 from model_repository.packing import plan_packs
 
@@ -57,7 +58,7 @@ class CatalogueItem(BaseModel):
         if not isinstance(data, dict) or "id" in data or "name" not in data:
             return data
         endpoints = data.get("endpoints") or []
-        return {"id": (data.get("request_parameters") or {}).get("model_id", data["name"]),
+        return {"id": (data.get("request_parameters") or {}).get(MODEL_ID_PARAMETER, data["name"]),
                 "pack": data.get("pack"),
                 "server": endpoints[0].get("grpc_url") if endpoints else None,
                 "inputs": (data.get("signature") or {}).get("inputs")}

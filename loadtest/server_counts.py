@@ -8,15 +8,15 @@ difference is written beside locust's CSVs as PREFIX_servers.json for `fleet rep
 from __future__ import annotations
 
 import json
-import re
 import time
 from pathlib import Path
 
 import requests
 from pydantic import BaseModel
 
+from model_repository.triton_admin import scrape
+
 SUFFIX = "_servers.json"
-_SUCCESS = re.compile(r'^nv_inference_request_success\{([^}]*)\}\s+([0-9.eE+]+)', re.MULTILINE)
 
 
 class ServerCount(BaseModel):
@@ -39,8 +39,7 @@ def metrics_url(address: str) -> str:
 
 def successes(address: str, timeout_s: float = 5.0) -> int:
     """Sum of nv_inference_request_success over every model of one server."""
-    text = requests.get(metrics_url(address), timeout=timeout_s).text
-    return int(sum(float(value) for _, value in _SUCCESS.findall(text)))
+    return int(sum(scrape(metrics_url(address), timeout_s).model_successes.values()))
 
 
 class Snapshot:

@@ -18,10 +18,10 @@ from tritonclient.grpc import InferInput
 from loadtest.catalogue import CatalogueModel
 from loadtest.mix import Mix, ModelSampler, probabilities
 from loadtest.payloads import random_inputs
+from model_repository.contract import MODEL_ID_PARAMETER
 
 NameBy = Literal["member", "pack/member", "pack"]
 NAME_BY: tuple[NameBy, ...] = ("member", "pack/member", "pack")
-MODEL_ID_PARAMETER = "model_id"
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,6 @@ import hashlib
 import json
 import logging
 import os
-import re
 import shutil
 import time
 import uuid
@@ -41,6 +40,9 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 from s3transfer.exceptions import RetriesExceededError
 from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_exponential
+
+from model_repository.contract import parse_metrics
+from model_repository.triton_admin import scrape
 
 log = logging.getLogger(__name__)
 INDEX_KEY = ".fleet/index.json"
@@ -311,50 +313,29 @@ class UsageTracker:
     Why: the disk tier's LRU should keep what is used, not only what was assigned last. Without a URL (or
     when Triton does not answer) it reports nothing and the order is by assignment time alone.
 
-    A pack counts its members' requests (the pack runtime's `fleet_member_requests_total`), not Triton's
-    `nv_inference_request_success`: Triton 2.51 counts a Python-backend error response as a success, so the
-    control plane's stub probe (a request for a member that no pack holds, every few seconds) made every
-    loaded pack look used. Models without the pack runtime (e.g. adfilter) use Triton's counter.
+    A pack counts its members' requests, not Triton's successes (model_repository.contract's
+    `ServerMetrics.requests_per_model` says why); models without the pack runtime (e.g. adfilter) use
+    Triton's counter.
     """
 
     def __init__(self, metrics_url: str | None) -> None:
         self.metrics_url, self.counts = metrics_url, {}
 
-    # One sample of Prometheus' text format: name{labels} value. Parsed here rather than with
-    # prometheus_client, which the server image (where the sync sidecar runs) does not carry.
-    _SAMPLE = re.compile(r'^([A-Za-z_:][A-Za-z0-9_:]*)\{([^}]*)\}\s+(\S+)', re.M)
-    _LABEL = re.compile(r'([A-Za-z_][A-Za-z0-9_]*)="((?:[^"\\]|\\.)*)"')
-
-    @classmethod
-    def request_counts(cls, text: str) -> dict[str, float]:
+    @staticmethod
+    def request_counts(text: str) -> dict[str, float]:
         """model -> requests so far: member requests for packs, Triton's successes for other models."""
-        triton: dict[str, float] = {}
-        members: dict[str, float] = {}
-        packs: set[str] = set()
-        for name, label_text, value in cls._SAMPLE.findall(text):
-            labels = dict(cls._LABEL.findall(label_text))
-            try:
-                number = float(value)
-            except ValueError:
-                continue
-            if name == "nv_inference_request_success" and "model" in labels:
-                triton[labels["model"]] = triton.get(labels["model"], 0.0) + number
-            elif name == "fleet_member_requests_total" and "pack" in labels:
-                members[labels["pack"]] = members.get(labels["pack"], 0.0) + number
-            elif name.startswith("fleet_pack_") and "pack" in labels:
-                packs.add(labels["pack"])
-        return {model: members.get(model, 0.0) if model in packs else count for model, count in triton.items()}
+        return parse_metrics(text).requests_per_model()
 
     def poll(self) -> dict[str, float]:
         if not self.metrics_url:
             return {}
         try:
-            text = requests.get(self.metrics_url, timeout=2).text
+            counts = scrape(self.metrics_url, timeout_s=2).requests_per_model()
         except requests.RequestException as error:
             log.info("no request counts from %s (%s); LRU order by assignment only", self.metrics_url, error)
             return {}
         now, used = time.time(), {}
-        for model, count in self.request_counts(text).items():
+        for model, count in counts.items():
             if count > self.counts.get(model, 0.0):
                 used[model] = now
             self.counts[model] = count

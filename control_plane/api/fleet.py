@@ -1,7 +1,6 @@
 """/api/v1 servers, placements and deployments: the fleet the models are placed on."""
 from __future__ import annotations
 
-import requests
 from apiflask import APIBlueprint
 from flask import current_app
 from sqlalchemy import select
@@ -12,6 +11,7 @@ from control_plane.errors import ApiError, not_found
 from control_plane.schemas import DeploymentIn, DeploymentOut, Message, PlacementList, ServerIn, ServerList, ServerOut
 from control_plane.trust import Untrusted, check_address, check_repository_path
 from control_plane.views import placement_out, server_out
+from model_repository.triton_admin import TritonAdmin
 
 bp = APIBlueprint("fleet", __name__, url_prefix="/api/v1", tag="fleet")
 
@@ -29,11 +29,7 @@ def _state():
 def add_server(body: ServerIn):
     state = _state()
     repository_path = _trusted(body, state.settings)
-    try:
-        ready = requests.get(f"{body.http_url}/v2/health/ready", timeout=3).status_code == 200
-    except requests.RequestException:
-        ready = False
-    if not ready:
+    if not TritonAdmin(body.http_url).ready(timeout_s=3):
         raise ApiError(503, "server_unreachable",
                        f"no ready Triton server answers at {body.http_url}/v2/health/ready; start it (or fix "
                        "http_url) and add it again. Nothing was recorded.")

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import yaml
 
+from model_repository import contract
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 NAMESPACE = "TritonFleet"  # the CloudWatch namespace the agents publish to (ECS's sidecar uses it already)
 CONTROL_PLANE_JOB = "triton-fleet-control-plane"
@@ -25,12 +27,12 @@ CONTROL_PLANE_METRICS_PORT = 9102
 # Every metric name the panels and alarms use, in one place (the lead adjusts names here after merges).
 METRICS = {
     # Triton's own (per Triton model, i.e. per pack); the summary needs --metrics-config=summary_latencies=true
-    "success": "nv_inference_request_success",
+    "success": contract.TRITON_SUCCESS,
     "failure": "nv_inference_request_failure",
     "summary": "nv_inference_request_summary_us",
     "queue": "nv_inference_queue_duration_us",
     # the pack runtime's (triton/backends/pack/model.py), on Triton's metrics port
-    "member_requests": "fleet_member_requests_total",
+    "member_requests": contract.MEMBER_REQUESTS,
     "member_loads": "fleet_member_loads_total",
     "resident_members": "fleet_pack_resident_members",
     "pack_resident_bytes": "fleet_pack_resident_bytes",

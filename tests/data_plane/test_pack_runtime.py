@@ -16,13 +16,13 @@ from pathlib import Path
 import ml_dtypes
 import numpy as np
 import pytest
-import requests
 import torch
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
 from fleet.triton_server import TritonServer
 from fleet.waiting import wait_for
+from model_repository.contract import PROBE_MEMBER, ErrorCode, error_code
 
 pytestmark = pytest.mark.slow
 RUNTIME = Path(__file__).resolve().parents[2] / "triton" / "backends" / "pack" / "model.py"
@@ -305,15 +305,15 @@ def test_errors_carry_triton_status_codes(served):
 def test_plain_http_clients_get_cold_answers_and_error_codes_unchanged(served):
     """KServe v2 over HTTP: a cold member's answer (sent later from the loader thread) arrives as one
     ordinary response; the control plane's probe member gets 404 with the message it looks for."""
-    url = f"{served['server'].http_url}/v2/models/main/infer"
-    body = {"inputs": [{"name": "INPUT__0", "datatype": "FP32", "shape": list(X.shape),
-                        "data": X.ravel().tolist()}], "parameters": {"model_id": "http_cold"}}
-    answer = requests.post(url, json=body, timeout=60)
+    triton = served["server"].admin
+    inputs = [{"name": "INPUT__0", "datatype": "FP32", "shape": list(X.shape), "data": X.ravel().tolist()}]
+    answer = triton.infer("main", inputs, member="http_cold", timeout_s=60)
     assert answer.status_code == 200, answer.text
     output = np.array(answer.json()["outputs"][0]["data"], np.float32).reshape(2, 3)
     np.testing.assert_allclose(output, eager(served, "http_cold", X), rtol=1e-6)
-    probe = requests.post(url, json={**body, "parameters": {"model_id": "__fleet_probe__"}}, timeout=60)
-    assert probe.status_code == 404 and "'__fleet_probe__' is not in pack" in probe.text
+    probe = triton.infer("main", inputs, member=PROBE_MEMBER, timeout_s=60)
+    assert probe.status_code == 404 and error_code(probe.text) is ErrorCode.UNKNOWN_MEMBER
+    assert "'__fleet_probe__' is not in pack" in probe.text
 
 
 def test_pack_metrics_report_budget_residency_and_memory(served):

@@ -6,18 +6,17 @@ look used. The sync's UsageTracker reads the pack runtime's per-member request c
 """
 from __future__ import annotations
 
-import math
-
 import pytest
-import requests
 import tritonclient.grpc as grpcclient
 
 from fleet.triton_server import TritonServer
 from fleet.waiting import wait_for
+from model_repository.contract import request_parameters
 from model_repository.generator import example_inputs
 from model_repository.manifest import Manifest
 from model_repository.packing import build_repository
 from model_repository.s3_sync import UsageTracker
+from model_repository.triton_admin import ProbeResult
 
 PAGE = """# TYPE nv_inference_request_success counter
 nv_inference_request_success{model="mlp-pack-0000",version="1"} 40
@@ -37,13 +36,10 @@ def test_packs_count_member_requests_and_other_models_count_triton_successes():
                                                  "cnn-pack-0000": 0.0}  # probed only: never called
 
 
-def probe(server: TritonServer, pack: str) -> requests.Response:
-    """The control plane's stub probe (control_plane/reconciler.py `_probe`), over HTTP."""
-    spec = requests.get(f"{server.http_url}/v2/models/{pack}", timeout=5).json()["inputs"][0]
-    shape = [1] + [d if d > 0 else 1 for d in spec["shape"][1:]]
-    return requests.post(f"{server.http_url}/v2/models/{pack}/infer", timeout=10, json={
-        "inputs": [{"name": spec["name"], "datatype": spec["datatype"], "shape": shape,
-                    "data": [0] * math.prod(shape)}], "parameters": {"model_id": "__fleet_probe__"}})
+def probe(server: TritonServer, pack: str) -> ProbeResult:
+    """The control plane's stub probe (control_plane/reconcile/stub_probe.py), with the pack's first input."""
+    spec = server.admin.metadata(pack)["inputs"][0]
+    return server.admin.probe(pack, [{"name": spec["name"], "dtype": spec["datatype"], "shape": spec["shape"]}])
 
 
 @pytest.mark.slow
@@ -56,7 +52,7 @@ def test_a_probed_pack_is_not_used_and_a_called_one_is(generated_models, tmp_pat
         tracker = UsageTracker(server.metrics_url)
         tracker.poll()
         for _ in range(3):
-            assert "is not in pack" in probe(server, pack).text
+            assert probe(server, pack).answered, "the stub refused the probe member itself"
         assert pack not in tracker.poll(), "probes are not use"
         (x,) = example_inputs(entry, batch=1)
         client = grpcclient.InferenceServerClient(server.grpc_url)
@@ -64,7 +60,7 @@ def test_a_probed_pack_is_not_used_and_a_called_one_is(generated_models, tmp_pat
         tensor.set_data_from_numpy(x)
 
         def called_and_counted() -> bool:  # the runtime flushes its counters at most once a second
-            client.infer(pack, [tensor], parameters={"model_id": entry.id})
+            client.infer(pack, [tensor], parameters=request_parameters(entry.id))
             return pack in tracker.poll()
 
         try:

@@ -8,7 +8,6 @@ import json
 import numpy as np
 import psutil
 import pytest
-import requests
 import torch
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
@@ -18,6 +17,7 @@ from model_repository.artifacts import canonical_torchscript, sha256_hex
 from model_repository.generator import example_inputs, generate
 from model_repository.packing import build_repository
 from model_repository.s3_sync import sync, upload
+from model_repository.triton_admin import TritonAdmin
 
 pytestmark = pytest.mark.slow
 ADMIN_KEY = "test-admin-key"
@@ -144,8 +144,8 @@ def test_bad_requests_do_not_disturb_good_ones_batched_with_them(fleet):
 def test_repository_api_needs_the_admin_key(fleet):
     server = fleet["server"]
     name = fleet["plans"][0].name
-    denied = requests.post(f"{server.http_url}/v2/repository/models/{name}/unload", timeout=10)
-    assert denied.status_code in (401, 403) or "triton-admin-key" in denied.text
+    denied = TritonAdmin(server.http_url).unload(name, timeout_s=10)  # no key
+    assert denied.status in (401, 403) or "triton-admin-key" in (denied.error or "")
     assert name in server.ready_models(), "the unauthenticated unload must not have happened"
 
 

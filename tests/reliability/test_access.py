@@ -14,9 +14,9 @@ from hypothesis import strategies as st
 from tritonclient.utils import InferenceServerException
 
 from control_plane.schemas import NAME_PATTERN
-from fleet.triton_server import ADMIN_HEADER
 from fleet.waiting import wait_for
 from model_repository.manifest import Manifest
+from model_repository.triton_admin import ADMIN_HEADER, TritonAdmin, TritonRefused
 
 from .conftest import ADMIN_KEY, BUCKET, api, register, servable, signature_of, url
 
@@ -62,13 +62,13 @@ def test_triton_repository_api_refuses_load_and_unload_without_the_admin_key(sta
     server = next(s for s, _ in stack["servers"].values() if s.grpc_url == existing["endpoints"][0]["grpc_url"])
     other = next(s for s, _ in stack["servers"].values() if s is not server)
     loaded_before = (server.ready_models(), other.ready_models())  # replicas: the pack may be on both
-    for headers in ({}, {ADMIN_HEADER: "wrong-key"}, {ADMIN_HEADER: ""}):
+    for key in (None, "wrong-key", ""):
         for target, action in ((server, "unload"), (server, "load"), (other, "load")):
-            response = requests.post(f"{target.http_url}/v2/repository/models/{pack}/{action}",
-                                     headers=headers, timeout=60)
-            assert response.status_code in (401, 403), (action, headers, response.status_code, response.text)
-        index = requests.post(f"{server.http_url}/v2/repository/index", headers=headers, json={}, timeout=10)
-        assert index.status_code in (401, 403)
+            call = getattr(TritonAdmin(target.http_url, key), action)(pack, timeout_s=60)
+            assert call.status in (401, 403), (action, key, call)
+        with pytest.raises(TritonRefused) as refused:
+            TritonAdmin(server.http_url, key).index(ready_only=False, timeout_s=10)
+        assert refused.value.status in (401, 403)
     for key in (None, "wrong-key"):
         client = grpcclient.InferenceServerClient(server.grpc_url)
         try:
@@ -81,8 +81,7 @@ def test_triton_repository_api_refuses_load_and_unload_without_the_admin_key(sta
     # Nothing happened: every server still has exactly the packs it had.
     assert pack in server.ready_models() and (server.ready_models(), other.ready_models()) == loaded_before
     assert servable(stack, EXISTING) is not None
-    ok = requests.post(f"{server.http_url}/v2/repository/index", headers={ADMIN_HEADER: ADMIN_KEY}, json={})
-    assert ok.status_code == 200
+    assert pack in {m.name for m in TritonAdmin(server.http_url, ADMIN_KEY).index(ready_only=False)}
 
 
 HOSTILE_NAMES = ["..", ".", "../x", "..%2F..%2Fetc", "%2e%2e", "a/../../b", "a\\..\\b", "/abs", "x\x00y",

@@ -12,6 +12,8 @@ Client contract (see docs/data-plane.md):
   * errors carry Triton's codes: an unknown member NOT_FOUND; a wrong shape, dtype, value range or NaN
     INVALID_ARGUMENT; a member still loading past the timeout, a full load queue or a member larger than
     the pack's budget UNAVAILABLE. Each request gets its own error; the others of the batch are served.
+    Every error message starts with a machine-readable reason, ``[fleet:unknown_member] ...``
+    (model_repository/contract.py `ErrorCode`), so callers match a code, never the wording.
 
 Cold loads leave the request path. This is a *non-decoupled* model, so plain unary gRPC/HTTP clients work
 unchanged, but ``execute`` may take a request's response sender, return ``None`` in that request's place
@@ -55,7 +57,17 @@ TORCH_DTYPE_NAMES = {"FP32": "float32", "FP16": "float16", "BF16": "bfloat16", "
                      "INT32": "int32", "INT8": "int8", "UINT8": "uint8", "BOOL": "bool"}
 METRICS_FLUSH_SECONDS = 1.0
 SWEEP_SECONDS = 0.05
+# The data-plane contract (model_repository/contract.py); kept here because this file may not import the
+# project. tests/data_plane/test_contract.py checks every copy against the contract.
+MODEL_ID_PARAMETER = "model_id"
 PROBE_MEMBER = "__fleet_probe__"
+# Every error message starts with "[fleet:<reason>] ": a machine-readable reason that survives gRPC and HTTP
+# (Triton carries only a status code and a message). Without an explicit reason, the status code's default.
+ERROR_TAG = "[fleet:{}] "
+ERROR_REASONS = ("unknown_member", "member_required", "invalid_input", "artifact_invalid", "over_budget",
+                 "overloaded", "invalid_output", "internal")
+DEFAULT_REASONS = {"NOT_FOUND": "unknown_member", "INVALID_ARGUMENT": "invalid_input",
+                   "UNAVAILABLE": "overloaded", "INTERNAL": "internal"}
 
 
 @dataclass(frozen=True)
@@ -92,9 +104,10 @@ class Knobs:
 class RequestError(Exception):
     """A problem with one request; becomes that request's error response with a Triton error code."""
 
-    def __init__(self, message: str, code: str = "INVALID_ARGUMENT") -> None:
+    def __init__(self, message: str, code: str = "INVALID_ARGUMENT", reason: str | None = None) -> None:
         super().__init__(message)
         self.code = code
+        self.reason = reason or DEFAULT_REASONS.get(code, "internal")
 
 
 @dataclass(frozen=True)
@@ -703,11 +716,12 @@ class TritonPythonModel:
             stat = member.path.stat()
         except OSError as error:
             raise RequestError(f"model '{member.id}': artifact {member.path.name} cannot be read "
-                               f"({error.strerror}); re-sync the repository", "INTERNAL") from None
+                               f"({error.strerror}); re-sync the repository", "INTERNAL",
+                               "artifact_invalid") from None
         if member.bytes is not None and stat.st_size != member.bytes:
             raise RequestError(f"model '{member.id}': artifact {member.path.name} has {stat.st_size} bytes, "
                                f"{MEMBERS_FILE} says {member.bytes}; it is truncated or was replaced: "
-                               "re-sync and reload the pack", "INTERNAL")
+                               "re-sync and reload the pack", "INTERNAL", "artifact_invalid")
         if self.knobs.verify_sha256 != "once" or not member.sha256:
             return
         identity = (stat.st_dev, stat.st_ino, stat.st_mtime_ns, stat.st_size)
@@ -720,7 +734,7 @@ class TritonPythonModel:
         if digest.hexdigest() != member.sha256:
             raise RequestError(f"model '{member.id}': artifact {member.path.name} does not match its sha256 "
                                f"in {MEMBERS_FILE}; it changed on disk since the sync or is corrupt: re-sync "
-                               "and reload the pack", "INTERNAL")
+                               "and reload the pack", "INTERNAL", "artifact_invalid")
         self.verified.add(identity)
 
     def _load_module(self, member: Member):
@@ -730,14 +744,15 @@ class TritonPythonModel:
         if member.path is None:
             raise RequestError(f"model '{member.id}' has no {self.family} artifact: run "
                                f"`fleet compile --family {self.family}` and re-sync the repository",
-                               "UNAVAILABLE")
+                               "UNAVAILABLE", "artifact_invalid")
         self._check_file(member)
         if self.family == "inf2":
             try:
                 return member.path.read_bytes()
             except OSError as error:
                 raise RequestError(f"model '{member.id}': artifact {member.path.name} cannot be read "
-                                   f"({error.strerror}); re-sync the repository", "INTERNAL") from None
+                                   f"({error.strerror}); re-sync the repository", "INTERNAL",
+                               "artifact_invalid") from None
         torch = self.torch
         # With a device tier the module loads into host RAM; the tier copies it to the device.
         device = "cpu" if self.tier is not None else self.device
@@ -753,7 +768,7 @@ class TritonPythonModel:
             kind = "torch.export program" if member.format == "torch_export" else "TorchScript module"
             raise RequestError(f"model '{member.id}': artifact is not a loadable {kind} "
                                f"({str(error).splitlines()[0][:200] if str(error) else type(error).__name__})",
-                               "INTERNAL") from None
+                               "INTERNAL", "artifact_invalid") from None
         return module
 
     def _over_budget(self, member: Member, needed: int, how: str) -> RequestError:
@@ -761,7 +776,7 @@ class TritonPythonModel:
         return RequestError(
             f"model '{member.id}' needs {needed / mib:.0f} MB ({how}), the pack's budget is "
             f"{self.max_resident_bytes / mib:.0f} MB: place it in a pack with a larger max_resident_bytes "
-            "(a server with more memory) instead of this one", "UNAVAILABLE")
+            "(a server with more memory) instead of this one", "UNAVAILABLE", "over_budget")
 
     def _make_room(self, needed: int, keep: str | None = None) -> None:
         """Evict least recently used members until `needed` more bytes fit in the budget.
@@ -861,7 +876,7 @@ class TritonPythonModel:
                        "with a larger max_device_bytes (a server with more device memory) instead of this one")
             with self.lock:
                 self.too_big_device[ident] = message
-            raise RequestError(message, "UNAVAILABLE") from None
+            raise RequestError(message, "UNAVAILABLE", "over_budget") from None
         except TimeoutError:
             raise RequestError(f"model '{ident}' waited {self.tier.wait_s:.0f} s for room on the "
                                f"{self.tier.name}: every member there stayed in use; retry later",
@@ -956,12 +971,12 @@ class TritonPythonModel:
     # ---- requests ------------------------------------------------------------------------------
     def _member_id(self, request) -> str:
         raw = request.parameters()
-        ident = json.loads(raw).get("model_id") if raw else None
+        ident = json.loads(raw).get(MODEL_ID_PARAMETER) if raw else None
         if ident is None:
             if self.single_member is not None:
                 return self.single_member
             raise RequestError(f"pack '{self.pack}' hosts {len(self.members)} models: name one with the "
-                               "request parameter 'model_id'")
+                               f"request parameter '{MODEL_ID_PARAMETER}'", "INVALID_ARGUMENT", "member_required")
         if not isinstance(ident, str) or ident not in self.members:
             raise RequestError(f"model '{ident}' is not in pack '{self.pack}'; ask the control plane "
                                "where it is served (GET /api/v1/models/{id})", "NOT_FOUND")
@@ -1017,7 +1032,8 @@ class TritonPythonModel:
     def _error(error: RequestError):
         # pb_utils spells INVALID_ARGUMENT as INVALID_ARG (Triton's C name); gRPC clients see INVALID_ARGUMENT.
         code = getattr(pb_utils.TritonError, {"INVALID_ARGUMENT": "INVALID_ARG"}.get(error.code, error.code), None)
-        triton_error = pb_utils.TritonError(str(error)) if code is None else pb_utils.TritonError(str(error), code)
+        message = ERROR_TAG.format(error.reason) + str(error)
+        triton_error = pb_utils.TritonError(message) if code is None else pb_utils.TritonError(message, code)
         return pb_utils.InferenceResponse(output_tensors=[], error=triton_error)
 
     def _admit(self, ident: str, request, inputs: list) -> tuple[object | None, RequestError | None]:
@@ -1036,7 +1052,7 @@ class TritonPythonModel:
             if module is not None:
                 return module, None
             if ident in self.too_big_device:
-                return None, RequestError(self.too_big_device[ident], "UNAVAILABLE")
+                return None, RequestError(self.too_big_device[ident], "UNAVAILABLE", "over_budget")
             # In host RAM, not on the device: queued for a promotion (a copy from RAM, no disk read).
         else:
             failure = self.failures.get(ident)
@@ -1049,7 +1065,7 @@ class TritonPythonModel:
                 return None, self._over_budget(member, self.too_big[ident],
                                                "its tensors, measured at its last load")
             if ident in self.too_big_device:
-                return None, RequestError(self.too_big_device[ident], "UNAVAILABLE")
+                return None, RequestError(self.too_big_device[ident], "UNAVAILABLE", "over_budget")
             self.buffer.pack.misses += 1
             if self.tier is not None:
                 self.tier.count_miss()
@@ -1154,7 +1170,7 @@ class TritonPythonModel:
             if not ok:
                 raise RequestError(f"model '{member.id}' output '{spec.name}' is {out.dtype}, its signature in "
                                    f"{MEMBERS_FILE} says {spec.dtype}: re-register it with the right "
-                                   "signature", "INTERNAL")
+                                   "signature", "INTERNAL", "invalid_output")
 
     @staticmethod
     def _output_tensor(name: str, value):
