@@ -25,14 +25,12 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from types import SimpleNamespace
 
 from control_plane.db import Model, ModelVersion, Pack, Server, make_engine, make_sessionmaker
 from control_plane.migrate import upgrade
 from control_plane.placement import residency_budget, working_set_bytes
-from control_plane.reconciler import Reconciler
+from control_plane.reconcile import Reconciler
 from control_plane.settings import Settings
-from model_repository.triton_config import PackSettings
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DOC = REPO_ROOT / "docs" / "benchmarks-fleet.md"
@@ -110,14 +108,13 @@ def measure(servers: int, packs: int, workers: int, load_ms: float, workdir: Pat
         populate(sessions, fleet.ports, packs)
         settings = Settings(api_token="bench", reconcile_workers=workers, stub_probe_interval_s=1e-6,
                             server_dead_after_s=60)
-        builder = SimpleNamespace(registry=SimpleNamespace(s3=None), pack_settings=PackSettings())
-        reconciler = Reconciler(sessions, settings, builder)  # type: ignore[arg-type]
+        reconciler = Reconciler(sessions, settings, builder=None, s3=None)  # every pack is built already
         published: list[str] = []
-        reconciler.publish = lambda s3, settings, server, assigned: published.append(server)
-        reconciler.check_health()
+        reconciler.assignments.publish = lambda s3, settings, server, assigned: published.append(server)
+        reconciler.health.update()
 
         started = time.perf_counter()
-        reconciler.check_health()
+        reconciler.health.update()
         health_round = time.perf_counter() - started
 
         worst = [0.0]
@@ -126,7 +123,7 @@ def measure(servers: int, packs: int, workers: int, load_ms: float, workdir: Pat
         def health_while_loading() -> None:
             while not done.is_set():
                 t0 = time.perf_counter()
-                reconciler.check_health()
+                reconciler.health.update()
                 worst[0] = max(worst[0], time.perf_counter() - t0)
                 done.wait(0.2)
         watcher = threading.Thread(target=health_while_loading)
@@ -145,8 +142,7 @@ def measure(servers: int, packs: int, workers: int, load_ms: float, workdir: Pat
         started = time.perf_counter()
         reconciler.tick()
         steady = time.perf_counter() - started
-        reconciler.pool.shutdown()
-        reconciler.health_pool.shutdown()
+        reconciler.stop()
         engine.dispose()
         return Measurement(servers, packs, workers, round(first, 3), round(steady, 3), round(health_round, 4),
                            round(worst[0], 4), int(loaded or 0), int(loaded or 0))

@@ -25,7 +25,7 @@ from control_plane.loadtests import LoadTestRunner
 from control_plane.migrate import upgrade
 from control_plane.observability import configure_logging
 from control_plane.observability import install as install_observability
-from control_plane.reconciler import Reconciler
+from control_plane.reconcile import Reconciler
 from control_plane.registry import Registry
 from control_plane.repository import RepositoryBuilder
 from control_plane.schemas import NAME_PATTERN
@@ -85,7 +85,7 @@ def create_app(settings: Settings | None = None, start_reconciler: bool = True) 
         memory_factor=settings.validation_memory_factor), scratch=settings.work_dir / "validator")
     registry = Registry(sessions, settings, s3, validator)
     leadership = leadership_for(engine, settings.leader_lock_id, settings.leader_heartbeat_s)
-    reconciler = Reconciler(sessions, settings, RepositoryBuilder(registry, settings.work_dir), leadership)
+    reconciler = Reconciler(sessions, settings, RepositoryBuilder(registry, settings.work_dir), s3, leadership)
     state = FleetState(settings, sessions, registry, reconciler, DeploymentRunner(sessions, settings), None,
                        validator, s3, leadership, TokenStore(settings.api_token, settings.tokens_file))  # type: ignore[arg-type]
     state.loadtests = LoadTestRunner(sessions, settings, state.servable_catalogue)
@@ -200,7 +200,7 @@ def create_app(settings: Settings | None = None, start_reconciler: bool = True) 
                                MaxKeys=1)
         except Exception as error:  # noqa: BLE001
             problems["object_store"] = str(error)
-        if start_reconciler and (reconciler._thread is None or not reconciler._thread.is_alive()):
+        if start_reconciler and not reconciler.running():
             problems["reconciler"] = "not running"
         role = {"leader": leadership["leader"], "leadership": leadership}
         if problems:

@@ -37,6 +37,29 @@ class ServerRow(Protocol):
     last_error: str | None
 
 
+# Placement errors that mean "the server's copy of the pack is not up to date" (category sync_failed). The
+# reconciler writes them with these two functions, so the category never depends on any other wording.
+_SYNC_PROBLEM = "sync {kind}, serving the last good version: "
+_SYNC_BEHIND = ": its sync is behind"
+
+
+def sync_problem(kind: Literal["failed", "refused"], detail: str) -> str:
+    """The server's sync could not update the pack (S3 unreachable, objects refused): it keeps its copy."""
+    return _SYNC_PROBLEM.format(kind=kind) + detail
+
+
+def sync_behind(served: str | None, expected: int) -> str:
+    """The server serves an older generation (or one without any): its sync has not caught up yet."""
+    if served is None:
+        return f"server's copy has no generation, waiting for {expected}{_SYNC_BEHIND}"
+    return f"server has generation {served}, waiting for {expected}{_SYNC_BEHIND}"
+
+
+def is_sync_problem(error: str | None) -> bool:
+    return bool(error) and (error.startswith(tuple(_SYNC_PROBLEM.format(kind=k) for k in ("failed", "refused")))
+                            or error.endswith(_SYNC_BEHIND))
+
+
 @dataclass(frozen=True)
 class PendingReason:
     """Why a model that should be servable is not: `category` for counting (a metric label), `text` for
@@ -92,6 +115,6 @@ def _category(reachable: list[PlacementRow]) -> PendingCategory:
         return "unplaced"
     if any(p.state == "failed" for p in reachable):
         return "load_failed"
-    if any("sync" in (p.error or "") for p in reachable):
+    if any(is_sync_problem(p.error) for p in reachable):
         return "sync_failed"
     return "loading"

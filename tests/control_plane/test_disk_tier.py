@@ -79,7 +79,7 @@ def test_a_servers_published_sync_status_becomes_its_disk_tier_in_the_api_and_me
                                                                                        tmp_path):
     app, client, settings = control_plane
     status = pod_syncs(seaweed, settings, tmp_path)
-    app.extensions["fleet"].reconciler.read_disk_tiers()
+    app.extensions["fleet"].reconciler.disk_tier.update()
 
     usage = client.get(f"/api/v1/servers/{POD}", headers=HEADERS).get_json()["tier_usage"]
     disk = usage["tiers"]["disk"]
@@ -98,21 +98,21 @@ def test_a_servers_published_sync_status_becomes_its_disk_tier_in_the_api_and_me
     assert metric(text, "fleet_server_tier_resident_bytes", server=SILENT, tier="disk") is None
 
 
-@pytest.mark.parametrize("control_plane", [1e-6], indirect=True)  # every read_disk_tiers() reads S3
+@pytest.mark.parametrize("control_plane", [1e-6], indirect=True)  # every disk_tier.update() reads S3
 def test_the_triton_scrape_and_the_disk_status_each_keep_the_others_tiers(control_plane, seaweed, tmp_path):
     app, client, settings = control_plane
     reconciler = app.extensions["fleet"].reconciler
     pod_syncs(seaweed, settings, tmp_path)
-    reconciler.read_disk_tiers()
+    reconciler.disk_tier.update()
     reconciler.traffic.observe(POD, parse(TRITON_PAGE))  # what a scrape of the pod's Triton metrics hands over
-    reconciler.measure_traffic()
+    reconciler.readings.update()
     usage = client.get(f"/api/v1/servers/{POD}", headers=HEADERS).get_json()["tier_usage"]
     assert set(usage["tiers"]) == {"disk", "host"} and usage["scraped_at"] and usage["disk_synced_at"]
     assert usage["tiers"]["host"]["resident_bytes"] == 3000
 
     sync(settings.repository_uri, tmp_path / "pod", seaweed.client(), server=POD, disk_budget_bytes=10**6,
          publish_status=True)  # the next pass: both packs already on disk
-    reconciler.read_disk_tiers()
+    reconciler.disk_tier.update()
     usage = client.get(f"/api/v1/servers/{POD}", headers=HEADERS).get_json()["tier_usage"]
     assert usage["tiers"]["host"]["resident_bytes"] == 3000 and usage["tiers"]["disk"]["hits"] == 2
     text = client.get("/metrics", headers=HEADERS).get_data(as_text=True)
@@ -125,13 +125,13 @@ def test_the_status_is_read_at_its_own_cadence_one_get_per_server(control_plane,
     reconciler = app.extensions["fleet"].reconciler
     pod_syncs(seaweed, settings, tmp_path)
     reads: list[str] = []
-    s3 = reconciler.builder.registry.s3
+    s3 = app.extensions["fleet"].s3
     s3.meta.events.register("provide-client-params.s3.GetObject",
                             lambda params, **_: reads.append(params["Key"]) if "/.fleet/status/" in params["Key"]
                             else None)
-    reconciler.read_disk_tiers()
+    reconciler.disk_tier.update()
     assert sorted(key.rsplit("/", 1)[1] for key in reads) == [f"{POD}.json", f"{SILENT}.json"]
-    reconciler.read_disk_tiers()
+    reconciler.disk_tier.update()
     reconciler.tick()
     assert len(reads) == 2, "within disk_status_interval_s the status is not read again"
 
@@ -141,17 +141,17 @@ def test_a_server_that_left_loses_its_assignment_and_status_in_s3_and_one_that_r
     app, client, settings = control_plane
     reconciler = app.extensions["fleet"].reconciler
     pod_syncs(seaweed, settings, tmp_path)  # POD has a published status
-    reconciler.publish_assignments()  # and both servers their (here empty) share
+    reconciler.assignments.update()  # and both servers their (here empty) share
     s3 = seaweed.client()
     assert assigned_servers(s3, settings) == {POD, SILENT}
 
     assert client.delete(f"/api/v1/servers/{POD}", headers=HEADERS).status_code == 200  # the pod scaled in
-    reconciler.forget_departed_servers()
+    reconciler.departures.update()
     assert assigned_servers(s3, settings) == {SILENT}, "a registered server keeps its assignment"
     assert read_sync_status(s3, settings, POD) is None and read_server_assignment(s3, settings, POD) is None
 
     with app.extensions["fleet"].sessions.begin() as session:  # the pod is back under the same name
         session.add(Server(name=POD, family="cpu", http_url="http://127.0.0.1:9", grpc_url="127.0.0.1:9",
                            capacity_bytes=2**30))
-    reconciler.publish_assignments()
+    reconciler.assignments.update()
     assert read_server_assignment(s3, settings, POD)["packs"] == {}, "its share is published again"

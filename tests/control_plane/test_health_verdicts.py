@@ -9,7 +9,8 @@ import pytest
 
 from control_plane.db import Server, make_engine, make_sessionmaker
 from control_plane.migrate import upgrade
-from control_plane.reconciler import Reconciler
+from control_plane.reconcile.health import ServerHealth
+from control_plane.reconcile.workers import AdminClients, Workers
 from control_plane.settings import Settings
 from fleet.triton_server import free_port
 
@@ -24,29 +25,31 @@ def silent_server():
     listener.close()
 
 
-def reconciler(tmp_path, **settings) -> Reconciler:
+def checker(tmp_path, **settings) -> ServerHealth:
+    """The health manager alone, on a real registry: it needs the servers and their answers, nothing else."""
     engine = make_engine(f"sqlite:///{tmp_path / 'registry.db'}")
     upgrade(engine)
-    return Reconciler(make_sessionmaker(engine), Settings(api_token="t", **settings), builder=None)  # type: ignore[arg-type]
+    return ServerHealth(make_sessionmaker(engine), Settings(api_token="t", **settings), AdminClients(None),
+                        Workers(4, "health"))
 
 
-def add_server(reconciler: Reconciler, name: str, http_url: str, seen_ago_s: float) -> None:
-    with reconciler.sessions.begin() as session:
+def add_server(health: ServerHealth, name: str, http_url: str, seen_ago_s: float) -> None:
+    with health.sessions.begin() as session:
         session.add(Server(name=name, family="cpu", http_url=http_url, grpc_url="127.0.0.1:1", capacity_bytes=2**30,
                            healthy=True, last_seen=datetime.now(UTC) - timedelta(seconds=seen_ago_s)))
 
 
-def verdicts(reconciler: Reconciler) -> dict[str, tuple[bool, str | None]]:
-    with reconciler.sessions() as session:
+def verdicts(health: ServerHealth) -> dict[str, tuple[bool, str | None]]:
+    with health.sessions() as session:
         return {s.name: (s.healthy, s.last_error) for s in session.query(Server)}
 
 
 def test_a_refusing_server_is_dead_after_the_short_window_and_a_silent_one_only_after_the_slow_window(
         tmp_path, silent_server):
-    health = reconciler(tmp_path, server_dead_after_s=1.0, server_slow_dead_after_s=60.0)
+    health = checker(tmp_path, server_dead_after_s=1.0, server_slow_dead_after_s=60.0)
     add_server(health, "refusing", f"http://127.0.0.1:{free_port()}", seen_ago_s=5)
     add_server(health, "silent", silent_server, seen_ago_s=5)
-    health.check_health()
+    health.update()
     found = verdicts(health)
     assert found["refusing"][0] is False and found["refusing"][1].startswith("unreachable")
     assert found["silent"][0] is True, "5 s without an answer is inside the 60 s slow window"
@@ -54,7 +57,7 @@ def test_a_refusing_server_is_dead_after_the_short_window_and_a_silent_one_only_
 
 
 def test_a_silent_server_past_the_slow_window_is_dead(tmp_path, silent_server):
-    health = reconciler(tmp_path, server_dead_after_s=1.0, server_slow_dead_after_s=3.0)
+    health = checker(tmp_path, server_dead_after_s=1.0, server_slow_dead_after_s=3.0)
     add_server(health, "silent", silent_server, seen_ago_s=5)
-    health.check_health()
+    health.update()
     assert verdicts(health)["silent"][0] is False

@@ -97,8 +97,8 @@ def fleet(tmp_path_factory, seaweed, generated_models):
         app = create_app(settings, start_reconciler=False)
         state = app.extensions["fleet"]
         listed = ListedServers(servers)
-        state.reconciler.discovery = DiscoverySettings(target="eks", interval_s=0.5)
-        state.reconciler._discoverer = listed  # the platform's answer, as the EKS discoverer would give it
+        state.reconciler.discovery.settings = DiscoverySettings(target="eks", interval_s=0.5)
+        state.reconciler.discovery.discoverer = listed  # the platform's answer, as the EKS discoverer gives it
         port = free_port()
         http = create_server(app, host="127.0.0.1", port=port, threads=8,
                              max_request_body_size=body_limit(settings) + 1)

@@ -13,13 +13,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import requests
 import tritonclient.grpc as grpcclient
 
 from control_plane.app import create_app
 from control_plane.db import Pack, Placement
 from control_plane.placement import STUB_BASE_BYTES
-from control_plane.reconciler import Reconciler
+from control_plane.reconcile import load_and_verify, resize
 from control_plane.settings import Settings
 from control_plane.traffic import parse
 from fleet.triton_server import TritonServer
@@ -72,11 +71,9 @@ def gpu_tier(server: TritonServer) -> dict | None:
 
 
 def test_the_placement_device_budget_reaches_the_runtime_through_the_config_override(server):
-    reconciler = Reconciler(None, Settings(api_token=TOKEN), None)  # type: ignore[arg-type]  Triton only
-    reconciler.http = requests.Session()
+    triton = server.admin  # loading and verifying talk to Triton only
     one_member = helpers.WIDE_BYTES * 3 // 2
-    result = reconciler.load_and_verify(server.http_url, PACK, generation=3, residency=64 * 2**20,
-                                        device=one_member)
+    result = load_and_verify(triton, PACK, generation=3, residency=64 * 2**20, device=one_member)
     assert (result.state, result.device_bytes, result.residency_bytes) == ("loaded", one_member, 64 * 2**20)
     wait_for(lambda: (gpu_tier(server) or {}).get("budget_bytes") == one_member, timeout_s=60,
              what="the reloaded stub's device budget on /metrics")
@@ -85,20 +82,19 @@ def test_the_placement_device_budget_reaches_the_runtime_through_the_config_over
     tier = wait_for(lambda: (t := gpu_tier(server)) and t["loads"] >= 3 and t, timeout_s=60, what="promotions")
     assert tier["resident_members"] == 1 and tier["resident_bytes"] <= one_member  # the budget holds one
 
-    resized = reconciler.resize(server.http_url, PACK, 3, 64 * 2**20, DEVICE_BUDGET)
+    resized = resize(triton, PACK, 3, 64 * 2**20, DEVICE_BUDGET)
     assert (resized.state, resized.device_bytes) == ("loaded", DEVICE_BUDGET)
-    reconciler.http.close()
+    triton.http.close()  # an open keep-alive delays Triton's exit
 
 
 @pytest.fixture
 def control_plane(server, tmp_path):
     """A control plane (no reconciler thread) with the server registered as a gpu server with 3 GiB of GPU;
-    its reconciler's HTTP session is closed afterwards (an open keep-alive delays Triton's exit)."""
+    stopping its reconciler closes its HTTP sessions (an open keep-alive delays Triton's exit)."""
     settings = Settings(api_token=TOKEN, database_url=f"sqlite:///{tmp_path / 'registry.db'}",
                         work_dir=tmp_path / "cp", repository_root=tmp_path)
     app = create_app(settings, start_reconciler=False)
     reconciler = app.extensions["fleet"].reconciler
-    reconciler.http = session = requests.Session()
     client = app.test_client()
     added = client.post("/api/v1/servers", headers={"Authorization": f"Bearer {TOKEN}"}, json={
         "name": "gpu-1", "family": "gpu", "http_url": server.http_url, "grpc_url": server.grpc_url,
@@ -106,7 +102,6 @@ def control_plane(server, tmp_path):
     assert added.status_code == 201, added.get_data(as_text=True)
     yield app, client, added.get_json()
     reconciler.stop()
-    session.close()
 
 
 def test_the_reconciler_gives_each_pack_its_share_of_the_servers_gpu(server, control_plane):
@@ -120,7 +115,7 @@ def test_the_reconciler_gives_each_pack_its_share_of_the_servers_gpu(server, con
         session.add_all([Placement(pack=PACK, server="gpu-1", reserved_bytes=STUB_BASE_BYTES + 56 * mib),
                          Placement(pack="neighbour", server="gpu-1", retiring=True,  # not loaded, still counted
                                    reserved_bytes=3 * (STUB_BASE_BYTES + 56 * mib))])
-    state.reconciler.load_placements()
+    state.reconciler.loads.update()
     with state.sessions() as session:
         placement = session.get(Placement, (PACK, "gpu-1"))
         assert (placement.state, placement.error) == ("loaded", None)
@@ -137,7 +132,7 @@ def test_the_servers_api_shows_what_each_tier_holds_from_one_scrape(server, cont
         infer(server, member)
     wait_for(lambda: (gpu_tier(server) or {}).get("resident_members", 0) >= 1, timeout_s=60, what="a promotion")
 
-    app.extensions["fleet"].reconciler.measure_traffic()  # one GET of /metrics: rates and tiers
+    app.extensions["fleet"].reconciler.readings.update()  # one GET of /metrics: rates and tiers
     shown = client.get("/api/v1/servers/gpu-1", headers=headers).get_json()
     assert shown["tiers"]["gpu_bytes"] == 3 * 2**30
     usage = shown["tier_usage"]

@@ -2,6 +2,7 @@
 mean "reload the pack" and which change nothing. The real thing: test_stub_death.py."""
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 import pytest
@@ -10,8 +11,10 @@ from sqlalchemy import select
 
 from control_plane.db import AuditEntry, Model, ModelVersion, Pack, Placement, Server, make_engine, make_sessionmaker
 from control_plane.migrate import upgrade
-from control_plane.reconciler import PROBE_MEMBER, Reconciler
+from control_plane.reconcile.stub_probe import StubProbe
+from control_plane.reconcile.workers import AdminClients, Workers
 from control_plane.settings import Settings
+from model_repository.contract import PROBE_MEMBER, ErrorCode, tagged
 
 
 @dataclass
@@ -40,7 +43,7 @@ class FakeTriton:
 
 
 @pytest.fixture
-def reconciler(tmp_path):
+def sessions(tmp_path):
     engine = make_engine(f"sqlite:///{tmp_path / 'registry.db'}")
     upgrade(engine)
     sessions = make_sessionmaker(engine)
@@ -56,12 +59,17 @@ def reconciler(tmp_path):
         session.add(ModelVersion(model="m1", version=1, sha256="0" * 64, bytes=10, s3_key="k", signature=signature,
                                  pack_kind="k"))
         session.add(Placement(pack="p-0000", server="s1", state="loaded", loaded_generation=3))
-    settings = Settings(database_url="sqlite://", stub_probe_interval_s=0.001, work_dir=tmp_path)
-    return Reconciler(sessions, settings, builder=None)  # type: ignore[arg-type]
+    return sessions
 
 
-def placement(reconciler) -> Placement:
-    with reconciler.sessions() as session:
+def probe(sessions, triton: FakeTriton, interval_s: float = 0.001) -> StubProbe:
+    """The stub probe alone, speaking to `triton` through the admin client."""
+    settings = Settings(database_url="sqlite://", stub_probe_interval_s=interval_s, api_token="t")
+    return StubProbe(sessions, settings, AdminClients(None, http=triton), Workers(2, "probe"))
+
+
+def placement(sessions) -> Placement:
+    with sessions() as session:
         return session.get(Placement, ("p-0000", "s1"))
 
 
@@ -70,40 +78,42 @@ def placement(reconciler) -> Placement:
     Answer(404, '{"error":"Request for unknown model: \'p-0000\' is not found"}'),
     Answer(400, '{"error":"model \'p-0000\' is not ready"}'),
 ])
-def test_a_pack_whose_stub_does_not_answer_is_unloaded_and_marked_for_reload(reconciler, answer):
-    reconciler.http = FakeTriton(answer)
-    reconciler.probe_packs()
-    after = placement(reconciler)
+def test_a_pack_whose_stub_does_not_answer_is_unloaded_and_marked_for_reload(sessions, answer):
+    triton = FakeTriton(answer)
+    probe(sessions, triton).update()
+    after = placement(sessions)
     assert after.state == "pending" and after.loaded_generation == -1 and "stub probe failed" in after.error
-    infer = next(c for c in reconciler.http.calls if c[1].endswith("/infer"))
+    infer = next(c for c in triton.calls if c[1].endswith("/infer"))
     assert infer[1] == "http://triton/v2/models/p-0000/infer"
     assert infer[2]["parameters"] == {"model_id": PROBE_MEMBER}
     assert infer[2]["inputs"] == [{"name": "INPUT__0", "datatype": "INT64", "shape": [1, 4], "data": [0] * 4}]
-    assert any(c[1].endswith("/v2/repository/models/p-0000/unload") for c in reconciler.http.calls)
-    with reconciler.sessions() as session:
+    assert any(c[1].endswith("/v2/repository/models/p-0000/unload") for c in triton.calls)
+    with sessions() as session:
         assert session.scalars(select(AuditEntry.action)).all() == ["pack.unhealthy"]
 
 
 @pytest.mark.parametrize("answer", [
-    Answer(500, f'{{"error":"model \'{PROBE_MEMBER}\' is not in pack \'p-0000\'; ask the control plane"}}'),
+    Answer(404, json.dumps({"error": tagged(ErrorCode.UNKNOWN_MEMBER, f"model '{PROBE_MEMBER}' is not in pack "
+                                                                      "'p-0000'; ask the control plane")})),
+    # a pack built before error codes: its runtime's words for the same refusal
+    Answer(404, f'{{"error":"model \'{PROBE_MEMBER}\' is not in pack \'p-0000\'; ask the control plane"}}'),
     requests.ConnectionError("refused"),
     requests.ReadTimeout("busy"),
 ])
-def test_a_live_stub_or_an_inconclusive_probe_changes_nothing(reconciler, answer):
-    reconciler.http = FakeTriton(answer)
-    reconciler.probe_packs()
-    after = placement(reconciler)
+def test_a_live_stub_or_an_inconclusive_probe_changes_nothing(sessions, answer):
+    triton = FakeTriton(answer)
+    probe(sessions, triton).update()
+    after = placement(sessions)
     assert after.state == "loaded" and after.loaded_generation == 3
-    assert not any("/repository/" in c[1] for c in reconciler.http.calls)
+    assert not any("/repository/" in c[1] for c in triton.calls)
 
 
-def test_the_probe_is_off_at_interval_zero_and_rate_limited_otherwise(reconciler):
-    reconciler.http = FakeTriton(Answer(500, "Stub process is not healthy"))
-    reconciler.settings.stub_probe_interval_s = 0
-    reconciler.probe_packs()
-    assert reconciler.http.calls == []
-    reconciler.settings.stub_probe_interval_s = 3600
-    reconciler.probe_packs()
-    calls = len(reconciler.http.calls)
-    reconciler.probe_packs()
-    assert calls > 0 and len(reconciler.http.calls) == calls
+def test_the_probe_is_off_at_interval_zero_and_rate_limited_otherwise(sessions):
+    triton = FakeTriton(Answer(500, "Stub process is not healthy"))
+    probe(sessions, triton, interval_s=0).update()
+    assert triton.calls == []
+    hourly = probe(sessions, triton, interval_s=3600)
+    hourly.update()
+    calls = len(triton.calls)
+    hourly.update()
+    assert calls > 0 and len(triton.calls) == calls

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 from sqlalchemy import select
@@ -13,7 +12,8 @@ from sqlalchemy import select
 from control_plane.assignments import publish_assignment
 from control_plane.db import AuditEntry, Pack, Placement, Server, make_engine, make_sessionmaker
 from control_plane.migrate import upgrade
-from control_plane.reconciler import Reconciler
+from control_plane.reconcile.loading import Loads
+from control_plane.reconcile.workers import AdminClients, Workers
 from control_plane.settings import Settings
 from fleet.seaweedfs import SeaweedS3
 from model_repository.packing import build_repository
@@ -41,9 +41,9 @@ def _fleet(tmp_path: Path, client, uri: str, generated_models: Path):
         session.flush()
         session.add(Placement(pack=pack, server="s1", state="loaded", loaded_generation=1))
     settings = Settings(repository_uri=uri, api_token="t", stub_probe_interval_s=0)
-    reconciler = Reconciler(sessions, settings, SimpleNamespace(registry=SimpleNamespace(s3=client)))
+    loads = Loads(sessions, settings, client, AdminClients(None), Workers(2, "loads"))
     publish_assignment(client, settings, "s1", {pack: 2})  # what the leader publishes once P is placed on s1
-    return reconciler, sessions, pack, server_repo
+    return loads, sessions, pack, server_repo
 
 
 def _placement_and_audit(sessions, pack: str) -> tuple[Placement, list[AuditEntry]]:
@@ -57,14 +57,14 @@ def _placement_and_audit(sessions, pack: str) -> tuple[Placement, list[AuditEntr
 def test_a_refused_pack_is_not_loaded_and_the_refusal_is_on_its_placement(
         seaweed, s3_uri, tmp_path, generated_models):
     client = seaweed.client()
-    reconciler, sessions, pack, server_repo = _fleet(tmp_path, client, s3_uri, generated_models)
+    loads, sessions, pack, server_repo = _fleet(tmp_path, client, s3_uri, generated_models)
     good = local_index(server_repo)
     location = S3Location.parse(s3_uri)
     index = json.loads(client.get_object(Bucket=location.bucket, Key=location.key(INDEX_KEY))["Body"].read())
     index["files"][f"{pack}/1/members.json"]["sha256"] = "0" * 64  # the object no longer matches
     client.put_object(Bucket=location.bucket, Key=location.key(INDEX_KEY), Body=json.dumps(index).encode())
 
-    reconciler.load_placements()
+    loads.update()
     placement, audit = _placement_and_audit(sessions, pack)
     assert placement.state == "loaded" and placement.loaded_generation == 1, "still serving the last good copy"
     assert "sync refused, serving the last good version" in placement.error
@@ -74,7 +74,7 @@ def test_a_refused_pack_is_not_loaded_and_the_refusal_is_on_its_placement(
         return {path: meta for path, meta in index.items() if path.startswith(f"{pack}/")}
     assert of_pack(local_index(server_repo)) == of_pack(good), "the refused pack keeps its last good copy"
 
-    reconciler.load_placements()  # the next tick tries again and does not repeat the audit entry
+    loads.update()  # the next tick tries again and does not repeat the audit entry
     assert [entry.action for entry in _placement_and_audit(sessions, pack)[1]] == ["pack.sync_failed"]
 
 
@@ -82,10 +82,10 @@ def test_an_unreachable_s3_is_on_every_placement_behind_and_nothing_is_loaded(tm
     with SeaweedS3(tmp_path / "s3") as s3:
         s3.create_bucket("gone")
         client = s3.client()
-        reconciler, sessions, pack, server_repo = _fleet(tmp_path, client, "s3://gone/repo", generated_models)
+        loads, sessions, pack, server_repo = _fleet(tmp_path, client, "s3://gone/repo", generated_models)
     good = local_index(server_repo)
 
-    reconciler.load_placements()
+    loads.update()
     placement, audit = _placement_and_audit(sessions, pack)
     assert placement.state == "loaded" and placement.loaded_generation == 1
     assert placement.error.startswith("sync failed, serving the last good version: cannot reach S3")

@@ -1,0 +1,44 @@
+"""Registry reads that several reconcile managers need: what each pack should hold, its working set."""
+from __future__ import annotations
+
+from collections import defaultdict
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from control_plane.db import Model, ModelVersion
+from control_plane.placement import working_set_bytes
+from control_plane.traffic import TrafficMeter
+
+
+def member_bytes(session: Session) -> dict[str, dict[str, int]]:
+    """pack -> member -> artifact bytes, for members that should be served (one query)."""
+    rows = session.execute(
+        select(Model.pack, Model.name, ModelVersion.bytes)
+        .join(ModelVersion, (Model.name == ModelVersion.model) & (Model.current_version == ModelVersion.version))
+        .where(Model.pack.is_not(None), Model.desired == "loaded"))
+    members: dict[str, dict[str, int]] = defaultdict(dict)
+    for pack, name, size in rows:
+        members[pack][name] = int(size)
+    return members
+
+
+def working_sets(members: dict[str, dict[str, int]], traffic: TrafficMeter) -> dict[str, int]:
+    """pack -> the bytes its recently called members (and the rest, discounted) need resident."""
+    hot = traffic.hot_members()
+    return {pack: working_set_bytes(sizes.values(), [sizes[m] for m in hot.get(pack, ()) if m in sizes])
+            for pack, sizes in members.items()}
+
+
+def one_signature_per_pack(session: Session, packs: set[str]) -> dict[str, list[dict]]:
+    """pack -> the input signature of one of its members (what the stub probe sends)."""
+    signatures: dict[str, list[dict]] = {}
+    if not packs:
+        return signatures
+    rows = session.execute(
+        select(Model.pack, ModelVersion.signature)
+        .join(ModelVersion, (Model.name == ModelVersion.model) & (Model.current_version == ModelVersion.version))
+        .where(Model.pack.in_(packs)))
+    for pack, signature in rows:
+        signatures.setdefault(pack, signature["inputs"])
+    return signatures
