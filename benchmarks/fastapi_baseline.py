@@ -38,6 +38,7 @@ import torch
 from fastapi import FastAPI, HTTPException
 from pydantic import BaseModel
 
+from fleet.settings import BaselineWorkerSettings
 from model_repository.manifest import Manifest
 
 TORCH_DTYPES = {"FP32": torch.float32, "INT64": torch.int64}
@@ -103,18 +104,15 @@ def create_app(models_dir: Path, device: str = "cpu", handler: str = "async", to
     async def health() -> dict:
         return {"models": len(models), "device": device, "load_s": load_s, "handler": handler,
                 "torch_threads": torch.get_num_threads(), "pid": os.getpid(),
-                "workers": int(os.environ.get(_WORKERS_ENV, "1"))}
+                "workers": BaselineWorkerSettings.from_env().workers}
 
     return app
-
-
-_APP_ENV, _WORKERS_ENV = "FLEET_BASELINE_APP", "FLEET_BASELINE_WORKERS"
 
 
 def app_from_environment() -> FastAPI:
     """uvicorn's factory for each worker process: several workers need an import string, not an app object,
     so the arguments travel in an environment variable."""
-    arguments = json.loads(os.environ[_APP_ENV])
+    arguments = json.loads(BaselineWorkerSettings.from_env().app or "{}")
     arguments["models_dir"] = Path(arguments["models_dir"])
     return create_app(**arguments)
 
@@ -140,7 +138,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         app = create_app(**{**arguments, "models_dir": args.models})
         uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)
         return 0
-    os.environ[_APP_ENV], os.environ[_WORKERS_ENV] = json.dumps(arguments), str(args.workers)
+    os.environ.update(BaselineWorkerSettings(app=json.dumps(arguments), workers=args.workers).environment())
     # uvicorn's supervisor kills a worker that misses one 5 s health ping and starts a new one, which loads
     # every model again: on a loaded 2-core machine (a worker loading 1,000 models holds the GIL) that became
     # an endless restart loop serving ~50 rps (fleet bench, 2026-11-30). A worker is not hung here.

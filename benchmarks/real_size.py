@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 import psutil
 
+from fleet.settings import DevelopmentSettings
 from fleet.triton_server import TritonServer
 from model_repository.contract import request_parameters
 from model_repository.generator import example_inputs
@@ -39,7 +40,7 @@ from model_repository.manifest import Manifest, ModelEntry
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNTIME = ROOT / "triton" / "backends" / "pack" / "model.py"
-CACHE = Path(os.environ.get("FLEET_REAL_SIZE_CACHE", Path.home() / ".cache" / "triton-fleet" / "real-size"))
+CACHE = DevelopmentSettings.from_env().real_size_cache
 MIB = 2**20
 
 

@@ -22,10 +22,10 @@ def make_target(name: str, settings: Settings):
     if name == "ecs":
         import os
 
-        from control_plane.discovery import DiscoverySettings
         from control_plane.targets.ecs import EcsConfig, EcsTarget
+        from fleet.settings import DiscoverySettings, EcsDeploySettings
 
-        registry = os.environ.get("FLEET_ECS_IMAGE_REGISTRY")
+        registry = EcsDeploySettings.from_env().image_registry
         if not registry:
             raise TargetError("set FLEET_ECS_IMAGE_REGISTRY to the ECR registry that holds the "
                               "triton-fleet/server-cpu and triton-fleet/loadtest images (docs/ecs.md)")

@@ -20,6 +20,7 @@ from sqlalchemy.orm import sessionmaker
 from control_plane.db import AuditEntry, LoadTest
 from control_plane.settings import Settings
 from control_plane.targets.base import LoadTestResult
+from fleet.settings import ClientSettings
 from loadtest.results import parse_stats_csv
 
 log = logging.getLogger(__name__)
@@ -92,7 +93,8 @@ class LoadTestRunner:
             if spec.get("processes", 1) > 1:
                 command += ["--processes", str(spec["processes"])]
             # The token travels in the environment, not on a command line that `ps` shows.
-            env = {**os.environ, "FLEET_API_TOKEN": self.settings.api_token, "PYTHONSAFEPATH": "1"}
+            env = {**os.environ, **ClientSettings(api_token=self.settings.api_token).environment(),
+                   "PYTHONSAFEPATH": "1"}
             completed = subprocess.run(command, capture_output=True, text=True, cwd=REPO_ROOT, env=env,
                                        timeout=spec["duration_s"] + 120)
             stats_path = Path(f"{prefix}_stats.csv")

@@ -9,6 +9,8 @@ from pathlib import Path
 import click
 from tqdm import tqdm
 
+from fleet.settings import ClientSettings, ControlPlaneSettings, SyncSettings
+
 
 class LazyGroup(click.Group):
     """A group whose heavy subcommands are imported only when they run (click's documented lazy pattern).
@@ -25,6 +27,7 @@ class LazyGroup(click.Group):
         "loadtest": ("loadtest.cli", "loadtest", "Run locust load tests against Triton."),
         "report": ("loadtest.cli", "report", "Render a load-test report from saved results."),
         "rehearse": ("deploy.rehearse", "rehearse", "Run every EKS/ECS runbook step that can run here."),
+        "config": ("fleet.config_docs", "config_group", "Every FLEET_* setting: render docs/configuration.md."),
         "logs": ("control_plane.observability.cli", "logs_command", "The local stack's logs merged in time order."),
         "dashboards": ("control_plane.observability.cli", "dashboards_group",
                        "Render the Grafana, CloudWatch and ECS dashboards and alarms."),
@@ -158,14 +161,16 @@ def upload(repository: Path, uri: str, endpoint_url: str | None) -> None:
 @click.option("--endpoint-url", envvar="AWS_ENDPOINT_URL_S3", help="Any S3 endpoint (default: AWS).")
 @click.option("--interval", type=click.FloatRange(0), default=0, show_default=True,
               help="Seconds between syncs; 0 syncs once and exits (a sidecar uses e.g. 30).")
-@click.option("--server", envvar="FLEET_SYNC_SERVER", default=None,
+@click.option("--server", envvar=SyncSettings.env_name("server"), default=None,
               help="Sync only this server's assignment (.fleet/assignments/NAME.json, written by the control "
                    "plane); without it the whole repository is synced.")
-@click.option("--disk-budget-bytes", envvar="FLEET_SYNC_DISK_BUDGET_BYTES", type=click.IntRange(0), default=None,
+@click.option("--disk-budget-bytes", envvar=SyncSettings.env_name("disk_budget_bytes"), type=click.IntRange(0),
+              default=None,
               help="Bytes the repository may hold (with --server); default: free disk less 5%.")
-@click.option("--triton-metrics-url", envvar="FLEET_SYNC_TRITON_METRICS_URL", default=None,
+@click.option("--triton-metrics-url", envvar=SyncSettings.env_name("triton_metrics_url"), default=None,
               help="e.g. http://127.0.0.1:8002/metrics: packs that get requests count as recently used.")
-@click.option("--server-from", "server_from", envvar="FLEET_SYNC_SERVER_FROM", type=click.Choice(["ecs-task-metadata"]),
+@click.option("--server-from", "server_from", envvar=SyncSettings.env_name("server_from"),
+              type=click.Choice(["ecs-task-metadata"]),
               default=None, help="Derive --server without configuration: ecs-task-metadata reads this task's ARN "
                                  "from $ECS_CONTAINER_METADATA_URI_V4/task and syncs as ecs-<task id>, the name "
                                  "ECS discovery registers.")
@@ -258,7 +263,7 @@ def sync(uri: str, repository: Path, endpoint_url: str | None, interval: float, 
 @click.option("--http-port", type=int, default=8000, show_default=True)
 @click.option("--grpc-port", type=int, default=8001, show_default=True)
 @click.option("--metrics-port", type=int, default=8002, show_default=True)
-@click.option("--admin-key", envvar="FLEET_TRITON_ADMIN_KEY",
+@click.option("--admin-key", envvar=ControlPlaneSettings.env_name("triton_admin_key"),
               help="Require header triton-admin-key on the repository API (load/unload).")
 def serve(repository: Path, family: str, load: tuple[str, ...], http_port: int, grpc_port: int,
           metrics_port: int, admin_key: str | None) -> None:
@@ -360,9 +365,9 @@ def _server_api(url: str | None, token: str | None):
     return api
 
 
-_URL = click.option("--url", envvar="FLEET_CONTROL_PLANE_URL", default=None,
+_URL = click.option("--url", envvar=ClientSettings.env_name("control_plane_url"), default=None,
                     help="Control plane (default: the one `fleet up` started).")
-_TOKEN = click.option("--token", envvar="FLEET_API_TOKEN", default=None, help="API bearer token.")
+_TOKEN = click.option("--token", envvar=ClientSettings.env_name("api_token"), default=None, help="API bearer token.")
 
 
 @server_commands.command(name="drain")

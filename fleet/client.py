@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import os
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -37,6 +36,8 @@ from tenacity import (
     wait_random_exponential,
 )
 from tritonclient.utils import InferenceServerException, triton_to_np_dtype
+
+from fleet.settings import ClientSettings
 
 # Codes on which another replica (or a fresh resolution) may succeed; everything else is final.
 RETRIED_CODES = ("UNAVAILABLE", "NOT_FOUND", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED", "CANCELLED")
@@ -112,7 +113,7 @@ class _Routes:
                  refresh_after_s: float = 5.0) -> None:
         self.url = control_plane_url.rstrip("/")
         self.http = requests.Session()
-        token = token if token is not None else os.environ.get("FLEET_API_TOKEN")
+        token = token if token is not None else ClientSettings.from_env().api_token
         if token:
             self.http.headers["Authorization"] = f"Bearer {token}"
         self.cache_ttl_s, self.bad_for_s = cache_ttl_s, bad_for_s

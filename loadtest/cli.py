@@ -10,6 +10,7 @@ from pathlib import Path
 
 import click
 
+from fleet.settings import ClientSettings
 from loadtest.mix import MIXES
 from loadtest.sweep import LOCUSTFILES
 
@@ -48,7 +49,7 @@ def loadtest() -> None:
 @loadtest.command("raw")
 @_with(_driver_options(16))
 @click.option("--models-from", required=True, help="Control-plane URL or a manifest.json (or its folder).")
-@click.option("--token", envvar="FLEET_API_TOKEN", default=None, help="Control-plane API token.")
+@click.option("--token", envvar=ClientSettings.env_name("api_token"), default=None, help="Control-plane API token.")
 @click.option("--pack-size", type=click.IntRange(1), default=100, show_default=True,
               help="With a manifest: the --pack-size the repository was built with.")
 @click.option("--mix", type=click.Choice(MIXES), default="zipf", show_default=True)

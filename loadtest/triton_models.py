@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import logging
-import os
 from pathlib import Path
 
 import gevent
@@ -23,6 +22,7 @@ from locust import User, events, task
 from locust.env import Environment
 from locust.exception import StopUser
 
+from fleet.settings import ClientSettings
 from loadtest.catalogue import CatalogueError, load_catalogue
 from loadtest.locust_grpc import ClientPool, pacing, runs_load, send, stop_run, worker_seed
 from loadtest.mix import MIXES, MixError
@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 def _arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--models-from", default="", env_var="LOCUST_MODELS_FROM",
                         help="Control-plane URL (http[s]://...) or a manifest.json (or its folder).")
-    parser.add_argument("--token", default=os.environ.get("FLEET_API_TOKEN", ""), is_secret=True,
+    parser.add_argument("--token", default=ClientSettings.from_env().api_token or "", is_secret=True,
                         help="Control-plane API token (default: $FLEET_API_TOKEN).")
     parser.add_argument("--pack-size", type=int, default=100, env_var="LOCUST_PACK_SIZE",
                         help="With a manifest: the --pack-size the repository was built with.")

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from fleet.seaweedfs import SeaweedS3
+from fleet.settings import DevelopmentSettings
 
 # Subprocesses the tests start (`python -m locust`, `python -m fleet.cli`) must not put the repository
 # root on sys.path: its triton/ folder would import as a `triton` namespace package and break torch.
@@ -51,7 +52,7 @@ def postgres(tmp_path_factory: pytest.TempPathFactory):
 
 # The registry backends the API, race and reliability stacks run on (FLEET_TEST_DATABASES=sqlite narrows a
 # local run to one).
-DATABASES = [name for name in os.environ.get("FLEET_TEST_DATABASES", "sqlite,postgresql").split(",") if name]
+DATABASES = DevelopmentSettings.from_env().test_databases
 
 
 def database_for(request: pytest.FixtureRequest, backend: str, folder: Path) -> str:

@@ -32,12 +32,11 @@ def _out(test: LoadTest) -> dict:
 def start(body: LoadTestIn):
     state = current_app.extensions["fleet"]
     settings = state.settings
-    over = {field: {"requested": value, "limit": limit, "setting": f"FLEET_LOADTEST_MAX_{suffix}"}
-            for field, value, limit, suffix in (
-                ("users", body.users, settings.loadtest_max_users, "USERS"),
-                ("processes", body.processes, settings.loadtest_max_processes, "PROCESSES"),
-                ("duration_s", body.duration_s, settings.loadtest_max_duration_s, "DURATION_S"))
-            if value > limit}
+    over = {field: {"requested": value, "limit": getattr(settings, f"loadtest_max_{field}"),
+                    "setting": settings.env_name(f"loadtest_max_{field}")}
+            for field, value in (("users", body.users), ("processes", body.processes),
+                                 ("duration_s", body.duration_s))
+            if value > getattr(settings, f"loadtest_max_{field}")}
     if over:
         raise ApiError(422, "loadtest_too_large", "the load test exceeds this control plane's limits: " + "; ".join(
             f"{field} {o['requested']} > {o['limit']} ({o['setting']})" for field, o in over.items()), over)

@@ -14,9 +14,9 @@ from control_plane.discovery.base import (
     Discoverer,
     DiscoveryError,
     DiscoveryResult,
-    DiscoverySettings,
     apply,
 )
+from fleet.settings import DiscoverySettings  # FLEET_DISCOVERY_*, declared with every FLEET_* variable
 
 __all__ = ["Discovered", "Discoverer", "DiscoveryError", "DiscoveryResult", "DiscoverySettings", "apply",
            "discover", "make_discoverer"]

@@ -20,42 +20,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Literal, Protocol
 
-from pydantic import BaseModel, Field
 from sqlalchemy import select
 from sqlalchemy.orm import sessionmaker
 
 from control_plane.db import AuditEntry, Placement, Server
 
 log = logging.getLogger(__name__)
-
-
-class DiscoverySettings(BaseModel):
-    """Read from FLEET_DISCOVERY_* variables (see `from_env`)."""
-
-    target: Literal["none", "eks", "ecs"] = Field("none", description="where Triton servers come and go")
-    capacity_bytes: int = Field(8 * 2**30, ge=64 * 2**20,
-                                description="a server's memory when its pod declares no memory limit")
-    http_port: int = 8000
-    grpc_port: int = 8001
-    # EKS
-    namespace: str = "triton-fleet"
-    service_selector: str = Field("app.kubernetes.io/component=inference-server",
-                                  description="label selector of the Triton Services whose pods are servers")
-    # ECS
-    region: str | None = None
-    cluster: str | None = None
-    target_group_arn: str | None = Field(None, description="the Triton tasks' target group (gRPC port)")
-    interval_s: float = Field(10.0, gt=0, description="the platform's API is asked at most this often (the "
-                              "reconciler's tick may be shorter); a leaving server is seen within it")
-
-    @classmethod
-    def from_env(cls, environ: dict[str, str] | None = None, **overrides) -> DiscoverySettings:
-        import os
-
-        environ = os.environ if environ is None else environ
-        values = {name: environ[f"FLEET_DISCOVERY_{name.upper()}"] for name in cls.model_fields
-                  if f"FLEET_DISCOVERY_{name.upper()}" in environ}
-        return cls(**{**values, **overrides})
 
 
 class DiscoveryError(RuntimeError):

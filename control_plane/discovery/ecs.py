@@ -14,8 +14,9 @@ import logging
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from control_plane.discovery.base import Discovered, DiscoveryError, DiscoverySettings
+from control_plane.discovery.base import Discovered, DiscoveryError
 from control_plane.targets.ecs.tasks import private_ip
+from fleet.settings import DiscoverySettings
 from model_repository.server_names import ECS_PREFIX, ServerNameError, ecs_server_name
 
 READY_STATES = ("healthy",)

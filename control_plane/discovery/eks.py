@@ -13,8 +13,9 @@ from kubernetes import client
 from kubernetes.client import ApiException
 from kubernetes.utils import parse_quantity
 
-from control_plane.discovery.base import Discovered, DiscoveryError, DiscoverySettings, ServerState
+from control_plane.discovery.base import Discovered, DiscoveryError, ServerState
 from control_plane.targets.eks.manifests import FAMILY_LABEL
+from fleet.settings import DiscoverySettings
 from model_repository.server_names import EKS_PREFIX, eks_server_name
 
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"

@@ -3,7 +3,6 @@ headless chromium, and JSON logs with request ids merged by `fleet logs`."""
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 from datetime import datetime
@@ -17,6 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from control_plane.observability.cli import logs_command
 from control_plane.observability.dashboards import used_metric_names
+from fleet.settings import DevelopmentSettings
 from model_repository.generator import example_inputs, generate
 
 from .conftest import TOKEN, wait_for
@@ -137,7 +137,7 @@ def test_the_status_page_renders_servers_models_and_load_tests_in_headless_chrom
     done = headless(f"{fleet.url}/", tmp_path, f"--screenshot={shot}", "--window-size=1300,760",
                     "--virtual-time-budget=3000")
     assert done.returncode == 0 and shot.stat().st_size > 10_000, done.stderr[-2000:]
-    if os.environ.get("FLEET_UPDATE_SCREENSHOT"):
+    if DevelopmentSettings.from_env().update_screenshot:
         shutil.copyfile(shot, SCREENSHOT)
 
 

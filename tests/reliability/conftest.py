@@ -23,6 +23,7 @@ from sqlalchemy import text
 
 from control_plane.db import make_engine
 from fleet.seaweedfs import SeaweedS3
+from fleet.settings import DevelopmentSettings
 from fleet.triton_server import TritonServer, free_port
 
 
@@ -48,7 +49,7 @@ SERVERS = ("triton-a", "triton-b")
 
 
 def _databases() -> list[str]:
-    return [name for name in os.environ.get("FLEET_TEST_DATABASES", "sqlite,postgresql").split(",") if name]
+    return DevelopmentSettings.from_env().test_databases
 
 
 def pytest_collection_modifyitems(config, items):

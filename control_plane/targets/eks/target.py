@@ -13,7 +13,6 @@ k8s/modules/control-plane/rbac.yaml). Validated against an API emulator only (do
 """
 from __future__ import annotations
 
-import os
 import secrets
 import time
 from collections.abc import Mapping
@@ -55,6 +54,7 @@ from control_plane.targets.eks.rollout import (
     wait_for_statefulsets,
     wait_until_gone,
 )
+from fleet.settings import EksDeploySettings
 
 FAMILIES: tuple[ComputeFamily, ...] = ("cpu", "gpu", "inf2")
 CUSTOM_METRICS_GROUP = "custom.metrics.k8s.io"
@@ -101,17 +101,10 @@ class EksSettings:
     def from_env(cls, environ: Mapping[str, str] | None = None) -> EksSettings:
         """Settings from FLEET_EKS_* variables, for callers that build EksTarget() without arguments
         (the CLI, the control plane). Unset variables keep the defaults."""
-        env = os.environ if environ is None else environ
-        defaults = cls()
-        return cls(
-            namespace=env.get("FLEET_EKS_NAMESPACE", defaults.namespace),
-            manifests=Path(env.get("FLEET_EKS_MANIFESTS", defaults.manifests)),
-            registry=env.get("FLEET_EKS_REGISTRY") or None,
-            roles=Roles(env.get("FLEET_EKS_REPOSITORY_ROLE_ARN") or None,
-                        env.get("FLEET_EKS_CONTROL_PLANE_ROLE_ARN") or None),
-            autoscaling=env.get("FLEET_EKS_AUTOSCALING", "true").lower() not in ("0", "false", "no"),
-            kube_context=env.get("FLEET_EKS_CONTEXT") or None,
-        )
+        env = EksDeploySettings.from_env(environ)  # declared in fleet/settings.py
+        return cls(namespace=env.namespace, manifests=env.manifests or cls.manifests, registry=env.registry,
+                   roles=Roles(env.repository_role_arn, env.control_plane_role_arn), autoscaling=env.autoscaling,
+                   kube_context=env.context)
 
 
 class EksTarget:
