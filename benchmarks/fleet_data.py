@@ -23,25 +23,20 @@ import json
 import os
 import re
 import signal
-import subprocess
-import sys
 import tempfile
 import threading
 import time
 import uuid
 from pathlib import Path
 
-import requests
-
 from control_plane.assignments import publish_assignment
 from control_plane.placement import PackView, PlacementPolicy, ServerView, plan_placement, working_set_bytes
 from control_plane.settings import Settings
-from control_plane.traffic import parse
 from fleet import waiting
 from fleet.client import FleetClient
-from fleet.processes import stop_group
 from fleet.seaweedfs import SeaweedS3
-from fleet.triton_server import TritonServer, free_port, start_servers
+from fleet.stack import Stack, StackSpec
+from fleet.triton_server import TritonServer
 from model_repository.generator import example_inputs, generate
 from model_repository.manifest import Manifest
 from model_repository.packing import build_repository
@@ -114,50 +109,30 @@ def new_server_share(s3: SeaweedS3, root: Path, uri: str, packs: list[str]) -> d
             "load_seconds": round(loaded - synced, 2), "total_seconds": round(loaded - started, 2)}
 
 
-class ControlPlaneProcess:
-    def __init__(self, root: Path, s3: SeaweedS3, env_extra: dict[str, str]) -> None:
-        self.url = f"http://127.0.0.1:{free_port()}"
-        self.database = f"sqlite:///{root / 'registry.db'}"
-        self.uri = f"s3://bench/cp-{uuid.uuid4().hex[:8]}"
-        env = {**os.environ, **s3.environment(), "FLEET_API_TOKEN": TOKEN, "FLEET_TRITON_ADMIN_KEY": ADMIN_KEY,
-               "FLEET_DATABASE_URL": self.database, "FLEET_WORK_DIR": str(root / "work"),
-               "FLEET_REPOSITORY_ROOT": str(root),
-               "FLEET_REPOSITORY_URI": self.uri, "FLEET_S3_ENDPOINT_URL": s3.endpoint_url,
-               "FLEET_RECONCILE_INTERVAL_S": "0.5", "FLEET_SERVER_DEAD_AFTER_S": "2", "FLEET_PACK_SIZE": "1",
-               "PYTHONSAFEPATH": "1", **env_extra}
-        self.log = open(root / "control-plane.log", "ab")  # noqa: SIM115  closed in stop()
-        self.process = subprocess.Popen([sys.executable, "-m", "fleet.cli", "control-plane", "serve", "--port",
-                                         self.url.rsplit(":", 1)[1]], env=env, stdout=self.log,
-                                        stderr=subprocess.STDOUT, start_new_session=True)
-        self.http = requests.Session()
-        self.http.headers["Authorization"] = f"Bearer {TOKEN}"
-        wait_for(lambda: self._ready(), "control plane ready", 120)
-
-    def _ready(self) -> bool:
-        try:
-            return requests.get(f"{self.url}/readyz", timeout=1).status_code == 200
-        except requests.RequestException:
-            return False
-
-    def api(self, method: str, path: str, **kwargs) -> requests.Response:
-        return self.http.request(method, f"{self.url}/api/v1{path}", timeout=60, **kwargs)
-
-    def stop(self) -> None:
-        stop_group(self.process, timeout_s=30)
-        self.log.close()
+def _fleet(s3: SeaweedS3, root: Path, servers: tuple[str, ...], metrics: bool = False, **settings) -> Stack:
+    """Servers and a control plane on the run's S3 (fleet/stack.py, as the tests build theirs), one pack per
+    model, the servers registered with a local server's default host budget."""
+    stack = Stack(StackSpec(root, servers=servers, token=TOKEN, admin_key=ADMIN_KEY, bucket="bench",
+                            prefix=f"cp-{uuid.uuid4().hex[:8]}",
+                            settings={"reconcile_interval_s": 0.5, "server_dead_after_s": 2, "pack_size": 1,
+                                      **settings}), s3=s3).start()
+    stack.register_servers(capacity_bytes=SERVER_HOST_BUDGET, metrics=metrics)
+    return stack
 
 
-def _register(cp: ControlPlaneProcess, entry, generated: Path) -> dict:
-    signature = json.dumps({"inputs": [i.model_dump(mode="json") for i in entry.inputs],
-                            "outputs": [o.model_dump(mode="json") for o in entry.outputs]})
-    response = cp.api("POST", "/models", data={"name": entry.id, "signature": signature},
-                      files={"artifact": ("model.pt", (generated / entry.file).read_bytes())})
+def get(stack: Stack, path: str) -> dict:
+    response = stack.api().get(f"{stack.url}/api/v1{path}", timeout=60)
     response.raise_for_status()
-    return wait_for(lambda: (b := cp.api("GET", f"/models/{entry.id}").json())["status"] == "servable" and b,
+    return response.json()
+
+
+def _register(stack: Stack, entry, generated: Path) -> dict:
+    stack.register(generated, entry).raise_for_status()
+    return wait_for(lambda: (b := get(stack, f"/models/{entry.id}"))["status"] == "servable" and b,
                     f"{entry.id} servable")
 
 
-def _kill_under_load(cp: ControlPlaneProcess, model: str, inputs, victim: TritonServer, users: int,
+def _kill_under_load(cp: Stack, model: str, inputs, victim: TritonServer, users: int,
                      after_s: float) -> dict:
     counts = {"ok": 0, "failed": 0}
     latencies: list[float] = []
@@ -197,23 +172,13 @@ def _kill_under_load(cp: ControlPlaneProcess, model: str, inputs, victim: Triton
 def _kill_once(s3: SeaweedS3, base: Path, replicas_min: int, after_s: float, users: int) -> dict:
     generated = base / "generated"
     generate(1, generated, seed=2)
-    servers = start_servers(base, ("triton-a", "triton-b", "triton-c"), ADMIN_KEY)
-    cp = ControlPlaneProcess(base, s3, {"FLEET_REPLICAS_MIN": str(replicas_min)})
-    try:
-        for name, server in servers.items():
-            cp.api("POST", "/servers", json={"name": name, "family": "cpu", "http_url": server.http_url,
-                                             "grpc_url": server.grpc_url, "capacity_bytes": 8 * 2**30,
-                                             "repository_path": str(server.repository)}).raise_for_status()
+    with _fleet(s3, base, ("triton-a", "triton-b", "triton-c"), replicas_min=replicas_min) as cp:
         entry = Manifest.read(generated).models[0]
         _register(cp, entry, generated)
-        model = wait_for(lambda: len((m := cp.api("GET", f"/models/{entry.id}").json())["endpoints"]) == replicas_min
+        model = wait_for(lambda: len((m := get(cp, f"/models/{entry.id}"))["endpoints"]) == replicas_min
                          and m, f"{replicas_min} endpoints")
         holder = model["endpoints"][0]["server"]
-        return _kill_under_load(cp, entry.id, example_inputs(entry, batch=1), servers[holder], users, after_s)
-    finally:
-        cp.stop()
-        for server in servers.values():
-            server.stop()
+        return _kill_under_load(cp, entry.id, example_inputs(entry, batch=1), cp.servers[holder], users, after_s)
 
 
 def kill_with_and_without_replicas(s3: SeaweedS3, root: Path, after_s: float, users: int) -> dict:
@@ -227,7 +192,7 @@ def kill_with_and_without_replicas(s3: SeaweedS3, root: Path, after_s: float, us
 def _served(server: TritonServer, pack: str, member: str) -> float:
     """Requests for this member the server's pack runtime answered (its own per-member counter: the
     control plane's stub probes and config reads never count there)."""
-    return parse(requests.get(server.metrics_url, timeout=5).text).members.get((pack, member), 0.0)
+    return server.admin.scrape(timeout_s=5).member_requests.get((pack, member), 0.0)
 
 
 def hot_pack_replica(s3: SeaweedS3, root: Path, hot_rps: float, cool_rps: float, every_s: float,
@@ -236,31 +201,25 @@ def hot_pack_replica(s3: SeaweedS3, root: Path, hot_rps: float, cool_rps: float,
     root = root / f"hot-{uuid.uuid4().hex[:6]}"
     generated = root / "generated"
     generate(2, generated, seed=3)
-    servers = start_servers(root, ("hot-a", "hot-b", "hot-c"), ADMIN_KEY)
-    cp = ControlPlaneProcess(root, s3, {"FLEET_HOT_RPS_PER_REPLICA": str(hot_rps),
-                                        "FLEET_COOL_RPS_PER_REPLICA": str(cool_rps),
-                                        # failure detection is not measured here (see the e2e test's note)
-                                        "FLEET_SERVER_DEAD_AFTER_S": "20"})
+    # failure detection is not measured here (see the e2e test's note): server_dead_after_s 20
+    cp = _fleet(s3, root, ("hot-a", "hot-b", "hot-c"), metrics=True, hot_rps_per_replica=hot_rps,
+                cool_rps_per_replica=cool_rps, server_dead_after_s=20)
+    servers = cp.servers
     try:
-        for name, server in servers.items():
-            cp.api("POST", "/servers", json={"name": name, "family": "cpu", "http_url": server.http_url,
-                                             "grpc_url": server.grpc_url, "metrics_url": server.metrics_url,
-                                             "capacity_bytes": 8 * 2**30,
-                                             "repository_path": str(server.repository)}).raise_for_status()
         entry = Manifest.read(generated).models[0]
         model = _register(cp, entry, generated)
         pack = model["pack"]
-        model = wait_for(lambda: len((m := cp.api("GET", f"/models/{entry.id}").json())["endpoints"]) == 2 and m,
+        model = wait_for(lambda: len((m := get(cp, f"/models/{entry.id}"))["endpoints"]) == 2 and m,
                          "two replicas")
         third = next(n for n in servers if n not in {e["server"] for e in model["endpoints"]})
 
         def placements() -> list[dict]:
-            return [p for p in cp.api("GET", "/placements").json()["items"] if p["pack"] == pack]
+            return [p for p in get(cp, "/placements")["items"] if p["pack"] == pack]
 
         with tempfile.TemporaryDirectory(dir=root) as by_hand:  # baseline: the load alone
             (Path(by_hand) / "repository").mkdir()
             with TritonServer(Path(by_hand) / "repository") as fresh:
-                sync(cp.uri, fresh.repository, s3.client())
+                sync(cp.settings.repository_uri, fresh.repository, s3.client())
                 started = time.monotonic()
                 fresh.load(pack)
                 baseline_load = time.monotonic() - started
@@ -309,8 +268,6 @@ def hot_pack_replica(s3: SeaweedS3, root: Path, hot_rps: float, cool_rps: float,
         client.close()
     finally:
         cp.stop()
-        for server in servers.values():
-            server.stop()
     return {"cache_ttl_s": 30.0, "refresh_after_s": refresh_after_s, "hot_rps_per_replica": hot_rps,
             "cool_rps_per_replica": cool_rps,
             "offered_rps": round(rps, 1), "placed_s": placed, "loaded_s": loaded, "answered_s": answered,

@@ -327,7 +327,7 @@ def compile_(repository: Path, family: str, static_batch: int) -> None:
 def up_command(models: int, loadtest_seconds: int, users: int, profile: str, real_size: str,
                control_planes: int, servers: int) -> None:
     """Start the local stack (S3, N tritonservers, control plane), register models, load-test it."""
-    from fleet.stack import print_summary, up
+    from fleet.demo import print_summary, up
 
     kinds = tuple(k.strip() for k in real_size.split(",") if k.strip())
     unknown = [k for k in kinds if k not in PROFILE_NAMES or k in ("tiny", "mixed")]

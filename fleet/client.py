@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
+import os
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -35,9 +37,10 @@ from tenacity import (
     stop_after_delay,
     wait_random_exponential,
 )
-from tritonclient.utils import InferenceServerException, triton_to_np_dtype
+from tritonclient.utils import InferenceServerException, np_to_triton_dtype, triton_to_np_dtype
 
 from fleet.settings import ClientSettings
+from model_repository.contract import request_parameters
 
 # Codes on which another replica (or a fresh resolution) may succeed; everything else is final.
 RETRIED_CODES = ("UNAVAILABLE", "NOT_FOUND", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED", "CANCELLED")
@@ -361,3 +364,62 @@ class AsyncFleetClient:
             await client.close()
         self._clients.clear()
         self.routes.close()
+
+
+# ---- one register and one infer helper, for scripts, load generators, benchmarks and tests --------------
+def signature_of(entry) -> dict:
+    """A model's signature as the API takes it, from anything with `inputs` and `outputs` (a manifest entry
+    of `fleet generate`, or a dict that already is one)."""
+    if isinstance(entry, Mapping):
+        return {"inputs": list(entry["inputs"]), "outputs": list(entry["outputs"])}
+    return {"inputs": [spec.model_dump(mode="json") for spec in entry.inputs],
+            "outputs": [spec.model_dump(mode="json") for spec in entry.outputs]}
+
+
+def register(control_plane_url: str, name: str, artifact: str | os.PathLike | bytes, signature: Mapping | str, *,
+             token: str | None = None, family: str | None = None, filename: str | None = None,
+             http: requests.Session | None = None, timeout_s: float = 120.0) -> requests.Response:
+    """Register a model by uploading its artifact (`POST /api/v1/models`: TorchScript .pt or torch.export
+    .pt2) with its signature (`signature_of`); returns the response (201 new, 200 the same content again,
+    4xx with the reason). The file streams from disk; `token` defaults to FLEET_API_TOKEN."""
+    token = token if token is not None else ClientSettings.from_env().api_token
+    session = http or requests.Session()
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    form = {"name": name, "signature": signature if isinstance(signature, str) else json.dumps(signature)}
+    if family:
+        form["family"] = family
+    try:
+        if isinstance(artifact, bytes):
+            return session.post(f"{control_plane_url.rstrip('/')}/api/v1/models", data=form, headers=headers,
+                                files={"artifact": (filename or "model.pt", artifact)}, timeout=timeout_s)
+        with open(artifact, "rb") as stream:
+            return session.post(f"{control_plane_url.rstrip('/')}/api/v1/models", data=form, headers=headers,
+                                files={"artifact": (filename or os.path.basename(artifact), stream)},
+                                timeout=timeout_s)
+    finally:
+        if http is None:
+            session.close()
+
+
+def infer_at(grpc_url: str, model: str, inputs: Mapping[str, np.ndarray], member: str | None = None, *,
+             datatypes: Mapping[str, str] | None = None, timeout_s: float = 30.0,
+             client: grpcclient.InferenceServerClient | None = None) -> grpcclient.InferResult:
+    """One request to a given server and Triton model (a pack, routed to `member` by the request parameter),
+    without asking the control plane: for callers that chose the replica themselves. Datatypes follow the
+    arrays' dtypes unless `datatypes` names them (BF16 has no numpy dtype). `client`: a channel to reuse
+    (kept open); else one is opened and closed. Raises tritonclient's InferenceServerException as the server
+    answered."""
+    own = client is None
+    client = client or GrpcClient(grpc_url)
+    try:
+        tensors = []
+        for name, array in inputs.items():
+            datatype = (datatypes or {}).get(name) or np_to_triton_dtype(array.dtype)
+            tensor = grpcclient.InferInput(name, list(array.shape), datatype)
+            tensor.set_data_from_numpy(array)
+            tensors.append(tensor)
+        return client.infer(model, tensors, parameters=request_parameters(member) if member else None,
+                            client_timeout=timeout_s)
+    finally:
+        if own:
+            client.close()

@@ -1,17 +1,18 @@
-"""`fleet up` / `fleet down`: the whole stack on this machine, on real parts.
+"""The local stack on real parts, built one way for `fleet up`, the benchmarks and the tests: SeaweedFS (S3 on
+loopback), N tritonservers, M control planes (`fleet control-plane serve` under waitress) and the registry's
+database (SQLite; an embedded PostgreSQL when several control planes share one, or when asked).
 
-Up starts SeaweedFS (S3), N tritonservers (default two) and the control plane (waitress), then does what a user
-would through the REST API: registers the servers, generates and registers 1,000 unique models, waits
-until every one is servable, runs a short locust load test and prints a summary. Everything it starts is
-recorded in .fleet/stack.json so `fleet down` stops all of it.
+Layout under `root`, which is what `fleet up` leaves in .fleet/:
 
-Real sizes: of the 1,000 models, the last few are a real-size phase (by default one BERT-mini of 42 MiB,
-one ResNet-50 of 98 MiB and one BERT-small of 109 MiB, from model_repository/profiles.py), so that a
-newcomer sees upload, validation, S3, sync and a pack load move hundreds of megabytes, and the summary
-prints the bytes served and each real-size model's first (cold) and second (warm) answer. The rest use
-`--profile` (tiny by default: the whole `mixed` profile is ~7 GiB per 1,000 models, more than a 2-core
-CI machine moves in the three minutes the demo may take; `fleet up --profile mixed` does it where there
-is time).
+    s3/                          SeaweedFS data and weed.log
+    servers/NAME/repository      each tritonserver's repository (FLEET_REPOSITORY_ROOT is servers/)
+    servers/NAME/tritonserver.log
+    control-plane[-k]/           each control plane's work folder;  control-plane[-k].log its log
+    registry.db  or  postgres/   the registry's database
+
+The control planes' environment is rendered from fleet/settings.py (`ControlPlaneSettings.environment()`),
+the one place FLEET_* variables are defined. With `record`, every process is written to stack.json as it
+starts, so `fleet down` (`down`) stops them after the process that built the stack is gone.
 """
 from __future__ import annotations
 
@@ -22,42 +23,348 @@ import signal
 import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
-import click
 import requests
-from tqdm import tqdm
 
-from fleet import demo_models
+from fleet.client import register, signature_of
+from fleet.postgres import EmbeddedPostgres
+from fleet.processes import stop_group
 from fleet.seaweedfs import SeaweedS3
+from fleet.settings import ControlPlaneSettings, ObservabilitySettings
 from fleet.triton_server import TritonServer, free_port
+from fleet.waiting import wait_for
 
 STATE_DIR = Path(".fleet")
 STACK_FILE = STATE_DIR / "stack.json"
-BUCKET = "fleet-models"
+
+
+class StackError(RuntimeError):
+    """A part of the stack did not start or answer; the message says which and where its log is."""
 
 
 @dataclass
-class Api:
-    """A thin REST client for the control plane, the way a user script would call it."""
+class ControlPlane:
+    """One control-plane process (`python -m fleet.cli control-plane serve`) on 127.0.0.1."""
 
     url: str
-    token: str
+    env: dict[str, str]
+    log: Path
+    token: str | None = None
+    process: subprocess.Popen | None = None
 
-    def __post_init__(self) -> None:
-        self.http = requests.Session()
-        self.http.headers["Authorization"] = f"Bearer {self.token}"
+    @property
+    def port(self) -> int:
+        return int(self.url.rsplit(":", 1)[1])
 
-    def call(self, method: str, path: str, **kwargs) -> requests.Response:
-        response = self.http.request(method, f"{self.url}{path}", timeout=120, **kwargs)
-        if response.status_code >= 400:
-            raise click.ClickException(f"{method} {path} -> {response.status_code}: {response.text[:500]}")
-        return response
+    @property
+    def work_dir(self) -> Path:
+        return Path(self.env[ControlPlaneSettings.env_name("work_dir")])
+
+    @property
+    def metrics_url(self) -> str | None:
+        """Its /metrics without a token, when it was given a metrics port (StackSpec.metrics_port)."""
+        port = self.env.get(ObservabilitySettings.env_name("metrics_port"))
+        return f"http://127.0.0.1:{port}/metrics" if port else None
+
+    def start(self, wait: bool = True, timeout_s: float = 120.0) -> ControlPlane:
+        """Start the process (again, after a stop); with `wait`, return once it answers /readyz."""
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log, "ab") as log_file:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "fleet.cli", "control-plane", "serve", "--port", str(self.port)],
+                env=self.env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
+        return self.wait_ready(timeout_s) if wait else self
+
+    def wait_ready(self, timeout_s: float = 120.0) -> ControlPlane:
+        def ready() -> bool:
+            if self.process is not None and self.process.poll() is not None:
+                raise StackError(f"the control plane at {self.url} exited with {self.process.returncode}; "
+                                 f"last log lines:\n{self.log_tail()}")
+            return self.ready()
+
+        try:
+            wait_for(ready, timeout_s, interval_s=0.3, what=f"control plane {self.url} ready")
+        except AssertionError as error:
+            raise StackError(f"{error}; last log lines:\n{self.log_tail()}") from None
+        return self
+
+    def ready(self) -> bool:
+        try:
+            return requests.get(f"{self.url}/readyz", timeout=1).status_code == 200
+        except requests.RequestException:
+            return False
+
+    def leads(self) -> bool:
+        """Whether this replica says it leads the reconciler (GET /readyz)."""
+        try:
+            return bool(requests.get(f"{self.url}/readyz", timeout=5).json().get("leader"))
+        except (requests.RequestException, ValueError):
+            return False
+
+    def log_tail(self, chars: int = 3000) -> str:
+        return self.log.read_text(errors="replace")[-chars:] if self.log.exists() else "(no log)"
+
+    def api(self, token: str | None = "default") -> requests.Session:
+        """A session that sends `token` (default: the stack's token; None: no token)."""
+        token = self.token if token == "default" else token
+        session = requests.Session()
+        if token:
+            session.headers["Authorization"] = f"Bearer {token}"
+        return session
+
+    def stop(self, timeout_s: float = 20.0) -> None:
+        if self.process is not None:
+            stop_group(self.process, timeout_s=timeout_s)
+
+    def kill(self) -> None:
+        """SIGKILL the control plane and its validation workers (its own process group)."""
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
 
 
-def _stop_group(pid: int, timeout_s: float = 20.0) -> None:
+@dataclass
+class StackSpec:
+    """What to start. `settings`: further ControlPlaneSettings fields for every control plane (e.g.
+    reconcile_interval_s=0.5); `observability`: ObservabilitySettings fields (a metrics port is given one
+    free port per control plane with metrics_port=True). `database`: sqlite, postgresql or a SQLAlchemy URL."""
+
+    root: Path
+    servers: tuple[str, ...] = ("triton-a", "triton-b")
+    control_planes: int = 1
+    database: str = "sqlite"
+    token: str = field(default_factory=lambda: secrets.token_urlsafe(24))
+    admin_key: str | None = field(default_factory=lambda: secrets.token_urlsafe(24))
+    bucket: str = "fleet-models"
+    prefix: str = "repository"
+    settings: Mapping[str, object] = field(default_factory=dict)
+    observability: Mapping[str, object] = field(default_factory=dict)
+    metrics_port: bool = False
+    triton_args: tuple[str, ...] = ()
+    s3_keys: tuple[str, str] | None = None  # (access key, secret key) of SeaweedFS's one identity
+    record: bool = False  # write every process to root/stack.json (fleet up / fleet down)
+
+
+class Stack:
+    """Start with `start()` (or `with`); `s3` and `postgres` may be given (a test session's shared ones),
+    and are then neither started nor stopped here."""
+
+    def __init__(self, spec: StackSpec, s3: SeaweedS3 | None = None, postgres: EmbeddedPostgres | None = None):
+        self.spec, self.root = spec, Path(spec.root).resolve()
+        self._own_s3, self.s3 = s3 is None, s3
+        self._own_postgres, self.postgres = postgres is None, postgres
+        self.servers: dict[str, TritonServer] = {}
+        self.control_planes: list[ControlPlane] = []
+        self.database_url = ""
+        self.settings: ControlPlaneSettings | None = None
+        self.record: dict = {"pids": {}}
+        self.started = False
+
+    # ---- building ------------------------------------------------------------------------------------
+    def start(self, progress: Callable[[str], None] = lambda step: None) -> Stack:
+        """Start every part in order (S3, servers, database, control planes), telling `progress` each step;
+        returns once every control plane answers /readyz. On a failure what started is stopped (unless
+        recorded: `fleet down` stops it then)."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.started = True
+        try:
+            progress("starting SeaweedFS (S3 on loopback)")
+            self.start_s3()
+            progress(f"starting {len(self.spec.servers)} tritonservers (explicit model control, repository API "
+                     "behind a key)")
+            for name in self.spec.servers:
+                self.start_server(name)
+            if not self.spec.control_planes:  # the caller runs its own (in process)
+                return self
+            several = self.spec.control_planes > 1 or self.spec.database == "postgresql"
+            progress(f"starting {self.spec.control_planes} control plane(s) under waitress"
+                     + (" on an embedded PostgreSQL" if several and "://" not in self.spec.database else ""))
+            self.database_url = self._database()
+            self.settings = ControlPlaneSettings.from_env(
+                api_token=self.spec.token, triton_admin_key=self.spec.admin_key, database_url=self.database_url,
+                repository_uri=f"s3://{self.spec.bucket}/{self.spec.prefix}", s3_endpoint_url=self.s3.endpoint_url,
+                repository_root=self.root / "servers", **self.spec.settings)
+            for k in range(self.spec.control_planes):
+                self.control_planes.append(self._control_plane(k).start(wait=False))
+                self._note(self.control_planes[-1].log.stem, self.control_planes[-1].process.pid)
+            for plane in self.control_planes:
+                plane.wait_ready()
+        except BaseException:
+            if not self.spec.record:
+                self.stop()
+            raise
+        return self
+
+    def start_s3(self) -> SeaweedS3:
+        if self.s3 is None:
+            keys = dict(zip(("access_key", "secret_key"), self.spec.s3_keys, strict=True)) if self.spec.s3_keys else {}
+            self.s3 = SeaweedS3(self.root / "s3", **keys).start()
+            self._note("seaweedfs", self.s3.process.pid)
+        self.s3.create_bucket(self.spec.bucket)
+        return self.s3
+
+    def start_server(self, name: str) -> TritonServer:
+        repository = self.root / "servers" / name / "repository"
+        repository.mkdir(parents=True, exist_ok=True)
+        server = TritonServer(repository, admin_key=self.spec.admin_key, extra_args=self.spec.triton_args,
+                              log_path=repository.parent / "tritonserver.log").start()
+        self.servers[name] = server
+        self._note(name, server.process.pid)
+        return server
+
+    def _database(self) -> str:
+        database = self.spec.database
+        if database == "sqlite" and self.spec.control_planes == 1:
+            return f"sqlite:///{self.root / 'registry.db'}"
+        if database in ("sqlite", "postgresql"):  # several control planes share one PostgreSQL
+            if self.postgres is None:
+                self.postgres = EmbeddedPostgres(self.root / "postgres",
+                                                 cleanup_mode=None if self.spec.record else "stop")
+                self.record["postgres_data"] = str(self.postgres.pgdata)
+                self._save()
+            return self.postgres.create_database()
+        return database
+
+    def _control_plane(self, k: int) -> ControlPlane:
+        suffix = "" if self.spec.control_planes == 1 else f"-{k}"
+        url = f"http://127.0.0.1:{free_port()}"
+        settings = self.settings.model_copy(update={"work_dir": self.root / f"control-plane{suffix}"})
+        observability = dict(self.spec.observability)
+        if self.spec.metrics_port:
+            observability["metrics_port"] = free_port()
+        env = {**os.environ, **self.s3.environment(), **settings.environment(),
+               **ObservabilitySettings(**observability).environment(),
+               "PYTHONSAFEPATH": "1"}  # keeps the repository root off sys.path (see Makefile)
+        return ControlPlane(url, env, self.root / f"control-plane{suffix}.log", self.spec.token)
+
+    def _note(self, name: str, pid: int) -> None:
+        self.record["pids"][name] = pid
+        self._save()
+
+    def note(self, **fields: object) -> None:
+        """Add fields to the record (stack.json) that `fleet down` and `fleet server` read."""
+        self.record.update(fields)
+        self._save()
+
+    def _save(self) -> None:
+        if self.spec.record:
+            (self.root / STACK_FILE.name).write_text(json.dumps(self.record, indent=1))
+
+    def stop(self) -> None:
+        for plane in self.control_planes:
+            plane.stop()
+        for server in self.servers.values():
+            server.stop(timeout_s=3)  # a graceful exit is not under test; a request left hanging would hold it
+        if self._own_s3 and self.s3 is not None:
+            self.s3.stop()
+        if self._own_postgres and self.postgres is not None:
+            self.postgres.cleanup()
+
+    def __enter__(self) -> Stack:
+        """`with Stack(spec) as stack` starts it; `with stack.start():` uses the one started."""
+        return self if self.started else self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # ---- using it ------------------------------------------------------------------------------------
+    @property
+    def control_plane(self) -> ControlPlane:
+        return self.control_planes[0]
+
+    @property
+    def url(self) -> str:
+        return self.control_plane.url
+
+    def api(self, token: str | None = "default") -> requests.Session:
+        return self.control_plane.api(token)
+
+    def register_servers(self, capacity_bytes: int = 8 * 2**30, metrics: bool = False, names=None,
+                         family: str = "cpu") -> None:
+        """Register the local servers through the API (with their repository, which the control plane syncs;
+        with `metrics`, their metrics URL, so the reconciler reads traffic and tiers from them)."""
+        api = self.api()
+        for name in names or self.servers:
+            server = self.servers[name]
+            body = {"name": name, "family": family, "http_url": server.http_url, "grpc_url": server.grpc_url,
+                    "capacity_bytes": capacity_bytes, "repository_path": str(server.repository)}
+            if metrics:
+                body["metrics_url"] = server.metrics_url
+            response = api.post(f"{self.url}/api/v1/servers", json=body, timeout=60)
+            if response.status_code != 201:
+                raise StackError(f"registering server {name} failed: HTTP {response.status_code} {response.text}")
+
+    def register(self, models_dir: Path, entry, name: str | None = None, data: bytes | None = None,
+                 signature: Mapping | str | None = None, token: str | None = "default",
+                 **options) -> requests.Response:
+        """Register a generated model (a manifest entry) by upload (fleet.client.register), under `name`
+        (default: its id), with `data` instead of its file and `signature` instead of its own if given."""
+        artifact = data if data is not None else Path(models_dir) / entry.file
+        return register(self.url, entry.id if name is None else name, artifact,
+                        signature_of(entry) if signature is None else signature,
+                        token=self.spec.token if token == "default" else token, **options)
+
+    def register_models(self, models_dir: Path, count: int, architecture: str = "mlp") -> list:
+        """Register the first `count` generated models of an architecture; returns their manifest entries."""
+        return register_generated(self.url, self.spec.token, models_dir, count, architecture)
+
+    def model(self, name: str) -> dict | None:
+        response = self.api().get(f"{self.url}/api/v1/models/{name}", timeout=30)
+        return response.json() if response.status_code == 200 else None
+
+    def servable(self, name: str) -> dict | None:
+        body = self.model(name)
+        return body if body and body["status"] == "servable" else None
+
+
+def register_generated(url: str, token: str | None, models_dir: Path, count: int, architecture: str = "mlp") -> list:
+    """Register the first `count` models of an architecture from a `fleet generate` folder at the control plane
+    `url`; returns their manifest entries (raises StackError naming the first refused one)."""
+    from model_repository.manifest import Manifest
+
+    entries = [m for m in Manifest.read(models_dir).models if m.architecture == architecture][:count]
+    for entry in entries:
+        response = register(url, entry.id, Path(models_dir) / entry.file, signature_of(entry), token=token)
+        if response.status_code != 201:
+            raise StackError(f"registering {entry.id} failed: HTTP {response.status_code} {response.text}")
+    return entries
+
+
+def down(state_dir: Path = STATE_DIR) -> list[str]:
+    """Stop everything a recorded stack (`fleet up`) started; returns what was stopped."""
+    stack_file = state_dir / STACK_FILE.name
+    if not stack_file.exists():
+        return []
+    stack = json.loads(stack_file.read_text())
+    stopped = []
+    for name, pid in reversed(list(stack["pids"].items())):
+        _stop_pid_group(pid)
+        stopped.append(name)
+    if stack.get("postgres_data"):  # the embedded PostgreSQL of --control-planes N (not a process group)
+        EmbeddedPostgres(Path(stack["postgres_data"]), cleanup_mode=None).stop()
+        stopped.append("postgresql")
+    stack_file.unlink()
+    return stopped
+
+
+def stop_server(name: str, state_dir: Path = STATE_DIR) -> bool:
+    """Stop one tritonserver of the recorded stack (after it was drained); False if it was not running."""
+    stack_file = state_dir / STACK_FILE.name
+    if not stack_file.exists():
+        return False
+    stack = json.loads(stack_file.read_text())
+    pid = stack["pids"].pop(name, None)
+    if pid is None:
+        return False
+    _stop_pid_group(pid)
+    stack_file.write_text(json.dumps(stack, indent=1))
+    return True
+
+
+def _stop_pid_group(pid: int, timeout_s: float = 20.0) -> None:
     try:
         os.killpg(pid, signal.SIGTERM)
     except ProcessLookupError:
@@ -73,235 +380,3 @@ def _stop_group(pid: int, timeout_s: float = 20.0) -> None:
         os.killpg(pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
-
-
-def down() -> list[str]:
-    """Stop everything `fleet up` started; returns what was stopped."""
-    if not STACK_FILE.exists():
-        return []
-    stack = json.loads(STACK_FILE.read_text())
-    stopped = []
-    for name, pid in reversed(list(stack["pids"].items())):
-        _stop_group(pid)
-        stopped.append(name)
-    if stack.get("postgres_data"):  # the embedded PostgreSQL of --control-planes N (not a process group)
-        from fleet.postgres import EmbeddedPostgres
-
-        EmbeddedPostgres(Path(stack["postgres_data"]), cleanup_mode=None).stop()
-        stopped.append("postgresql")
-    STACK_FILE.unlink()
-    return stopped
-
-
-def stop_server(name: str) -> bool:
-    """Stop one tritonserver of the recorded stack (after it was drained); False if it was not running."""
-    if not STACK_FILE.exists():
-        return False
-    stack = json.loads(STACK_FILE.read_text())
-    pid = stack["pids"].pop(name, None)
-    if pid is None:
-        return False
-    _stop_group(pid)
-    _record(stack)
-    return True
-
-
-def _record(stack: dict) -> None:
-    STACK_FILE.write_text(json.dumps(stack, indent=1))
-
-
-def _wait_http(url: str, timeout_s: float, process: subprocess.Popen, log: Path) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise click.ClickException(f"process exited with {process.returncode}; see {log}")
-        try:
-            if requests.get(url, timeout=1).status_code == 200:
-                return
-        except requests.RequestException:
-            pass
-        time.sleep(0.3)
-    raise click.ClickException(f"{url} not ready after {timeout_s:.0f} s; see {log}")
-
-
-def _start_control_planes(count: int, env: dict, stack: dict) -> list[str]:
-    """N control-plane replicas (one on SQLite; several on an embedded PostgreSQL), each on its own port
-    and work folder; returns their URLs once every one answers /readyz."""
-    if count > 1:
-        from fleet.postgres import EmbeddedPostgres
-
-        postgres = EmbeddedPostgres(STATE_DIR / "postgres", cleanup_mode=None)  # `fleet down` stops it
-        stack["postgres_data"] = str(postgres.pgdata)
-        _record(stack)
-        env = {**env, "FLEET_DATABASE_URL": postgres.create_database()}
-    urls, processes = [], []
-    for k in range(count):
-        suffix = "" if count == 1 else f"-{k}"
-        port = free_port()
-        log = STATE_DIR / f"control-plane{suffix}.log"
-        with open(log, "ab") as log_file:
-            cp = subprocess.Popen([sys.executable, "-m", "fleet.cli", "control-plane", "serve", "--port", str(port)],
-                                  env={**env, "FLEET_WORK_DIR": str((STATE_DIR / f"control-plane{suffix}").resolve())},
-                                  stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
-        stack["pids"][f"control-plane{suffix}"] = cp.pid
-        _record(stack)
-        urls.append(f"http://127.0.0.1:{port}")
-        processes.append((cp, log))
-    for url, (cp, log) in zip(urls, processes, strict=True):
-        _wait_http(f"{url}/readyz", 120, cp, log)
-    return urls
-
-
-def leaders(urls: list[str]) -> list[bool]:
-    """Which replicas say they lead the reconciler (GET /readyz)."""
-    flags = []
-    for url in urls:
-        try:
-            flags.append(bool(requests.get(f"{url}/readyz", timeout=5).json().get("leader")))
-        except (requests.RequestException, ValueError):
-            flags.append(False)
-    return flags
-
-
-def server_names(count: int) -> list[str]:
-    """triton-a, triton-b, ... (then triton-27, ...): the local stack's server names."""
-    return [f"triton-{chr(ord('a') + k)}" if k < 26 else f"triton-{k + 1}" for k in range(count)]
-
-
-def up(models: int = 1000, loadtest_seconds: int = 20, users: int = 16, seed: int = 0, profile: str = "tiny",
-       real_size: tuple[str, ...] = demo_models.REAL_SIZE_PHASE, control_planes: int = 1,
-       servers: int = 2) -> dict:
-    started = time.monotonic()
-    if STACK_FILE.exists():
-        click.echo("a previous stack is recorded; stopping it first")
-        down()
-    STATE_DIR.mkdir(exist_ok=True)
-    for stale in ("registry.db", "registry.db-wal", "registry.db-shm"):
-        (STATE_DIR / stale).unlink(missing_ok=True)
-    token, admin_key = secrets.token_urlsafe(24), secrets.token_urlsafe(24)
-    stack: dict = {"pids": {}}
-
-    click.echo("1/7 starting SeaweedFS (S3 on loopback)")
-    s3 = SeaweedS3(STATE_DIR / "s3").start()
-    stack["pids"]["seaweedfs"] = s3.process.pid
-    _record(stack)
-    s3.create_bucket(BUCKET)
-
-    click.echo(f"2/7 starting {servers} tritonservers (explicit model control, repository API behind a key)")
-    started_servers = []
-    for name in server_names(servers):
-        repo = (STATE_DIR / "servers" / name / "repository").resolve()
-        repo.mkdir(parents=True, exist_ok=True)
-        server = TritonServer(repo, admin_key=admin_key, log_path=repo.parent / "tritonserver.log").start()
-        stack["pids"][name] = server.process.pid
-        _record(stack)
-        started_servers.append((name, server, repo))
-
-    click.echo(f"3/7 starting {control_planes} control plane(s) under waitress"
-               + (" on an embedded PostgreSQL" if control_planes > 1 else ""))
-    env = {**os.environ, **s3.environment(), "FLEET_API_TOKEN": token, "FLEET_TRITON_ADMIN_KEY": admin_key,
-           "FLEET_DATABASE_URL": f"sqlite:///{(STATE_DIR / 'registry.db').resolve()}",
-           "FLEET_REPOSITORY_URI": f"s3://{BUCKET}/repository", "FLEET_S3_ENDPOINT_URL": s3.endpoint_url,
-           "FLEET_REPOSITORY_ROOT": str((STATE_DIR / "servers").resolve()),
-           # keeps the repository root off sys.path (see Makefile)
-           "PYTHONSAFEPATH": "1"}
-    urls = _start_control_planes(control_planes, env, stack)
-    url = urls[0]
-    log = STATE_DIR / ("control-plane.log" if control_planes == 1 else "control-plane-0.log")
-    stack.update(control_plane=url, control_planes=urls, token=token, s3=s3.endpoint_url)
-    _record(stack)
-    api = Api(url, token)
-    apis = [api] + [Api(other, token) for other in urls[1:]]  # registrations spread over the replicas
-    from control_plane.capacity import local_capacity_bytes
-
-    # Each server's budget is its share of the memory this machine has available now, not a fixed figure.
-    capacity = local_capacity_bytes(len(started_servers))
-    click.echo(f"   each server's memory budget: {capacity / 2**30:.1f} GiB (its share of what is available)")
-    for name, server, repo in started_servers:
-        api.call("POST", "/api/v1/servers", json={
-            "name": name, "family": "cpu", "http_url": server.http_url, "grpc_url": server.grpc_url,
-            "metrics_url": server.metrics_url, "capacity_bytes": capacity, "repository_path": str(repo)})
-
-    phase = f", the last {len(real_size)} real-size ({', '.join(real_size)})" if real_size else ""
-    click.echo(f"4/7 generating {models} unique models ({profile}{phase})")
-    generated = demo_models.generate(STATE_DIR / "generated", models, profile, real_size, seed)
-
-    click.echo("5/7 registering them through the REST API (upload + validation + S3 + pack)")
-
-    def register(item) -> int:
-        folder, entry = item
-        signature = {"inputs": [i.model_dump(mode="json") for i in entry.inputs],
-                     "outputs": [o.model_dump(mode="json") for o in entry.outputs]}
-        with open(folder / entry.file, "rb") as artifact:
-            replica = apis[int(entry.sha256[:8], 16) % len(apis)]
-            return replica.call("POST", "/api/v1/models", data={"name": entry.id,
-                                                                "signature": json.dumps(signature)},
-                                files={"artifact": (Path(entry.file).name, artifact)}).status_code
-
-    with ThreadPoolExecutor(4) as pool, tqdm(total=models, unit="model", desc="register") as bar:
-        for _ in pool.map(register, generated):
-            bar.update(1)
-
-    click.echo("6/7 waiting until every model is servable")
-    with tqdm(total=models, unit="model", desc="servable") as bar:
-        deadline = time.monotonic() + 600
-        while time.monotonic() < deadline:
-            servable = api.call("GET", "/api/v1/models", params={"status": "servable", "per_page": 1}).json()["total"]
-            bar.update(servable - bar.n)
-            if servable >= models:
-                break
-            time.sleep(1)
-    if servable < models:
-        raise click.ClickException(f"only {servable}/{models} servable after 10 minutes; see "
-                                   f"GET {url}/api/v1/placements and {log}")
-    servable_at = time.monotonic() - started
-    served_bytes, largest_bytes, largest_name = demo_models.served_bytes(api)
-    real = [entry.id for _, entry in generated[len(generated) - len(real_size):]] if real_size else []
-    first_answers = demo_models.first_answers(api, real)
-
-    click.echo(f"7/7 load test: {users} locust users for {loadtest_seconds} s, Zipf mix over all models")
-    test = api.call("POST", "/api/v1/loadtests", json={"users": users, "spawn_rate": users,
-                                                       "duration_s": loadtest_seconds}).json()
-    with tqdm(total=loadtest_seconds + 15, unit="s", desc="loadtest") as bar:
-        while test["status"] in ("pending", "running"):
-            time.sleep(1)
-            bar.update(1 if bar.n < bar.total else 0)
-            test = api.call("GET", f"/api/v1/loadtests/{test['id']}").json()
-    summary = {"wall_time_s": round(time.monotonic() - started, 1), "time_to_servable_s": round(servable_at, 1),
-               "models_servable": servable, "served_bytes": served_bytes,
-               "largest_model": {"name": largest_name, "bytes": largest_bytes}, "real_size": first_answers,
-               "loadtest": test, "control_plane": url, "token": token,
-               "control_planes": [{"url": u, "leader": lead} for u, lead in zip(urls, leaders(urls), strict=True)],
-               "servers": {name: server.grpc_url for name, server, _ in started_servers}, "s3": s3.endpoint_url}
-    (STATE_DIR / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
-    return summary
-
-
-def print_summary(summary: dict) -> None:
-    test = summary["loadtest"]
-    click.echo("\n=== triton-fleet local stack is up ===")
-    click.echo(f"wall time            {summary['wall_time_s']} s (all models servable after "
-               f"{summary['time_to_servable_s']} s)")
-    click.echo(f"models servable      {summary['models_servable']}")
-    largest = summary["largest_model"]
-    click.echo(f"bytes served         {summary['served_bytes'] / 2**20:,.1f} MiB in all; largest model "
-               f"{largest['name']} {largest['bytes'] / 2**20:,.1f} MiB")
-    for row in summary["real_size"]:
-        click.echo(f"real-size model      {row['name']} ({row['bytes'] / 2**20:,.1f} MiB): first answer "
-                   f"{row['first_s']:.2f} s (cold load), then {row['warm_ms']:.0f} ms (warm)")
-    if test["status"] == "succeeded" and test["results"]["aggregated"]:
-        agg = test["results"]["aggregated"]
-        click.echo(f"load test            {agg['requests']} requests to {test['results']['models_hit']} models, "
-                   f"{agg['failures']} failures, {agg['rps']:.0f} rps, p50 {agg['p50_ms']:.0f} ms, "
-                   f"p99 {agg['p99_ms']:.0f} ms")
-    else:
-        click.echo(f"load test            {test['status']}: {test.get('error')}")
-    for plane in summary.get("control_planes") or [{"url": summary["control_plane"], "leader": True}]:
-        role = "  leader (runs the reconciler)" if plane["leader"] else "  follower"
-        click.echo(f"control plane        {plane['url']}  (docs {plane['url']}/docs){role}")
-    click.echo(f"status page          {summary['control_plane']}/  (logs: fleet logs)")
-    click.echo(f"API token            {summary['token']}")
-    for name, grpc in summary["servers"].items():
-        click.echo(f"triton {name:13} grpc {grpc}")
-    click.echo(f"S3 (SeaweedFS)       {summary['s3']}")
-    click.echo("stop everything with: fleet down   (or: make down)")

@@ -8,10 +8,11 @@ import signal
 import numpy as np
 import pytest
 import torch
-import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
+from fleet.client import infer_at, signature_of
 from fleet.waiting import wait_for
+from model_repository.contract import MODEL_ID_PARAMETER
 from model_repository.generator import example_inputs
 from model_repository.manifest import Manifest
 
@@ -20,21 +21,12 @@ from .conftest import TOKEN
 pytestmark = pytest.mark.slow
 
 
-def signature_of(entry) -> str:
-    return json.dumps({"inputs": [i.model_dump(mode="json") for i in entry.inputs],
-                       "outputs": [o.model_dump(mode="json") for o in entry.outputs]})
-
-
 def register(stack, entry, models_dir, name=None, data: bytes | None = None, signature: str | None = None):
-    artifact = data if data is not None else (models_dir / entry.file).read_bytes()
-    return stack["cp"].api().post(f"{stack['cp'].url}/api/v1/models",
-                                  data={"name": entry.id if name is None else name,
-                                        "signature": signature or signature_of(entry)},
-                                  files={"artifact": ("model.pt", artifact)})
+    return stack.register(models_dir, entry, name=name, data=data, signature=signature, filename="model.pt")
 
 
 def get(stack, path, **kwargs):
-    return stack["cp"].api().get(f"{stack['cp'].url}/api/v1{path}", **kwargs)
+    return stack.api().get(f"{stack.url}/api/v1{path}", **kwargs)
 
 
 def servable(stack, name):
@@ -43,17 +35,14 @@ def servable(stack, name):
 
 
 def infer(model: dict, entry, x: np.ndarray) -> np.ndarray:
-    client = grpcclient.InferenceServerClient(model["endpoints"][0]["grpc_url"])
-    tensor = grpcclient.InferInput("INPUT__0", list(x.shape), entry.inputs[0].dtype)
-    tensor.set_data_from_numpy(x)
-    try:
-        return client.infer(model["pack"], [tensor], parameters=model["request_parameters"]).as_numpy("OUTPUT__0")
-    finally:
-        client.close()
+    """The model's first endpoint, by its pack and the request parameters the API gave."""
+    member = model["request_parameters"][MODEL_ID_PARAMETER]
+    return infer_at(model["endpoints"][0]["grpc_url"], model["pack"], {entry.inputs[0].name: x}, member,
+                    datatypes={entry.inputs[0].name: entry.inputs[0].dtype}).as_numpy("OUTPUT__0")
 
 
 def artifacts_in_s3(stack, name) -> list[str]:
-    listing = stack["seaweed"].client().list_objects_v2(Bucket="models", Prefix=f"artifacts/{name}/")
+    listing = stack.s3.client().list_objects_v2(Bucket="models", Prefix=f"artifacts/{name}/")
     return [o["Key"] for o in listing.get("Contents", [])]
 
 
@@ -67,7 +56,7 @@ def test_register_servable_infer_unload_delete(stack, generated_models):
     expected = torch.jit.load(str(generated_models / entry.file))(torch.from_numpy(x)).detach().numpy()
     np.testing.assert_allclose(infer(model, entry, x), expected, rtol=1e-6, atol=1e-6)
 
-    unload = stack["cp"].api().post(f"{stack['cp'].url}/api/v1/models/{entry.id}/unload")
+    unload = stack.api().post(f"{stack.url}/api/v1/models/{entry.id}/unload")
     assert unload.status_code == 202 and unload.json()["status"] == "unloaded"
 
     def refused() -> str | None:
@@ -80,7 +69,7 @@ def test_register_servable_infer_unload_delete(stack, generated_models):
     # Its pack had no other member, so the pack itself was unloaded from the server.
     assert "is not in pack" in message or "unknown model" in message or "not found" in message, message
 
-    deleted = stack["cp"].api().delete(f"{stack['cp'].url}/api/v1/models/{entry.id}")
+    deleted = stack.api().delete(f"{stack.url}/api/v1/models/{entry.id}")
     assert deleted.status_code == 200
     assert get(stack, f"/models/{entry.id}").status_code == 404
     assert artifacts_in_s3(stack, entry.id) == []
@@ -129,9 +118,9 @@ def test_malformed_signature_json_and_missing_fields_are_4xx(stack, generated_mo
     entry = Manifest.read(generated_models).models[4]
     bad_json = register(stack, entry, generated_models, name="bad-json", signature="{not json")
     assert bad_json.status_code == 400 and bad_json.json()["error"]["code"] == "malformed_json"
-    missing = stack["cp"].api().post(f"{stack['cp'].url}/api/v1/models", data={"name": "no-artifact"})
+    missing = stack.api().post(f"{stack.url}/api/v1/models", data={"name": "no-artifact"})
     assert missing.status_code == 422
-    body = stack["cp"].api().post(f"{stack['cp'].url}/api/v1/servers", data="{broken",
+    body = stack.api().post(f"{stack.url}/api/v1/servers", data="{broken",
                                   headers={"Content-Type": "application/json"})
     assert body.status_code == 400 and body.json()["error"]["code"] == "malformed_json"
 
@@ -146,18 +135,18 @@ def test_oversized_uploads_get_413(stack, generated_models):
 def test_s3_uris_outside_the_bucket_are_refused(stack, generated_models):
     entry = Manifest.read(generated_models).models[6]
     body = {"name": "elsewhere", "s3_uri": "s3://someone-elses-bucket/model.pt",
-            "signature": json.loads(signature_of(entry))}
-    response = stack["cp"].api().post(f"{stack['cp'].url}/api/v1/models/from-s3", json=body)
+            "signature": signature_of(entry)}
+    response = stack.api().post(f"{stack.url}/api/v1/models/from-s3", json=body)
     assert response.status_code == 400 and response.json()["error"]["code"] == "s3_uri_outside_bucket"
 
 
 def test_register_by_s3_uri_inside_the_bucket(stack, generated_models):
     entry = Manifest.read(generated_models).models[7]
-    stack["seaweed"].client().put_object(Bucket="models", Key=f"uploads/{entry.id}.pt",
+    stack.s3.client().put_object(Bucket="models", Key=f"uploads/{entry.id}.pt",
                                          Body=(generated_models / entry.file).read_bytes())
     body = {"name": entry.id, "s3_uri": f"s3://models/uploads/{entry.id}.pt",
-            "signature": json.loads(signature_of(entry))}
-    response = stack["cp"].api().post(f"{stack['cp'].url}/api/v1/models/from-s3", json=body)
+            "signature": signature_of(entry)}
+    response = stack.api().post(f"{stack.url}/api/v1/models/from-s3", json=body)
     assert response.status_code == 201, response.text
     assert wait_for(lambda: servable(stack, entry.id))["sha256"] == entry.sha256
 
@@ -170,7 +159,7 @@ def test_unknown_ids_are_404_with_a_hint(stack):
 
 
 def test_a_dead_triton_server_cannot_be_added(stack):
-    response = stack["cp"].api().post(f"{stack['cp'].url}/api/v1/servers", json={
+    response = stack.api().post(f"{stack.url}/api/v1/servers", json={
         "name": "ghost", "family": "cpu", "http_url": "http://127.0.0.1:9", "grpc_url": "127.0.0.1:9",
         "capacity_bytes": 2**30})
     assert response.status_code == 503 and "Nothing was recorded" in response.json()["error"]["message"]
@@ -178,15 +167,15 @@ def test_a_dead_triton_server_cannot_be_added(stack):
 
 
 def test_every_api_route_requires_the_bearer_token(stack):
-    spec = stack["cp"].api(token=None).get(f"{stack['cp'].url}/openapi.json").json()
+    spec = stack.api(token=None).get(f"{stack.url}/openapi.json").json()
     routes = [(method, path) for path, ops in spec["paths"].items() if path.startswith("/api/v1")
               for method in ops]
     assert len(routes) >= 15
     for method, path in routes:
-        url = stack["cp"].url + path.replace("{name}", "mlp-00000").replace("{loadtest_id}", "1") \
+        url = stack.url + path.replace("{name}", "mlp-00000").replace("{loadtest_id}", "1") \
             .replace("{deployment_id}", "1")
         for token, status in ((None, 401), ("wrong-token", 403)):
-            response = stack["cp"].api(token=token).request(method.upper(), url, json={})
+            response = stack.api(token=token).request(method.upper(), url, json={})
             assert response.status_code == status, (method, path, token, response.text)
             assert "mlp-00000" not in response.text, "an auth failure must not reveal whether a model exists"
         assert spec["paths"][path][method]["security"] == [{"BearerAuth": []}]
@@ -209,8 +198,8 @@ def test_many_models_become_servable_on_both_servers(stack, generated_models):
 
 
 def test_a_load_test_started_through_the_api_reaches_many_models_without_failures(stack):
-    api = stack["cp"].api()
-    started = api.post(f"{stack['cp'].url}/api/v1/loadtests",
+    api = stack.api()
+    started = api.post(f"{stack.url}/api/v1/loadtests",
                        json={"users": 8, "spawn_rate": 8, "duration_s": 6, "mix": "uniform"})
     assert started.status_code == 202 and started.json()["status"] in ("pending", "running")
     test = wait_for(lambda: (t := get(stack, f"/loadtests/{started.json()['id']}").json())["status"]
@@ -228,7 +217,7 @@ def test_a_killed_server_s_replicas_keep_answering_on_the_other(stack, generated
     assert all(len(m["endpoints"]) == 2 for m in before.values()), "every pack has a replica on each server"
     victim = before[entries[0].id]["endpoints"][0]["server"]
     survivor = ({"triton-a", "triton-b"} - {victim}).pop()
-    server, _ = stack["servers"][victim]
+    server = stack.servers[victim]
     os.killpg(server.process.pid, signal.SIGKILL)
     server.process.wait()
     # The surviving replica answers at once, before the control plane has even noticed the death.
@@ -251,8 +240,8 @@ def test_a_killed_server_s_replicas_keep_answering_on_the_other(stack, generated
 
 def test_a_restarted_control_plane_keeps_every_registration(stack):
     before = get(stack, "/models", params={"per_page": 1000}).json()
-    stack["cp"].stop()
-    stack["cp"].start()
+    stack.control_plane.stop()
+    stack.control_plane.start()
     after = get(stack, "/models", params={"per_page": 1000}).json()
     assert after["total"] == before["total"] > 0
     assert {m["name"]: m["sha256"] for m in after["items"]} == {m["name"]: m["sha256"] for m in before["items"]}

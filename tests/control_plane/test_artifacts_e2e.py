@@ -18,12 +18,13 @@ import pytest
 import requests
 import torch
 
-from fleet.triton_server import TritonServer, free_port
+from fleet.client import infer_at, register
 from fleet.waiting import wait_for
+from model_repository.contract import MODEL_ID_PARAMETER
 from model_repository.formats import SUFFIX
 
 from . import artifact_builders as build
-from .conftest import TOKEN, ControlPlane
+from .conftest import TOKEN, stack_on
 
 pytestmark = pytest.mark.slow
 
@@ -34,38 +35,27 @@ PACK_RUNTIME = Path(__file__).resolve().parents[2] / "triton" / "backends" / "pa
 
 @pytest.fixture(scope="module")
 def cp(tmp_path_factory, seaweed):
+    """A control plane with no server yet (one test adds its own), large uploads and a short validation."""
     root = tmp_path_factory.mktemp("artifacts-cp")
-    env = {**os.environ, **seaweed.environment(), "FLEET_API_TOKEN": TOKEN,
-           "FLEET_DATABASE_URL": f"sqlite:///{root / 'registry.db'}", "FLEET_WORK_DIR": str(root / "work"),
-           "FLEET_REPOSITORY_URI": f"s3://models/art-{uuid.uuid4().hex[:8]}",
-           "FLEET_S3_ENDPOINT_URL": seaweed.endpoint_url, "FLEET_MAX_UPLOAD_BYTES": str(LIMIT),
-           "FLEET_UPLOAD_STAGING_DIR": str(root / "staging"), "FLEET_VALIDATION_TIMEOUT_S": str(VALIDATION_TIMEOUT_S),
-           "FLEET_RECONCILE_INTERVAL_S": "0.5", "FLEET_SERVER_DEAD_AFTER_S": "3", "PYTHONSAFEPATH": "1",
-           "FLEET_REPOSITORY_ROOT": str(root)}  # where servers' repositories may be (branch ha's setting)
-    plane = ControlPlane(f"http://127.0.0.1:{free_port()}", env, root / "control-plane.log").start()
-    plane.root = root  # type: ignore[attr-defined]
-    plane.staging = root / "staging"  # type: ignore[attr-defined]
-    plane.seaweed = seaweed  # type: ignore[attr-defined]
-    yield plane
-    plane.stop()
+    stack = stack_on(root, seaweed, "art", servers=(), max_upload_bytes=LIMIT, upload_staging_dir=root / "staging",
+                     validation_timeout_s=VALIDATION_TIMEOUT_S, server_dead_after_s=3)
+    with stack.start():
+        yield stack
 
 
 def post(cp, name: str, path: Path, signature: dict, family: str = "cpu") -> requests.Response:
-    with open(path, "rb") as artifact:
-        return cp.api().post(f"{cp.url}/api/v1/models", timeout=300,
-                             data={"name": name, "signature": json.dumps(signature), "family": family},
-                             files={"artifact": (path.name, artifact)})
+    return register(cp.url, name, path, signature, token=TOKEN, family=family, timeout_s=300)
 
 
 def s3_objects(cp, name: str) -> list[str]:
-    listing = cp.seaweed.client().list_objects_v2(Bucket="models", Prefix=f"artifacts/{name}/")
+    listing = cp.s3.client().list_objects_v2(Bucket="models", Prefix=f"artifacts/{name}/")
     return [o["Key"] for o in listing.get("Contents", [])]
 
 
 def assert_nothing_left(cp, name: str) -> None:
     assert cp.api().get(f"{cp.url}/api/v1/models/{name}").status_code == 404
     assert s3_objects(cp, name) == []
-    wait_for(lambda: not any(cp.staging.iterdir()), timeout_s=10)
+    wait_for(lambda: not any(cp.settings.staging_dir.iterdir()), timeout_s=10)
 
 
 def assert_still_registers(cp, tmp_path: Path) -> None:
@@ -101,12 +91,12 @@ def test_a_pt2_model_registers_with_its_format_and_a_torchscript_version_follows
 
 def test_a_pt2_already_in_the_bucket_registers_from_s3(cp, tmp_path):
     pt2 = build.linear(tmp_path / "s3.pt2", "torch_export", seed=3)
-    cp.seaweed.client().upload_file(str(pt2), "models", "uploads/s3-model.pt2")
+    cp.s3.client().upload_file(str(pt2), "models", "uploads/s3-model.pt2")
     response = cp.api().post(f"{cp.url}/api/v1/models/from-s3", timeout=300, json={
         "name": "s3-model", "s3_uri": "s3://models/uploads/s3-model.pt2", "signature": build.linear_signature()})
     assert response.status_code == 201, response.text
     assert response.json()["format"] == "torch_export"
-    wait_for(lambda: not any(cp.staging.iterdir()), timeout_s=10)
+    wait_for(lambda: not any(cp.settings.staging_dir.iterdir()), timeout_s=10)
 
 
 @pytest.mark.parametrize("fmt", ["torchscript", "torch_export"])
@@ -193,7 +183,7 @@ def test_a_model_needing_more_memory_than_the_limit_is_refused(cp, tmp_path):
 def busy_worker(cp) -> psutil.Process | None:
     """The validator worker running a job: the validator gives a worker its memory limit with the job
     (spares waiting for one have none)."""
-    for process in psutil.Process(cp.process.pid).children(recursive=True):
+    for process in psutil.Process(cp.control_plane.process.pid).children(recursive=True):
         try:
             if "control_plane.validation_worker" in " ".join(process.cmdline()) and \
                     process.rlimit(psutil.RLIMIT_AS)[0] != psutil.RLIM_INFINITY:
@@ -240,7 +230,7 @@ def test_an_s3_object_over_the_limit_is_413_before_it_is_downloaded(cp, tmp_path
     sparse = tmp_path / "huge.pt"
     with open(sparse, "wb") as handle:
         handle.truncate(LIMIT + 1)
-    cp.seaweed.client().upload_file(str(sparse), "models", "uploads/huge.pt")
+    cp.s3.client().upload_file(str(sparse), "models", "uploads/huge.pt")
     response = cp.api().post(f"{cp.url}/api/v1/models/from-s3", timeout=300, json={
         "name": "huge", "s3_uri": "s3://models/uploads/huge.pt", "signature": build.linear_signature()})
     assert response.status_code == 413, response.text
@@ -261,11 +251,11 @@ def test_a_100_mb_upload_streams_through_the_web_process(cp, tmp_path):
     big = build.linear(tmp_path / "big.pt", features=5120, classes=5120)
     size = big.stat().st_size
     assert size >= 100 * 10**6
-    before = vm_hwm_bytes(cp.process.pid)
+    before = vm_hwm_bytes(cp.control_plane.process.pid)
     signature = build.linear_signature(5120, 5120)
     response = post(cp, "big-model", big, signature)
     assert response.status_code == 201, response.text
-    grown = vm_hwm_bytes(cp.process.pid) - before
+    grown = vm_hwm_bytes(cp.control_plane.process.pid) - before
     print(f"artifact {size / 2**20:.0f} MiB; control-plane peak RSS grew {grown / 2**20:.1f} MiB")
     assert grown < size / 4, f"peak RSS grew {grown} bytes for a {size}-byte artifact"
     digest = hashlib.sha256()
@@ -273,7 +263,7 @@ def test_a_100_mb_upload_streams_through_the_web_process(cp, tmp_path):
         while chunk := source.read(2**20):
             digest.update(chunk)
     assert response.json()["sha256"] == digest.hexdigest()
-    head = cp.seaweed.client().head_object(Bucket="models", Key=s3_objects(cp, "big-model")[0])
+    head = cp.s3.client().head_object(Bucket="models", Key=s3_objects(cp, "big-model")[0])
     assert head["ContentLength"] == size and head["Metadata"]["sha256"] == digest.hexdigest()
 
 
@@ -281,11 +271,8 @@ def test_a_100_mb_upload_streams_through_the_web_process(cp, tmp_path):
 @pytest.mark.skipif("torch.export.load" not in PACK_RUNTIME.read_text(),
                     reason="the pack runtime loads .pt2 members once branch runtime lands")
 def test_a_pt2_model_serves_through_a_pack_on_a_real_tritonserver(cp, tmp_path):
-    import tritonclient.grpc as grpcclient
-
-    repo = cp.root / "pt2-server" / "repository"
-    repo.mkdir(parents=True)
-    server = TritonServer(repo).start()
+    server = cp.start_server("pt2-server")
+    repo = server.repository
     try:
         added = cp.api().post(f"{cp.url}/api/v1/servers", json={
             "name": "pt2-server", "family": "cpu", "http_url": server.http_url, "grpc_url": server.grpc_url,
@@ -296,11 +283,8 @@ def test_a_pt2_model_serves_through_a_pack_on_a_real_tritonserver(cp, tmp_path):
         model = wait_for(lambda: (m := cp.api().get(f"{cp.url}/api/v1/models/served-pt2").json())["status"]
                          == "servable" and m, timeout_s=120)
         x = np.random.default_rng(0).standard_normal((3, 4)).astype(np.float32)
-        client = grpcclient.InferenceServerClient(model["endpoints"][0]["grpc_url"])
-        tensor = grpcclient.InferInput("INPUT__0", [3, 4], "FP32")
-        tensor.set_data_from_numpy(x)
-        got = client.infer(model["pack"], [tensor], parameters=model["request_parameters"]).as_numpy("OUTPUT__0")
-        client.close()
+        got = infer_at(model["endpoints"][0]["grpc_url"], model["pack"], {"INPUT__0": x},
+                       model["request_parameters"][MODEL_ID_PARAMETER]).as_numpy("OUTPUT__0")
         expected = torch.export.load(str(pt2)).module()(torch.from_numpy(x)).detach().numpy()
         np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
     finally:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -19,13 +18,13 @@ from tritonclient.utils import InferenceServerException
 
 from fleet import waiting
 from fleet.client import AsyncFleetClient, FleetClient, ModelNotFound
-from fleet.triton_server import TritonServer, free_port
+from fleet.triton_server import TritonServer
 from loadtest.results import parse_stats_csv
 from model_repository.generator import example_inputs
 from model_repository.manifest import Manifest
 from model_repository.s3_sync import UsageTracker
 
-from .conftest import TOKEN, ControlPlane, fleet_env, register_models, register_servers, start_servers
+from .conftest import TOKEN, stack_on
 
 pytestmark = pytest.mark.slow
 LOCUSTFILE = Path(__file__).resolve().parents[2] / "loadtest" / "triton_models.py"
@@ -36,8 +35,7 @@ def wait_for(predicate, what: str, timeout_s: float = 120.0):
 
 
 def requests_served(server: TritonServer, pack: str) -> float:
-    match = re.search(rf'^nv_inference_request_success{{[^}}]*model="{pack}"[^}}]*}} (\S+)', server.metrics(), re.M)
-    return float(match.group(1)) if match else 0.0
+    return server.admin.scrape().model_successes.get(pack, 0.0)
 
 
 @pytest.fixture
@@ -45,25 +43,14 @@ def replicated(tmp_path_factory, seaweed, generated_models):
     """A model registered through the control plane, whose placement keeps its pack on both servers
     (FLEET_REPLICAS_MIN defaults to 2); yields once both replicas serve it."""
     root = tmp_path_factory.mktemp("client")
-    servers = start_servers(root, ("replica-a", "replica-b"))
-    cp = None
-    try:
-        cp = ControlPlane(f"http://127.0.0.1:{free_port()}",
-                          fleet_env(root, seaweed, "client", FLEET_SERVER_DEAD_AFTER_S="2"),
-                          root / "control-plane.log").start()
-        register_servers(cp, servers, capacity_bytes=8 * 2**30)
+    with stack_on(root, seaweed, "client", servers=("replica-a", "replica-b"), server_dead_after_s=2).start() as stack:
+        stack.register_servers(capacity_bytes=8 * 2**30, metrics=True)
         architecture = Manifest.read(generated_models).models[0].architecture
-        (entry,) = register_models(cp.api(), cp.url, generated_models, 1, architecture=architecture)
-        api = cp.api()
-        model = wait_for(lambda: len((b := api.get(f"{cp.url}/api/v1/models/{entry.id}").json())["endpoints"]) == 2
-                         and b, "both replicas serve the model")
-        yield {"cp": cp, "servers": servers, "entry": entry, "pack": model["pack"],
+        (entry,) = stack.register_models(generated_models, 1, architecture=architecture)
+        model = wait_for(lambda: len((b := stack.model(entry.id))["endpoints"]) == 2 and b,
+                         "both replicas serve the model")
+        yield {"cp": stack.control_plane, "servers": stack.servers, "entry": entry, "pack": model["pack"],
                "first": model["endpoints"][0]["server"]}
-    finally:
-        if cp is not None:
-            cp.stop()
-        for server in servers.values():
-            server.stop()
 
 
 def test_a_model_is_called_by_name_spread_over_replicas_and_survives_a_replica_kill(replicated, generated_models,

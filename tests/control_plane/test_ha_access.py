@@ -4,7 +4,6 @@ route's scope, tokens rotate without a restart, servers outside the allowed netw
 are refused, and load tests are bounded."""
 from __future__ import annotations
 
-import os
 import uuid
 from datetime import UTC, datetime
 
@@ -15,9 +14,8 @@ from control_plane.app import create_app
 from control_plane.auth import SCOPES, scope_for
 from control_plane.db import LoadTest, make_engine, make_sessionmaker
 from control_plane.settings import Settings
-from fleet.triton_server import free_port
 
-from .conftest import SCOPED_TOKENS, TOKEN, ControlPlane, write_tokens_file
+from .conftest import SCOPED_TOKENS, stack_on, write_tokens_file
 
 pytestmark = pytest.mark.slow
 ARGUMENT_VALUES = {"name": "scope-probe", "loadtest_id": "1", "deployment_id": "1"}
@@ -45,16 +43,12 @@ def api_routes(tmp_path_factory) -> list[tuple[str, str, str]]:
 def bare(tmp_path_factory, seaweed, database_url):
     """A control plane with no Triton servers: enough for access rules, which never reach one."""
     root = tmp_path_factory.mktemp("access")
-    env = {**os.environ, **seaweed.environment(), "FLEET_API_TOKEN": TOKEN,
-           "FLEET_DATABASE_URL": database_url, "FLEET_WORK_DIR": str(root / "work"),
-           "FLEET_REPOSITORY_URI": f"s3://models/access-{uuid.uuid4().hex[:8]}",
-           "FLEET_S3_ENDPOINT_URL": seaweed.endpoint_url, "FLEET_REPOSITORY_ROOT": str(root / "repos"),
-           "FLEET_TOKENS_FILE": str(write_tokens_file(root / "tokens.json", SCOPED_TOKENS)),
-           "FLEET_LOADTEST_MAX_USERS": "50", "FLEET_LOADTEST_MAX_PROCESSES": "2",
-           "FLEET_LOADTEST_MAX_DURATION_S": "60", "FLEET_LOADTEST_MAX_CONCURRENT": "1", "PYTHONSAFEPATH": "1"}
-    cp = ControlPlane(f"http://127.0.0.1:{free_port()}", env, root / "control-plane.log").start()
-    yield {"cp": cp, "root": root, "database_url": database_url}
-    cp.stop()
+    stack = stack_on(root, seaweed, "access", servers=(), database=database_url,
+                     tokens_file=write_tokens_file(root / "tokens.json", SCOPED_TOKENS), loadtest_max_users=50,
+                     loadtest_max_processes=2, loadtest_max_duration_s=60, loadtest_max_concurrent=1)
+    with stack.start():
+        yield {"cp": stack.control_plane, "root": root, "repos": stack.settings.repository_root,
+               "database_url": stack.database_url}
 
 
 def test_every_route_refuses_a_missing_token_and_a_token_without_its_scope(bare, tmp_path_factory):
@@ -128,7 +122,7 @@ def test_servers_outside_the_allowed_networks_are_refused_before_being_contacted
 
 @pytest.mark.parametrize("repository_path", ["/etc", "relative/repo", "{root}", "{root}/../elsewhere"])
 def test_repository_paths_outside_the_root_are_refused_with_the_root_named(bare, repository_path):
-    cp, root = bare["cp"], (bare["root"] / "repos").resolve()
+    cp, root = bare["cp"], (bare["repos"]).resolve()
     response = cp.api(SCOPED_TOKENS["admin"]).post(f"{cp.url}/api/v1/servers", timeout=30, json={
         "name": "rooted", "family": "cpu", "http_url": "http://localhost:9", "grpc_url": "127.0.0.1:9",
         "capacity_bytes": 2**30, "repository_path": repository_path.format(root=root)})
@@ -142,7 +136,7 @@ def test_an_allowed_address_and_path_pass_the_trust_checks(bare):
     cp = bare["cp"]
     response = cp.api(SCOPED_TOKENS["admin"]).post(f"{cp.url}/api/v1/servers", timeout=30, json={
         "name": "inside", "family": "cpu", "http_url": "http://localhost:9", "grpc_url": "127.0.0.1:9",
-        "capacity_bytes": 2**30, "repository_path": str(bare["root"] / "repos" / "inside")})
+        "capacity_bytes": 2**30, "repository_path": str(bare["repos"] / "inside")})
     assert response.status_code == 503 and response.json()["error"]["code"] == "server_unreachable"
 
 

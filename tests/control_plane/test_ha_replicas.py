@@ -9,33 +9,32 @@ tried on the other replica.
 from __future__ import annotations
 
 import collections
-import os
+import json
 import random
-import signal
 import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
 import requests
-import tritonclient.grpc as grpcclient
 from sqlalchemy import text
 
 from control_plane.db import make_engine
+from fleet.client import infer_at, signature_of
 from fleet.postgres import EmbeddedPostgres
 from fleet.seaweedfs import SeaweedS3
-from fleet.triton_server import TritonServer, free_port
+from fleet.stack import ControlPlane, Stack, StackSpec
+from fleet.triton_server import TritonServer
 from fleet.waiting import wait_for
 from model_repository.generator import example_inputs
 from model_repository.manifest import Manifest, ModelEntry
 from model_repository.s3_sync import S3Location, read_remote_index
 
-from .conftest import ADMIN_KEY, TOKEN, ControlPlane
-from .test_api_e2e import signature_of
+from .conftest import ADMIN_KEY, TOKEN
 
 pytestmark = pytest.mark.slow
 BUCKET = "ha-models"
@@ -43,12 +42,25 @@ BUCKET = "ha-models"
 
 @dataclass
 class Replicas:
-    """Two (or more) control planes on one database, and the servers they manage."""
+    """Two (or more) control planes on one database, and the servers they manage (a fleet/stack.py stack)."""
 
-    planes: list[ControlPlane]
-    database_url: str
-    s3: SeaweedS3
-    servers: dict[str, TritonServer] = field(default_factory=dict)
+    stack: Stack
+
+    @property
+    def planes(self) -> list[ControlPlane]:
+        return self.stack.control_planes
+
+    @property
+    def servers(self) -> dict[str, TritonServer]:
+        return self.stack.servers
+
+    @property
+    def s3(self) -> SeaweedS3:
+        return self.stack.s3
+
+    @property
+    def database_url(self) -> str:
+        return self.stack.database_url
 
     def readiness(self) -> list[dict | None]:
         bodies = []
@@ -91,8 +103,9 @@ class Replicas:
 
 
 def register(replicas: Replicas, name: str, entry: ModelEntry, data: bytes, prefer: int) -> requests.Response:
-    return replicas.call("POST", "/models", prefer=prefer, data={"name": name, "signature": signature_of(entry)},
-                         files={"artifact": ("model.pt", data)})
+    """The upload of fleet.client.register, failing over between replicas as a load balancer would."""
+    return replicas.call("POST", "/models", prefer=prefer, files={"artifact": ("model.pt", data)},
+                         data={"name": name, "signature": json.dumps(signature_of(entry))})
 
 
 @pytest.fixture(scope="module")
@@ -116,41 +129,24 @@ def make_replicas(tmp_path, services):
 
     def start(count: int = 2, tritons: int = 0, **settings: object) -> Replicas:
         postgres.start()  # a test that stopped it may have failed before starting it again
-        database_url = postgres.create_database()
-        env = {**os.environ, **s3.environment(), "FLEET_API_TOKEN": TOKEN, "FLEET_TRITON_ADMIN_KEY": ADMIN_KEY,
-               "FLEET_DATABASE_URL": database_url, "FLEET_REPOSITORY_URI": f"s3://{BUCKET}/{uuid.uuid4().hex[:8]}",
-               "FLEET_S3_ENDPOINT_URL": s3.endpoint_url, "FLEET_REPOSITORY_ROOT": str(tmp_path),
-               "FLEET_RECONCILE_INTERVAL_S": "0.5", "FLEET_SERVER_DEAD_AFTER_S": "3",
-               "FLEET_LEADER_HEARTBEAT_S": "0.5", "PYTHONSAFEPATH": "1",
-               **{f"FLEET_{key.upper()}": str(value) for key, value in settings.items()}}
-        planes = [ControlPlane(f"http://127.0.0.1:{free_port()}", {**env, "FLEET_WORK_DIR": str(tmp_path / f"work{k}")},
-                               tmp_path / f"control-plane-{k}.log") for k in range(count)]
-        replicas = Replicas(planes, database_url, s3)
+        stack = Stack(StackSpec(tmp_path, servers=tuple(f"triton-{k}" for k in range(tritons)),
+                                control_planes=count, database=postgres.create_database(), token=TOKEN,
+                                admin_key=ADMIN_KEY, bucket=BUCKET, prefix=uuid.uuid4().hex[:8],
+                                settings={"reconcile_interval_s": 0.5, "server_dead_after_s": 3,
+                                          "leader_heartbeat_s": 0.5, **settings}), s3=s3, postgres=postgres)
+        replicas = Replicas(stack)
         started.append(replicas)
-        for cp in planes:
-            cp.start()
-        for k in range(tritons):
-            repo = tmp_path / f"triton-{k}" / "repository"
-            repo.mkdir(parents=True)
-            server = TritonServer(repo, admin_key=ADMIN_KEY).start()
-            replicas.servers[f"triton-{k}"] = server
+        stack.start()
+        for k, (name, server) in enumerate(stack.servers.items()):  # each through another replica
             response = replicas.call("POST", "/servers", prefer=k, json={
-                "name": f"triton-{k}", "family": "cpu", "http_url": server.http_url, "grpc_url": server.grpc_url,
-                "capacity_bytes": 8 * 2**30, "repository_path": str(repo)})
+                "name": name, "family": "cpu", "http_url": server.http_url, "grpc_url": server.grpc_url,
+                "capacity_bytes": 8 * 2**30, "repository_path": str(server.repository)})
             assert response.status_code == 201, response.text
         return replicas
 
     yield start
     for replicas in started:
-        for cp in replicas.planes:
-            cp.stop()
-        for server in replicas.servers.values():
-            server.stop()
-
-
-def kill(cp: ControlPlane) -> None:
-    os.killpg(cp.process.pid, signal.SIGKILL)
-    cp.process.wait()
+        replicas.stack.stop()
 
 
 def test_exactly_one_replica_leads_and_a_clean_stop_hands_over(make_replicas):
@@ -248,7 +244,7 @@ def test_the_leader_killed_while_hundreds_of_models_register_loses_nothing_and_a
         futures = [pool.submit(one, job) for job in enumerate(jobs)]
         with done_lock:
             assert done_lock.wait_for(lambda: sum(done.values()) >= kill_after, timeout=600)
-        kill(replicas.planes[leader])
+        replicas.planes[leader].kill()
         killed_at = time.monotonic()
         survivor = 1 - leader
         wait_for(lambda: replicas.readiness()[survivor]["leader"], 15, interval_s=0.05)
@@ -283,15 +279,10 @@ def test_the_leader_killed_while_hundreds_of_models_register_loses_nothing_and_a
         replicas.s3.client().head_object(Bucket=BUCKET, Key=location.key(f"{pack}/config.pbtxt"))
     for name, entry in random.Random(1).sample(jobs, 5):
         body = replicas.call("GET", f"/models/{name}", prefer=survivor).json()
-        client = grpcclient.InferenceServerClient(body["endpoints"][0]["grpc_url"])
-        try:
-            (x,) = example_inputs(entry, batch=1)
-            tensor = grpcclient.InferInput("INPUT__0", list(x.shape), entry.inputs[0].dtype)
-            tensor.set_data_from_numpy(x)
-            out = client.infer(body["pack"], [tensor], parameters={"model_id": name}).as_numpy("OUTPUT__0")
-            assert out.shape[0] == 1 and np.isfinite(out).all()
-        finally:
-            client.close()
+        (x,) = example_inputs(entry, batch=1)
+        out = infer_at(body["endpoints"][0]["grpc_url"], body["pack"], {"INPUT__0": x}, name,
+                       datatypes={"INPUT__0": entry.inputs[0].dtype}).as_numpy("OUTPUT__0")
+        assert out.shape[0] == 1 and np.isfinite(out).all()
     print(f"\n{total} registrations over 2 replicas in {took:.0f} s ({dict(done)}); leader SIGKILLed after "
           f"{kill_after}; new leader after {takeover_s:.2f} s; all {total} servable {servable_s:.0f} s after the kill")
 
@@ -308,7 +299,7 @@ def registering_while(replicas: Replicas, generated_models: Path, prefix: str, c
         with cp.api() as session:
             session.headers["Connection"] = "close"
             response = session.post(f"{cp.url}/api/v1/models", timeout=120, data={
-                "name": f"{prefix}-{k:03d}", "signature": signature_of(entry)},
+                "name": f"{prefix}-{k:03d}", "signature": json.dumps(signature_of(entry))},
                 files={"artifact": ("model.pt", (generated_models / entry.file).read_bytes())})
         answered.release()
         return f"{prefix}-{k:03d}", response

@@ -19,11 +19,11 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from control_plane.traffic import parse
 from fleet.client import FleetClient
-from fleet.triton_server import TritonServer, free_port
+from fleet.triton_server import TritonServer
 from fleet.waiting import wait_for
 from model_repository.generator import example_inputs
 
-from .conftest import TOKEN, ControlPlane, fleet_env, register_models, register_servers, start_servers
+from .conftest import TOKEN, stack_on
 
 pytestmark = pytest.mark.slow
 SERVERS = ("h-a", "h-b", "h-c")
@@ -34,22 +34,17 @@ HOT_RPS_PER_REPLICA, COOL_RPS_PER_REPLICA = 5.0, 2.0
 def fleet(tmp_path_factory, seaweed, generated_models):
     """Three servers, two packs of two models each; every pack settled at two loaded replicas."""
     root = tmp_path_factory.mktemp("hot")
-    servers = start_servers(root, SERVERS)
-    env = fleet_env(root, seaweed, "hot", FLEET_PACK_SIZE="2", FLEET_REPLICAS_MIN="2",
-                    FLEET_HOT_RPS_PER_REPLICA=str(HOT_RPS_PER_REPLICA),
-                    FLEET_COOL_RPS_PER_REPLICA=str(COOL_RPS_PER_REPLICA),
-                    # Not a test of failure detection: on a busy 2-core machine a server loading a pack while
-                    # it serves once missed its liveness answers for over the default 5 s and was declared dead.
-                    FLEET_SERVER_DEAD_AFTER_S="20")
-    cp = ControlPlane(f"http://127.0.0.1:{free_port()}", env, root / "control-plane.log").start()
-    register_servers(cp, servers)
-    entries = register_models(cp.api(), cp.url, generated_models, 4)
-    state = {"cp": cp, "servers": servers, "entries": entries}
-    wait_for(lambda: settled_at_two(state), timeout_s=180, what="every pack loaded on two servers")
-    yield state
-    cp.stop()
-    for server in servers.values():
-        server.stop()
+    # server_dead_after_s: not a test of failure detection; on a busy 2-core machine a server loading a pack
+    # while it serves once missed its liveness answers for over the default 5 s and was declared dead.
+    stack = stack_on(root, seaweed, "hot", servers=SERVERS, pack_size=2, replicas_min=2,
+                     hot_rps_per_replica=HOT_RPS_PER_REPLICA, cool_rps_per_replica=COOL_RPS_PER_REPLICA,
+                     server_dead_after_s=20)
+    with stack.start():
+        stack.register_servers(capacity_bytes=2 * 2**30, metrics=True)
+        entries = stack.register_models(generated_models, 4)
+        state = {"cp": stack.control_plane, "servers": stack.servers, "entries": entries}
+        wait_for(lambda: settled_at_two(state), timeout_s=180, what="every pack loaded on two servers")
+        yield state
 
 
 def get(fleet, path: str) -> dict:

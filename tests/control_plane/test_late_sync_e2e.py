@@ -6,16 +6,13 @@ sidecar and copies the S3 repository into the server's folder when it chooses.
 """
 from __future__ import annotations
 
-import json
-
 import pytest
 
-from fleet.triton_server import free_port
 from fleet.waiting import wait_for
 from model_repository.manifest import Manifest
 from model_repository.s3_sync import sync
 
-from .conftest import ControlPlane, fleet_env, start_servers
+from .conftest import stack_on
 
 pytestmark = pytest.mark.slow
 
@@ -23,18 +20,15 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def sidecar_stack(tmp_path_factory, seaweed):
     root = tmp_path_factory.mktemp("late")
-    (server,) = start_servers(root, ("sidecar",)).values()
-    repo = server.repository
-    env = fleet_env(root, seaweed, "late", FLEET_RECONCILE_INTERVAL_S="0.3", FLEET_STUB_PROBE_INTERVAL_S="0")
-    uri = env["FLEET_REPOSITORY_URI"]
-    cp = ControlPlane(f"http://127.0.0.1:{free_port()}", env, root / "control-plane.log").start()
-    response = cp.api().post(f"{cp.url}/api/v1/servers", json={
-        "name": "sidecar", "family": "cpu", "http_url": server.http_url, "grpc_url": server.grpc_url,
-        "capacity_bytes": 4 * 2**30})  # no repository_path: the server syncs itself
-    assert response.status_code == 201, response.text
-    yield {"cp": cp, "server": server, "repo": repo, "uri": uri, "s3": seaweed.client()}
-    cp.stop()
-    server.stop()
+    stack = stack_on(root, seaweed, "late", servers=("sidecar",), reconcile_interval_s=0.3, stub_probe_interval_s=0)
+    with stack.start():
+        server = stack.servers["sidecar"]
+        response = stack.api().post(f"{stack.url}/api/v1/servers", json={
+            "name": "sidecar", "family": "cpu", "http_url": server.http_url, "grpc_url": server.grpc_url,
+            "capacity_bytes": 4 * 2**30})  # no repository_path: the server syncs itself
+        assert response.status_code == 201, response.text
+        yield {"cp": stack.control_plane, "server": server, "repo": server.repository,
+               "uri": stack.settings.repository_uri, "s3": seaweed.client(), "stack": stack}
 
 
 def model(stack, name: str) -> dict:
@@ -49,12 +43,7 @@ def placement(stack) -> dict | None:
 
 
 def register(stack, entry, models_dir) -> None:
-    response = stack["cp"].api().post(
-        f"{stack['cp'].url}/api/v1/models",
-        data={"name": entry.id, "signature": json.dumps({
-            "inputs": [i.model_dump(mode="json") for i in entry.inputs],
-            "outputs": [o.model_dump(mode="json") for o in entry.outputs]})},
-        files={"artifact": (f"{entry.id}.pt", (models_dir / entry.file).read_bytes())})
+    response = stack["stack"].register(models_dir, entry)
     assert response.status_code == 201, response.text
 
 
@@ -94,10 +83,7 @@ def test_a_model_no_server_of_its_family_can_hold_is_refused_with_the_reason(sid
         "grpc_url": stack["server"].grpc_url, "capacity_bytes": 64 * 2**20})
     assert response.status_code == 201, response.text
     entry = Manifest.read(generated_models).models[-1]
-    response = api.post(f"{url}/api/v1/models", data={"name": "too-big-for-inf2", "family": "inf2", "signature": (
-        json.dumps({"inputs": [i.model_dump(mode="json") for i in entry.inputs],
-                                  "outputs": [o.model_dump(mode="json") for o in entry.outputs]}))},
-        files={"artifact": ("model.pt", (generated_models / entry.file).read_bytes())})
+    response = stack["stack"].register(generated_models, entry, name="too-big-for-inf2", family="inf2")
     assert response.status_code == 422, response.text
     error = response.json()["error"]
     assert error["code"] == "model_too_large"

@@ -11,9 +11,9 @@ import time
 
 import numpy as np
 import pytest
-import tritonclient.grpc as grpcclient
 
 from control_plane.reconcile import load_and_verify, resize
+from fleet.client import infer_at
 from fleet.triton_server import TritonServer
 from model_repository.contract import samples
 from model_repository.generator import example_inputs
@@ -48,13 +48,8 @@ def triton(server: TritonServer) -> TritonAdmin:
 
 def infer(server: TritonServer, pack: str, entry) -> np.ndarray:
     (x,) = example_inputs(entry, batch=1)
-    client = grpcclient.InferenceServerClient(server.grpc_url)
-    try:
-        tensor = grpcclient.InferInput("INPUT__0", list(x.shape), entry.inputs[0].dtype)
-        tensor.set_data_from_numpy(x)
-        return client.infer(pack, [tensor], parameters={"model_id": entry.id}).as_numpy("OUTPUT__0")
-    finally:
-        client.close()
+    return infer_at(server.grpc_url, pack, {"INPUT__0": x}, entry.id,
+                    datatypes={"INPUT__0": entry.inputs[0].dtype}).as_numpy("OUTPUT__0")
 
 
 def test_a_server_with_an_older_copy_stays_pending_with_the_reason(server, generated_models):

@@ -7,13 +7,12 @@ import signal
 import threading
 
 import pytest
-import tritonclient.grpc as grpcclient
 
-from fleet.triton_server import free_port
+from fleet.client import infer_at
 from fleet.waiting import wait_for
 from model_repository.generator import example_inputs
 
-from .conftest import ControlPlane, fleet_env, register_models, register_servers, start_servers
+from .conftest import stack_on
 
 pytestmark = pytest.mark.slow
 SERVERS = ("r-a", "r-b", "r-c")
@@ -23,17 +22,12 @@ MODELS = 9
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory, seaweed, generated_models):
     root = tmp_path_factory.mktemp("replicas")
-    servers = start_servers(root, SERVERS)
-    cp = ControlPlane(f"http://127.0.0.1:{free_port()}", fleet_env(
-        root, seaweed, "rep", FLEET_SERVER_DEAD_AFTER_S="2", FLEET_PACK_SIZE="2"), root / "control-plane.log").start()
-    register_servers(cp, servers)
-    entries = register_models(cp.api(), cp.url, generated_models, MODELS)
-    state = {"cp": cp, "servers": servers, "entries": entries}
-    wait_for(lambda: all(len(model(state, e.id)["endpoints"]) == 2 for e in entries), timeout_s=180)
-    yield state
-    cp.stop()
-    for server in servers.values():
-        server.stop()
+    with stack_on(root, seaweed, "rep", servers=SERVERS, server_dead_after_s=2, pack_size=2).start() as stack:
+        stack.register_servers(capacity_bytes=2 * 2**30, metrics=True)
+        entries = stack.register_models(generated_models, MODELS)
+        state = {"cp": stack.control_plane, "servers": stack.servers, "entries": entries}
+        wait_for(lambda: all(len(model(state, e.id)["endpoints"]) == 2 for e in entries), timeout_s=180)
+        yield state
 
 
 def get(fleet, path: str) -> dict:
@@ -63,13 +57,7 @@ def replicas_settled(fleet) -> bool:
 
 def infer(grpc_url: str, pack: str, entry) -> None:
     (x,) = example_inputs(entry, batch=1)
-    client = grpcclient.InferenceServerClient(grpc_url)
-    try:
-        tensor = grpcclient.InferInput("INPUT__0", list(x.shape), entry.inputs[0].dtype)
-        tensor.set_data_from_numpy(x)
-        assert client.infer(pack, [tensor], parameters={"model_id": entry.id}).as_numpy("OUTPUT__0").shape[0] == 1
-    finally:
-        client.close()
+    assert infer_at(grpc_url, pack, {"INPUT__0": x}, entry.id).as_numpy("OUTPUT__0").shape[0] == 1
 
 
 def test_each_pack_has_two_verified_replicas_spread_over_the_servers(fleet):

@@ -27,12 +27,13 @@ from control_plane.discovery import Discovered, DiscoverySettings
 from control_plane.settings import Settings
 from control_plane.uploads import body_limit, channel_class
 from fleet.client import FleetClient
+from fleet.stack import Stack, StackSpec, register_generated
 from fleet.triton_server import TritonServer, free_port
 from fleet.waiting import wait_for
 from model_repository.generator import example_inputs
 from model_repository.s3_sync import NoAssignment, SyncError, sync
 
-from .conftest import ADMIN_KEY, TOKEN, register_models, start_servers
+from .conftest import ADMIN_KEY, TOKEN
 
 pytestmark = pytest.mark.slow
 SERVERS = ("eks-triton-cpu-0", "eks-triton-cpu-1", "eks-triton-cpu-2")
@@ -85,7 +86,9 @@ class Sidecars:
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory, seaweed, generated_models):
     root = tmp_path_factory.mktemp("scale-in")
-    servers = start_servers(root, SERVERS)
+    stack = Stack(StackSpec(root, servers=SERVERS, control_planes=0, admin_key=ADMIN_KEY, bucket="models"),
+                  s3=seaweed).start()  # the control plane runs in this process, with discovery given
+    servers = stack.servers
     uri = f"s3://models/scale-in-{uuid.uuid4().hex[:8]}"
     with pytest.MonkeyPatch.context() as patch:
         for key, value in seaweed.environment().items():
@@ -115,7 +118,7 @@ def fleet(tmp_path_factory, seaweed, generated_models):
         try:
             wait_for(lambda: {s["name"] for s in get(fleet, "/servers")["items"]} == set(SERVERS), timeout_s=30,
                      what="discovery registers the three servers")
-            fleet["entries"] = register_models(api, url, generated_models, MODELS)
+            fleet["entries"] = register_generated(url, TOKEN, generated_models, MODELS)
             wait_for(lambda: settled(fleet), timeout_s=180, what="two loaded replicas of every pack")
             yield fleet
         finally:
@@ -124,8 +127,7 @@ def fleet(tmp_path_factory, seaweed, generated_models):
             state.leadership.stop()
             state.validator.close()
             http.close()
-            for server in servers.values():
-                server.stop()
+            stack.stop()
 
 
 def get(fleet, path: str) -> dict:

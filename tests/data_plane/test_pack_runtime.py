@@ -20,6 +20,7 @@ import torch
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
+from fleet.client import infer_at
 from fleet.triton_server import TritonServer
 from fleet.waiting import wait_for
 from model_repository.contract import PROBE_MEMBER, ErrorCode, error_code
@@ -157,10 +158,8 @@ def served(tmp_path_factory):
 
 def request(served, pack: str, member: str | None, array: np.ndarray, name: str = "INPUT__0",
             dtype: str = "FP32"):
-    tensor = grpcclient.InferInput(name, list(array.shape), dtype)
-    tensor.set_data_from_numpy(array)
-    parameters = {"model_id": member} if member else None
-    return served["client"].infer(pack, [tensor], parameters=parameters)
+    return infer_at(served["server"].grpc_url, pack, {name: array}, member, datatypes={name: dtype},
+                    client=served["client"])
 
 
 def infer(served, pack: str, member: str, array: np.ndarray) -> np.ndarray:

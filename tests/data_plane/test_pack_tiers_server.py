@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import tritonclient.grpc as grpcclient
 
 from control_plane.app import create_app
 from control_plane.db import Pack, Placement
@@ -21,6 +20,7 @@ from control_plane.placement import STUB_BASE_BYTES
 from control_plane.reconcile import load_and_verify, resize
 from control_plane.settings import Settings
 from control_plane.traffic import parse
+from fleet.client import infer_at
 from fleet.triton_server import TritonServer
 from fleet.waiting import wait_for
 
@@ -56,13 +56,7 @@ def server(tmp_path_factory):
 
 
 def infer(server: TritonServer, member: str) -> np.ndarray:
-    client = grpcclient.InferenceServerClient(server.grpc_url)
-    try:
-        tensor = grpcclient.InferInput("INPUT__0", [1, 4], "FP32")
-        tensor.set_data_from_numpy(np.ones((1, 4), np.float32))
-        return client.infer(PACK, [tensor], parameters={"model_id": member}).as_numpy("OUTPUT__0")
-    finally:
-        client.close()
+    return infer_at(server.grpc_url, PACK, {"INPUT__0": np.ones((1, 4), np.float32)}, member).as_numpy("OUTPUT__0")
 
 
 def gpu_tier(server: TritonServer) -> dict | None:

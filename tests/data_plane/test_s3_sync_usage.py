@@ -7,11 +7,10 @@ look used. The sync's UsageTracker reads the pack runtime's per-member request c
 from __future__ import annotations
 
 import pytest
-import tritonclient.grpc as grpcclient
 
+from fleet.client import infer_at
 from fleet.triton_server import TritonServer
 from fleet.waiting import wait_for
-from model_repository.contract import request_parameters
 from model_repository.generator import example_inputs
 from model_repository.manifest import Manifest
 from model_repository.packing import build_repository
@@ -55,15 +54,10 @@ def test_a_probed_pack_is_not_used_and_a_called_one_is(generated_models, tmp_pat
             assert probe(server, pack).answered, "the stub refused the probe member itself"
         assert pack not in tracker.poll(), "probes are not use"
         (x,) = example_inputs(entry, batch=1)
-        client = grpcclient.InferenceServerClient(server.grpc_url)
-        tensor = grpcclient.InferInput(entry.inputs[0].name, list(x.shape), entry.inputs[0].dtype)
-        tensor.set_data_from_numpy(x)
 
         def called_and_counted() -> bool:  # the runtime flushes its counters at most once a second
-            client.infer(pack, [tensor], parameters=request_parameters(entry.id))
+            infer_at(server.grpc_url, pack, {entry.inputs[0].name: x}, entry.id,
+                     datatypes={entry.inputs[0].name: entry.inputs[0].dtype})
             return pack in tracker.poll()
 
-        try:
-            wait_for(called_and_counted, timeout_s=30, interval_s=0.3, what="a called pack counted as used")
-        finally:
-            client.close()
+        wait_for(called_and_counted, timeout_s=30, interval_s=0.3, what="a called pack counted as used")

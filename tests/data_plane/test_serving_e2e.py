@@ -12,6 +12,7 @@ import torch
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
+from fleet.client import infer_at
 from fleet.triton_server import TritonServer
 from model_repository.artifacts import canonical_torchscript, sha256_hex
 from model_repository.generator import example_inputs, generate
@@ -47,9 +48,8 @@ def pack_of(fleet, member_id: str) -> str:
 
 def infer(fleet, member_id: str, array: np.ndarray, dtype: str | None = None):
     entry = fleet["manifest"].by_id()[member_id]
-    tensor = grpcclient.InferInput("INPUT__0", list(array.shape), dtype or entry.inputs[0].dtype)
-    tensor.set_data_from_numpy(array)
-    result = fleet["client"].infer(pack_of(fleet, member_id), [tensor], parameters={"model_id": member_id})
+    result = infer_at(fleet["server"].grpc_url, pack_of(fleet, member_id), {"INPUT__0": array}, member_id,
+                      datatypes={"INPUT__0": dtype or entry.inputs[0].dtype}, client=fleet["client"])
     return result.as_numpy("OUTPUT__0")
 
 

@@ -5,13 +5,13 @@ from __future__ import annotations
 import pytest
 import requests
 
-from .conftest import wait_for
+from fleet.waiting import wait_for
 
 pytestmark = pytest.mark.slow
 
 
 def scrape(stack) -> str:
-    response = requests.get(stack.metrics_url, timeout=30)
+    response = requests.get(stack.control_plane.metrics_url, timeout=30)
     assert response.status_code == 200
     return response.text
 

@@ -17,9 +17,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from control_plane.observability.cli import logs_command
 from control_plane.observability.dashboards import used_metric_names
 from fleet.settings import DevelopmentSettings
+from fleet.waiting import wait_for
 from model_repository.generator import example_inputs, generate
+from model_repository.manifest import Manifest
 
-from .conftest import TOKEN, wait_for
+from .conftest import TOKEN, infer
 
 pytestmark = pytest.mark.slow
 MODELS = 3
@@ -45,22 +47,32 @@ def value(found: dict[str, list], name: str, **labels: str) -> float:
 
 
 @pytest.fixture(scope="module")
-def fleet(stack_factory, tmp_path_factory):
+def models_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("models")
+
+
+@pytest.fixture(scope="module")
+def observed_models(models_dir) -> Manifest:
+    """The models this module registers."""
+    return generate(MODELS, models_dir, seed=16)
+
+
+@pytest.fixture(scope="module")
+def fleet(stack_factory, observed_models, models_dir):
     """One server, three registered models answering requests (and one refused), one short load test."""
     stack = stack_factory(("triton-a",))
-    models_dir = tmp_path_factory.mktemp("models")
-    manifest = generate(MODELS, models_dir, seed=16)
+    manifest = observed_models
     for entry in manifest.models:
         assert stack.register(models_dir, entry).status_code == 201
     for entry in manifest.models:
         wait_for(lambda e=entry: stack.model(e.id)["status"] == "servable", 180, what=f"{entry.id} servable")
     for entry in manifest.models:
         for seed in range(3):
-            response = stack.infer(entry.id, example_inputs(entry, 2, seed), entry)
+            response = infer(stack, entry.id, example_inputs(entry, 2, seed), entry)
             assert response.status_code == 200, response.text
     first = manifest.models[0]
     wrong = [np.zeros((1, 999), dtype=np.float32) if a.dtype == np.float32 else a for a in example_inputs(first, 1)]
-    assert stack.infer(first.id, wrong, first).status_code != 200  # refused: counts as a failure
+    assert infer(stack, first.id, wrong, first).status_code != 200  # refused: counts as a failure
     test = stack.api().post(f"{stack.url}/api/v1/loadtests", json={"users": 4, "spawn_rate": 4,
                                                                    "duration_s": 6, "mix": "uniform"}).json()
 
@@ -70,7 +82,6 @@ def fleet(stack_factory, tmp_path_factory):
 
     done = wait_for(finished, 120, 1.0, "load test finished")
     assert done["status"] == "succeeded" and done["results"]["models_hit"] > 0, done
-    stack.models = manifest.models
     return stack
 
 
@@ -90,13 +101,13 @@ def test_every_metric_name_a_dashboard_or_alarm_uses_is_exported_by_the_real_ser
     assert not missing, f"dashboards/alarms name metrics nobody exports: {missing}"
 
 
-def test_control_plane_metrics_describe_the_fleet(fleet):
+def test_control_plane_metrics_describe_the_fleet(fleet, observed_models):
     found = samples(fleet.api().get(f"{fleet.url}/metrics").text)
     assert value(found, "fleet_models", status="servable") == MODELS
     assert value(found, "fleet_models", status="pending") == 0
     assert value(found, "fleet_servers", health="healthy") == 1
     assert value(found, "fleet_servers", health="unhealthy") == 0
-    packs = {fleet.model(m.id)["pack"] for m in fleet.models}
+    packs = {fleet.model(m.id)["pack"] for m in observed_models.models}
     assert value(found, "fleet_placements", state="loaded") == len(packs)
     assert {s.labels["pack"]: s.value for s in found["fleet_pack_replicas"]} == dict.fromkeys(packs, 1)
     assert value(found, "fleet_registrations_total", outcome="created") >= MODELS
@@ -114,12 +125,12 @@ def test_metrics_need_the_read_token_on_the_api_port_and_none_on_the_internal_po
     refused = requests.get(f"{fleet.url}/metrics", timeout=10)
     assert refused.status_code == 401 and "FLEET_METRICS_PORT" in refused.json()["error"]["message"]
     assert fleet.api(token="wrong").get(f"{fleet.url}/metrics").status_code == 401
-    internal = requests.get(fleet.metrics_url, timeout=10)
+    internal = requests.get(fleet.control_plane.metrics_url, timeout=10)
     assert internal.status_code == 200
     assert value(samples(internal.text), "fleet_models", status="servable") == MODELS
 
 
-def test_the_status_page_renders_servers_models_and_load_tests_in_headless_chromium(fleet, tmp_path):
+def test_the_status_page_renders_servers_models_and_load_tests_in_headless_chromium(fleet, observed_models, tmp_path):
     from .conftest import headless
 
     dom = headless(f"{fleet.url}/", tmp_path, "--dump-dom", "--virtual-time-budget=3000")
@@ -127,9 +138,10 @@ def test_the_status_page_renders_servers_models_and_load_tests_in_headless_chrom
     html = dom.stdout
     assert "triton-fleet" in html and "triton-a" in html and "healthy" in html
     assert f"{MODELS} servable" in html
-    for model in fleet.models:
+    for model in observed_models.models:
         assert re.search(f'id="packs".*?<td>{fleet.model(model.id)["pack"]}</td>', html, re.S), "packs listed"
-    assert 'id="hottest"' in html and any(m.id in html for m in fleet.models), "hottest models from the load test"
+    assert 'id="hottest"' in html and any(m.id in html for m in observed_models.models), \
+        "hottest models from the load test"
     assert 'id="loadtests"' in html and "<svg" in html, "the load test with its latency plot"
     assert "Database, object store, reconciler and every server are healthy" in html
     assert TOKEN not in html and "observe-test-admin-key" not in html, "no secrets on the page"
@@ -141,15 +153,15 @@ def test_the_status_page_renders_servers_models_and_load_tests_in_headless_chrom
         shutil.copyfile(shot, SCREENSHOT)
 
 
-def test_logs_are_json_with_request_ids_and_the_model_pack_and_server_they_are_about(fleet):
-    name = fleet.models[0].id
+def test_logs_are_json_with_request_ids_and_the_model_pack_and_server_they_are_about(fleet, observed_models):
+    name = observed_models.models[0].id
     response = fleet.api().get(f"{fleet.url}/api/v1/models/{name}", headers={"X-Request-Id": "obs-req-42"})
     assert response.headers["X-Request-Id"] == "obs-req-42"
     generated = fleet.api().get(f"{fleet.url}/api/v1/servers").headers["X-Request-Id"]
     assert re.fullmatch(r"[0-9a-f]{32}", generated)
 
     def entries():
-        lines = [json.loads(line) for line in fleet.log.read_text().splitlines() if line.startswith("{")]
+        lines = [json.loads(line) for line in fleet.control_plane.log.read_text().splitlines() if line.startswith("{")]
         return lines if any(e.get("request_id") == "obs-req-42" for e in lines) else None
 
     lines = wait_for(entries, 10, what="the request's log line")
@@ -158,12 +170,12 @@ def test_logs_are_json_with_request_ids_and_the_model_pack_and_server_they_are_a
     loads = [e for e in lines if e.get("action") == "pack.load"]
     assert loads and loads[0]["pack"] == fleet.model(name)["pack"] and loads[0]["server"] == "triton-a"
     registered = [e for e in lines if e.get("action") == "model.register"]
-    assert {e["model"] for e in registered} == {m.id for m in fleet.models}
+    assert {e["model"] for e in registered} == {m.id for m in observed_models.models}
 
 
 def test_fleet_logs_merges_the_stacks_logs_in_time_order(fleet):
     fleet.api().get(f"{fleet.url}/api/v1/servers", headers={"X-Request-Id": "obs-merge-7"})
-    wait_for(lambda: "obs-merge-7" in fleet.log.read_text(), 10, what="the request's log line")
+    wait_for(lambda: "obs-merge-7" in fleet.control_plane.log.read_text(), 10, what="the request's log line")
     result = CliRunner().invoke(logs_command, ["--dir", str(fleet.root)], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     sources = {line.split()[1] for line in result.output.splitlines() if line[:2].isdigit()}
@@ -176,7 +188,7 @@ def test_fleet_logs_merges_the_stacks_logs_in_time_order(fleet):
     assert only.output and all("obs-merge-7" in line for line in only.output.splitlines())
 
 
-def test_the_disk_tier_of_a_local_server_comes_from_the_control_planes_own_sync(fleet):
+def test_the_disk_tier_of_a_local_server_comes_from_the_control_planes_own_sync(fleet, observed_models):
     """fleet up's servers are synced by the control plane: their disk tier is that sync's report, shown by
     the API and exported per server and tier on /metrics, the same figures as the sync's status file."""
     from control_plane.assignments import disk_tier
@@ -190,7 +202,7 @@ def test_the_disk_tier_of_a_local_server_comes_from_the_control_planes_own_sync(
         return usage if (usage.get("tiers") or {}).get("disk") == disk_tier(on_disk) else None
 
     usage = wait_for(shown, 30, what="the disk tier from the control plane's sync")
-    packs = {fleet.model(m.id)["pack"] for m in fleet.models}
+    packs = {fleet.model(m.id)["pack"] for m in observed_models.models}
     assert usage["tiers"]["disk"]["resident_members"] == len(packs) and usage["disk_synced_at"]
     found = samples(fleet.api().get(f"{fleet.url}/metrics").text)
     assert value(found, "fleet_server_tier_resident_bytes", server="triton-a", tier="disk") == \

@@ -2,7 +2,6 @@
 S3 URIs may point. (Every /api/v1 route needing the token is tests/control_plane/test_api_e2e.py.)"""
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
@@ -14,25 +13,26 @@ from hypothesis import strategies as st
 from tritonclient.utils import InferenceServerException
 
 from control_plane.schemas import NAME_PATTERN
+from fleet.client import signature_of
 from fleet.waiting import wait_for
 from model_repository.manifest import Manifest
 from model_repository.triton_admin import ADMIN_HEADER, TritonAdmin, TritonRefused
 
-from .conftest import ADMIN_KEY, BUCKET, api, register, servable, signature_of, url
+from .conftest import ADMIN_KEY, BUCKET, api, register, servable, url
 
 EXISTING = "access-existing"
 MISSING = "access-missing"
 
 
 @pytest.fixture(scope="module")
-def existing(stack, generated_models):
+def existing(stack_session, generated_models):
     entry = Manifest.read(generated_models).models[40]
-    assert register(stack, entry, generated_models, name=EXISTING).status_code in (200, 201)
-    return wait_for(lambda: servable(stack, EXISTING), timeout_s=180)
+    assert register(stack_session, entry, generated_models, name=EXISTING).status_code in (200, 201)
+    return wait_for(lambda: servable(stack_session, EXISTING), timeout_s=180)
 
 
 def _routes(stack) -> list[tuple[str, str]]:
-    spec = requests.get(f"{stack['cp'].url}/openapi.json", timeout=10).json()
+    spec = requests.get(f"{stack.url}/openapi.json", timeout=10).json()
     return [(method.upper(), path) for path, ops in spec["paths"].items()
             if path.startswith("/api/v1") and "{name}" in path for method in ops]
 
@@ -45,7 +45,7 @@ def test_auth_failures_are_identical_for_existing_and_missing_models(stack, exis
         for token in (None, "not-the-token"):
             answers = []
             for name in (EXISTING, MISSING):
-                response = api(stack, token).request(method, stack["cp"].url + path.replace("{name}", name),
+                response = api(stack, token).request(method, stack.url + path.replace("{name}", name),
                                                      json={}, timeout=30)
                 headers = {k: v for k, v in response.headers.items() if k.lower() not in ("date", "x-request-id")}
                 answers.append((response.status_code, response.text, headers))
@@ -59,8 +59,8 @@ def test_auth_failures_are_identical_for_existing_and_missing_models(stack, exis
 @pytest.mark.slow
 def test_triton_repository_api_refuses_load_and_unload_without_the_admin_key(stack, existing):
     pack = existing["pack"]
-    server = next(s for s, _ in stack["servers"].values() if s.grpc_url == existing["endpoints"][0]["grpc_url"])
-    other = next(s for s, _ in stack["servers"].values() if s is not server)
+    server = next(s for s in stack.servers.values() if s.grpc_url == existing["endpoints"][0]["grpc_url"])
+    other = next(s for s in stack.servers.values() if s is not server)
     loaded_before = (server.ready_models(), other.ready_models())  # replicas: the pack may be on both
     for key in (None, "wrong-key", ""):
         for target, action in ((server, "unload"), (server, "load"), (other, "load")):
@@ -112,14 +112,14 @@ def test_hostile_names_are_refused_on_every_route_and_touch_nothing(stack, gener
     session = api(stack)
 
     def tree() -> set[str]:  # everything the stack writes, less the S3 server's data, logs and the database
-        return {str(p.relative_to(stack["root"])) for p in stack["root"].rglob("*")
-                if "seaweed" not in p.parts and p.suffix != ".log" and not p.name.startswith("registry.db")}
+        return {str(p.relative_to(stack.root)) for p in stack.root.rglob("*")
+                if "s3" not in p.parts and p.suffix != ".log" and not p.name.startswith("registry.db")}
     before = tree()
     for name in HOSTILE_NAMES:
         upload = register(stack, entry, generated_models, name=name)
         assert upload.status_code == 422, (name, upload.status_code, upload.text)
         from_s3 = session.post(url(stack, "/models/from-s3"), timeout=30, json={
-            "name": name, "s3_uri": f"s3://{BUCKET}/uploads/x.pt", "signature": json.loads(signature_of(entry))})
+            "name": name, "s3_uri": f"s3://{BUCKET}/uploads/x.pt", "signature": signature_of(entry)})
         assert from_s3.status_code == 422, (name, from_s3.text)
         server = session.post(url(stack, "/servers"), timeout=30, json={
             "name": name, "family": "cpu", "http_url": "http://127.0.0.1:9", "grpc_url": "127.0.0.1:9",
@@ -133,7 +133,7 @@ def test_hostile_names_are_refused_on_every_route_and_touch_nothing(stack, gener
             assert response.json()["error"]["code"] in ("not_found", "method_not_allowed")
     after = tree()
     assert after == before, sorted(after ^ before)[:10]
-    keys = [o["Key"] for o in stack["s3"].client().list_objects_v2(Bucket=BUCKET).get("Contents", [])]
+    keys = [o["Key"] for o in stack.s3.client().list_objects_v2(Bucket=BUCKET).get("Contents", [])]
     assert all(".." not in k.split("/") and not k.startswith("/") for k in keys)
     assert api(stack).get(url(stack, "/models"), params={"per_page": 1000}).json()["total"] > 0
     assert all(re.fullmatch(NAME_PATTERN, m["name"]) for m in
@@ -144,7 +144,7 @@ def test_hostile_names_are_refused_on_every_route_and_touch_nothing(stack, gener
 def test_s3_uris_outside_the_configured_bucket_are_refused(stack, generated_models):
     entry = Manifest.read(generated_models).models[42]
     data = (generated_models / entry.file).read_bytes()
-    client = stack["s3"].client()
+    client = stack.s3.client()
     client.create_bucket(Bucket=f"{BUCKET}-evil")
     client.put_object(Bucket=f"{BUCKET}-evil", Key="m.pt", Body=data)
     client.put_object(Bucket=BUCKET, Key="uploads/inside.pt", Body=data)
@@ -155,15 +155,15 @@ def test_s3_uris_outside_the_configured_bucket_are_refused(stack, generated_mode
     for k, uri in enumerate(outside):
         name = f"outside-{k}"
         response = api(stack).post(url(stack, "/models/from-s3"), timeout=60, json={
-            "name": name, "s3_uri": uri, "signature": json.loads(signature_of(entry))})
+            "name": name, "s3_uri": uri, "signature": signature_of(entry)})
         assert response.status_code == 400, (uri, response.status_code, response.text)
         assert response.json()["error"]["code"] == "s3_uri_outside_bucket", (uri, response.text)
         assert api(stack).get(url(stack, f"/models/{name}")).status_code == 404
     for uri in (f"http://{BUCKET}/uploads/inside.pt", f"file:///{BUCKET}/x", f"/{BUCKET}/uploads/inside.pt"):
         response = api(stack).post(url(stack, "/models/from-s3"), timeout=60, json={
-            "name": "outside-scheme", "s3_uri": uri, "signature": json.loads(signature_of(entry))})
+            "name": "outside-scheme", "s3_uri": uri, "signature": signature_of(entry)})
         assert response.status_code == 422, (uri, response.text)
     inside = api(stack).post(url(stack, "/models/from-s3"), timeout=60, json={
         "name": "inside-bucket", "s3_uri": f"s3://{BUCKET}/uploads/inside.pt",
-        "signature": json.loads(signature_of(entry))})
+        "signature": signature_of(entry)})
     assert inside.status_code == 201, inside.text

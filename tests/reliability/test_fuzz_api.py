@@ -117,7 +117,7 @@ def request_strategy(spec: dict) -> st.SearchStrategy:
 
 
 def test_the_api_fuzzed_from_its_openapi_document_never_answers_500(stack):
-    base = stack["cp"].url
+    base = stack.url
     spec = requests.get(f"{base}/openapi.json", timeout=10).json()
     session = requests.Session()
     session.headers["Authorization"] = f"Bearer {TOKEN}"
@@ -142,7 +142,7 @@ def test_the_api_fuzzed_from_its_openapi_document_never_answers_500(stack):
     # Found by this fuzzer (were 500s: integers beyond SQL BIGINT reached SQLite).
     for path in ("/api/v1/deployments/9223372036854775808", "/api/v1/loadtests/99999999999999999999"):
         assert session.get(base + path, timeout=10).status_code == 404
-    live = next(iter(stack["servers"].values()))[0]
+    live = next(iter(stack.servers.values()))
     huge = session.post(f"{base}/api/v1/servers", timeout=30, json={
         "name": "huge-capacity", "family": "cpu", "http_url": live.http_url, "grpc_url": live.grpc_url,
         "capacity_bytes": 2**70})
@@ -153,14 +153,14 @@ def test_the_api_fuzzed_from_its_openapi_document_never_answers_500(stack):
     assert requests.get(f"{base}/readyz", timeout=10).status_code == 200
     servers = session.get(f"{base}/api/v1/servers", timeout=10).json()["items"]
     assert {s["name"] for s in servers} >= protected
-    assert stack["cp"].process.poll() is None
+    assert stack.control_plane.process.poll() is None
     print(f"\nAPI fuzz: {sum(seen.values())} requests in {time.monotonic() - started:.0f} s, statuses {seen}")
 
 
 # ---- tensors ----------------------------------------------------------------------------------------
 def _stub_pids(stack) -> set[int]:
     pids = set()
-    for server, _ in stack["servers"].values():
+    for server in stack.servers.values():
         pids |= {p.pid for p in psutil.Process(server.process.pid).children(recursive=True)}
     return pids
 

@@ -27,7 +27,7 @@ def audit(stack, action: str) -> collections.Counter:
 
 
 def artifacts(stack, name: str) -> list[str]:
-    listing = stack["s3"].client().list_objects_v2(Bucket=BUCKET, Prefix=f"artifacts/{name}/")
+    listing = stack.s3.client().list_objects_v2(Bucket=BUCKET, Prefix=f"artifacts/{name}/")
     return [o["Key"] for o in listing.get("Contents", [])]
 
 
@@ -90,7 +90,7 @@ def test_concurrent_load_and_unload_of_the_same_models_end_consistent(stack, gen
         placements = [p for p in api(stack).get(url(stack, "/placements")).json()["items"] if p["pack"] == pack]
         if any(p["state"] != "loaded" or p["loaded_generation"] != p["generation"] for p in placements):
             return False
-        if any(desired.values()) and len(placements) != min(2, len(stack["servers"])):  # replicas_min 2
+        if any(desired.values()) and len(placements) != min(2, len(stack.servers)):  # replicas_min 2
             return False
         return all((servable(stack, n) is not None) == want for n, want in desired.items())
     wait_for(converged, timeout_s=120)
@@ -101,7 +101,7 @@ def test_concurrent_load_and_unload_of_the_same_models_end_consistent(stack, gen
             served = servable(stack, name)
             assert infer(served["endpoints"][0]["grpc_url"], pack, name, x).shape[0] == 1
         else:
-            for server, _ in stack["servers"].values():
+            for server in stack.servers.values():
                 with pytest.raises(InferenceServerException):
                     infer(server.grpc_url, pack, name, x)
     for name in names:  # leave them servable for the tests that follow
@@ -119,7 +119,7 @@ def test_a_control_plane_killed_mid_placement_converges_after_restart(stack, gen
     time.sleep(0.7)  # the reconciler is now building, publishing or loading the new pack(s)
     kill_control_plane(stack)
     started = time.monotonic()
-    stack["cp"].start()
+    stack.control_plane.start()
     wait_for(lambda: all(servable(stack, name) for name in names), timeout_s=180)
     took = time.monotonic() - started
     listed = api(stack).get(url(stack, "/models"), params={"name_prefix": "restart-"}).json()
@@ -127,7 +127,7 @@ def test_a_control_plane_killed_mid_placement_converges_after_restart(stack, gen
     assert {m["name"]: m["sha256"] for m in listed["items"]} == {f"restart-{e.id}": e.sha256 for e in entries}
     placements = api(stack).get(url(stack, "/placements")).json()["items"]
     per_pack = collections.Counter(p["pack"] for p in placements)
-    assert all(n == min(2, len(stack["servers"])) for n in per_pack.values()), per_pack  # replicas_min 2
+    assert all(n == min(2, len(stack.servers)) for n in per_pack.values()), per_pack  # replicas_min 2
     for entry, name in zip(entries, names, strict=True):
         served = servable(stack, name)
         (x,) = example_inputs(entry, batch=1)

@@ -54,7 +54,7 @@ def test_a_killed_stub_is_detected_and_its_pack_reloaded_while_other_packs_keep_
     # Every server holds a replica of each pack (two servers, two replicas): wait for both, so the replica
     # whose stub is killed below stays the one probed (a second replica loading later would otherwise take
     # over the model's first endpoint and hide the failure this test is about).
-    every_server = len(stack["servers"])
+    every_server = len(stack.servers)
     victim = wait_for(lambda: (m := servable(stack, victim_name)) and len(m["endpoints"]) == every_server and m,
                       timeout_s=120)
     bystander = wait_for(lambda: servable(stack, bystander_name))
@@ -80,7 +80,7 @@ def test_a_killed_stub_is_detected_and_its_pack_reloaded_while_other_packs_keep_
     traffic = threading.Thread(target=bystander_traffic, daemon=True)
     traffic.start()
     victim_endpoint = victim["endpoints"][0]
-    server, _ = stack["servers"][victim_endpoint["server"]]
+    server = stack.servers[victim_endpoint["server"]]
     stub = stub_of(server, victim["pack"])
     killed_at = time.monotonic()
     os.kill(stub.pid, signal.SIGKILL)

@@ -1,7 +1,8 @@
 """Secrets never reach a log or a response: the bearer token, the Triton admin key and the S3 keys.
 
-Named test_z_* so it runs after the other reliability tests and reads every log line they produced
-(kills, restarts, reloads, fuzzing); it also provokes the auth failures itself, so it holds alone too.
+It provokes what it must see itself (refused tokens and keys, a failed load) and reads every log line the
+session's stack has written by then: run with the other reliability modules it also covers their kills,
+restarts, reloads and fuzzing, and alone it still holds.
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ pytestmark = pytest.mark.slow
 
 
 def test_no_secret_appears_in_any_log_or_response(stack):
-    base = stack["cp"].url
+    base = stack.url
     answers = [
         api(stack, None).get(url(stack, "/models")),
         api(stack, "wrong").get(url(stack, "/models")),
@@ -31,15 +32,15 @@ def test_no_secret_appears_in_any_log_or_response(stack):
         requests.get(f"{base}/docs", timeout=10),
     ]
     metadata = []  # what each server says about itself (GET /v2)
-    for server, _ in stack["servers"].values():
+    for server in stack.servers.values():
         if server.process is None or server.process.poll() is not None:
             continue  # its log is still searched below
         for key in ("wrong", "", ADMIN_KEY):  # the last fails too: no such model
             answers.append(TritonAdmin(server.http_url, key).load("nope", timeout_s=30).response)
         metadata.append(json.dumps(TritonAdmin(server.http_url).server_metadata()))
-    logs = [stack["cp"].log] + [server.log_path for server, _ in stack["servers"].values()]
-    logs.append(stack["root"] / "seaweed" / "weed.log")
-    logs += [p for p in (stack["root"] / "work").rglob("*") if p.is_file() and p.suffix in (".pbtxt", ".json")]
+    logs = [stack.control_plane.log] + [server.log_path for server in stack.servers.values()]
+    logs.append(stack.s3.data_dir / "weed.log")
+    logs += [p for p in stack.control_plane.work_dir.rglob("*") if p.is_file() and p.suffix in (".pbtxt", ".json")]
     assert all(path.exists() for path in logs[:3])
     leaks = []
     for what, secret in SECRETS.items():

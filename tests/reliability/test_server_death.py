@@ -1,8 +1,8 @@
 """A tritonserver killed with SIGKILL under load: how long its models fail, and that nothing else does.
 
 The client follows the documented contract: it asks GET /api/v1/models/{id} where a model is served and
-asks again after a failed request. Runs after the other stack tests (test_y_*) and restarts the killed
-server at the end, so the stack is whole again for test_z_*.
+asks again after a failed request. Each test restarts the server it killed; the `stack` fixture also
+starts any stopped server before the next test, so no test depends on the order they run in.
 """
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 from tritonclient.utils import InferenceServerException
 
+from fleet.settings import ClientSettings
 from fleet.waiting import wait_for
 from loadtest.sweep import SweepPlan
 from model_repository.generator import example_inputs
@@ -71,7 +72,7 @@ def test_a_server_killed_under_load_fails_its_models_for_a_bounded_window(stack,
     # was first served: a model served by one server at registration may list the other first a moment later.
     placed = {c.name: [where for _, ok, where in c.outcomes if ok][-1] for c in clients}
     victim = placed[names[0]]
-    server, _ = stack["servers"][victim]
+    server = stack.servers[victim]
     killed_at = time.monotonic()
     os.killpg(server.process.pid, signal.SIGKILL)
     server.process.wait()
@@ -84,7 +85,7 @@ def test_a_server_killed_under_load_fails_its_models_for_a_bounded_window(stack,
         for client in clients:
             client.stop.set()
             client.join(timeout=30)
-        server.start()  # the same ports: the control plane sees it recover, and test_z_* finds it whole
+        server.start()  # the same ports: the control plane sees it recover
     report = []
     for client in clients:
         after = [(t, ok) for t, ok, _ in client.outcomes if t > killed_at]
@@ -130,12 +131,12 @@ def test_a_server_killed_under_a_locust_load_fails_only_inside_the_failover_wind
     weights.write_text("id,weight\n" + "".join(f"{name},1\n" for name in names))
     prefix = tmp_path / "locust"
     plan = SweepPlan("models", "127.0.0.1:1", (4,), 30, instance_type="-", locust_args=(
-        "--models-from", stack["cp"].url, "--mix", "file", "--weights-file", str(weights),
+        "--models-from", stack.url, "--mix", "file", "--weights-file", str(weights),
         "--refresh-catalogue", "1", "--rps-per-user", "25", "--csv-full-history"))
     command = plan.command(4, prefix)
-    env = {**os.environ, "FLEET_API_TOKEN": TOKEN, "PYTHONSAFEPATH": "1"}
+    env = {**os.environ, **ClientSettings(api_token=TOKEN).environment(), "PYTHONSAFEPATH": "1"}
     locust = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    server, _ = stack["servers"][victim]
+    server = stack.servers[victim]
     try:
         time.sleep(8)
         killed_at = time.time()
