@@ -15,7 +15,8 @@ from pathlib import Path
 from adfilter.benchmark import run_benchmark, run_triton_benchmark
 from adfilter.train import TrainConfig, train
 from adfilter.triton_repo import MODEL_NAME, TritonSettings, build_triton_model
-from benchmarks.data_plane import _median, _say, make_server
+from benchmarks.common import _median, _say
+from benchmarks.serving import make_server
 
 
 @dataclass(frozen=True)

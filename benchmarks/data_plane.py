@@ -18,19 +18,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import concurrent.futures
 import itertools
 import json
 import os
-import platform
 import shutil
-import statistics
-import sys
 import time
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from collections.abc import Sequence
+from dataclasses import asdict, replace
 from datetime import UTC, datetime
-from importlib import metadata
 from pathlib import Path
 
 import numpy as np
@@ -38,310 +33,39 @@ import psutil
 import requests
 from tqdm import tqdm
 
+from benchmarks.common import (
+    GIB,
+    MIB,
+    REPO_ROOT,
+    BenchmarkError,
+    _median,
+    _percentiles_ms,
+    _progress,
+    _say,
+    environment,
+)
+from benchmarks.data_plane_config import DEFAULT_DOCS, DEFAULT_OUT, FULL, JSON_NAME, QUICK, BenchConfig
+from benchmarks.data_plane_report import runs_table, scale_note, table, write_docs
+from benchmarks.driver import _drive, answer_each_once, drive, zipf_order
+from benchmarks.serving import (
+    Target,
+    _delta,
+    build,
+    ensure_models,
+    load_models,
+    make_server,
+    metric_totals,
+    sample_memory,
+    subset,
+    targets_for,
+    tree_cpu_seconds,
+)
 from fleet.triton_server import TritonServer
-from model_repository.contract import MEMBER_REQUESTS, TRITON_SUCCESS, request_parameters, samples
-from model_repository.generator import example_inputs, generate
-from model_repository.manifest import Manifest
-from model_repository.packing import PackPlan, build_repository
+from model_repository.contract import MEMBER_REQUESTS, TRITON_SUCCESS
+from model_repository.packing import PackPlan
 from model_repository.triton_config import PackSettings
 
-MIB = 2**20
-GIB = 2**30
-REPO_ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_OUT = REPO_ROOT / "results" / "bench-data-plane"
-DEFAULT_DOCS = REPO_ROOT / "docs" / "benchmarks-data-plane.md"
-JSON_NAME = "data_plane.json"
 
-
-class BenchmarkError(RuntimeError):
-    """The harness could not measure what it set out to (a request failed, a server did not load)."""
-
-
-@dataclass(frozen=True)
-class BenchConfig:
-    """Sizes and durations of one run; FULL and QUICK below, tests pass smaller ones."""
-
-    mode: str = "full"
-    seed: int = 0
-    pack_size: int = 100
-    load_workers: int = 4  # parallel load requests (Triton's default model-load thread count is 4)
-    concurrency: int = 16  # requests in flight for "every member once" and the Zipf mix
-    # 1. memory
-    memory_models: int = 200
-    dedicated_cap: int = 40
-    min_available_gib: float = 4.0
-    memory_repeats: int = 2  # packs, dedicated, packs, dedicated, ...
-    # 2. time to servable
-    servable_models: int = 1000
-    servable_repeats: int = 3
-    # 3. cold vs warm first request
-    cold_members: int = 300
-    latency_block: int = 20  # cold block then the same members warm, alternating
-    # 4. Zipf mix, dynamic batching A/B
-    zipf_models: int = 1000
-    zipf_s: float = 1.1
-    zipf_seconds: float = 15.0
-    zipf_warmup_seconds: float = 3.0
-    zipf_pairs: int = 4  # A/B pairs: A B A B ...
-
-
-FULL = BenchConfig()
-QUICK = BenchConfig(mode="quick", memory_models=60, dedicated_cap=10, memory_repeats=1, servable_models=300,
-                    servable_repeats=1, cold_members=200, zipf_models=300, zipf_seconds=4.0,
-                    zipf_warmup_seconds=1.0, zipf_pairs=2)
-
-
-# ---- small helpers ----------------------------------------------------------------------------------
-def _median(values: Iterable[float]) -> float:
-    values = list(values)
-    return float(statistics.median(values)) if values else float("nan")
-
-
-def _percentiles_ms(latencies_s: Sequence[float]) -> dict[str, float]:
-    if not latencies_s:
-        return {"count": 0, "p50_ms": float("nan"), "p99_ms": float("nan"), "mean_ms": float("nan"),
-                "max_ms": float("nan")}
-    array = np.asarray(latencies_s) * 1e3
-    p50, p99 = np.percentile(array, [50, 99])
-    return {"count": int(array.size), "p50_ms": float(p50), "p99_ms": float(p99),
-            "mean_ms": float(array.mean()), "max_ms": float(array.max())}
-
-
-def _progress(total: int | None, desc: str, enabled: bool, unit: str = "it") -> tqdm:
-    return tqdm(total=total, desc=desc, unit=unit, disable=not enabled, leave=False, dynamic_ncols=True,
-                mininterval=0.5, file=sys.stderr)
-
-
-def _say(message: str, enabled: bool = True) -> None:
-    if enabled:
-        tqdm.write(message, file=sys.stderr)
-
-
-# ---- models and repositories ------------------------------------------------------------------------
-def ensure_models(work: Path, count: int, seed: int, progress: bool) -> Path:
-    """Generated models in work/models-seedN, reused across runs when already there."""
-    directory = work / f"models-seed{seed}"
-    try:
-        manifest = Manifest.read(directory)
-        if manifest.seed == seed and len(manifest.models) >= count and all(
-                (directory / m.file).exists() for m in manifest.models[:count]):
-            return directory
-    except (OSError, ValueError):
-        pass
-    shutil.rmtree(directory, ignore_errors=True)
-    with _progress(count, "generate models", progress, "model") as bar:
-        generate(count, directory, seed=seed, on_progress=bar.update)
-    return directory
-
-
-def subset(models_dir: Path, count: int, dest: Path) -> Path:
-    """A manifest folder with the first `count` models, sharing the artifacts (through a symlink)."""
-    manifest = Manifest.read(models_dir)
-    if len(manifest.models) < count:
-        raise BenchmarkError(f"need {count} models, {models_dir} has {len(manifest.models)}")
-    shutil.rmtree(dest, ignore_errors=True)
-    dest.mkdir(parents=True)
-    (dest / "models").symlink_to((models_dir / "models").resolve(), target_is_directory=True)
-    Manifest(seed=manifest.seed, models=manifest.models[:count]).write(dest)
-    return dest
-
-
-def build(models_dir: Path, repo: Path, pack_size: int, dedicated: bool = False,
-          settings: PackSettings | None = None) -> list[PackPlan]:
-    shutil.rmtree(repo, ignore_errors=True)
-    return build_repository(models_dir, repo, pack_size=pack_size, dedicated=dedicated,
-                            settings=settings or PackSettings())
-
-
-@dataclass(frozen=True)
-class Target:
-    """One user model as a client addresses it."""
-
-    model: str  # the Triton model: a pack, or the model itself when dedicated
-    member: str | None  # the request parameter model_id (None for a dedicated model)
-    array: np.ndarray
-    dtype: str
-
-
-def targets_for(plans: Sequence[PackPlan], models_dir: Path, seed: int) -> list[Target]:
-    by_id = Manifest.read(models_dir).by_id()
-    targets = []
-    for plan in plans:
-        for member in plan.members:
-            entry = by_id[member.id]
-            (array,) = example_inputs(entry, batch=1, seed=seed + len(targets))
-            targets.append(Target(plan.name, None if plan.dedicated else member.id, array,
-                                  entry.inputs[0].dtype))
-    return targets
-
-
-# ---- servers, memory, metrics -------------------------------------------------------------------------
-def make_server(repo: Path, logs: Path, label: str) -> TritonServer:
-    """A server for `repo` (not started: `with` starts it and stops it and all its stubs)."""
-    logs.mkdir(parents=True, exist_ok=True)
-    return TritonServer(repo, log_path=logs / f"{label}-{time.strftime('%H%M%S')}.log")
-
-
-def _tree_sample(pid: int, read: Callable[[psutil.Process], object]) -> list:
-    """`read(process)` for a process and each live descendant (tritonserver and its stubs); processes that
-    vanish or cannot be read while sampled are skipped."""
-    try:
-        root = psutil.Process(pid)
-        processes = [root, *root.children(recursive=True)]
-    except psutil.NoSuchProcess:
-        return []
-    samples = []
-    for process in processes:
-        try:
-            samples.append(read(process))
-        except (psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied):
-            continue
-    return samples
-
-
-def tree_memory(pid: int) -> dict[str, float]:
-    """PSS, USS and RSS summed over a process and all its descendants (tritonserver and its stubs)."""
-    infos = _tree_sample(pid, psutil.Process.memory_full_info)
-    return {"pss": float(sum(i.pss for i in infos)), "uss": float(sum(i.uss for i in infos)),
-            "rss": float(sum(i.rss for i in infos)), "processes": len(infos)}
-
-
-def tree_cpu_seconds(pid: int) -> float:
-    """User+system CPU seconds of a process and its live descendants."""
-    return float(sum(t.user + t.system for t in _tree_sample(pid, psutil.Process.cpu_times)))
-
-
-def sample_memory(server: TritonServer, samples: int = 3, settle_s: float = 1.0,
-                  interval_s: float = 0.5) -> dict[str, float]:
-    """Median of a few samples after a short settle (the stubs free load-time garbage lazily)."""
-    time.sleep(settle_s)
-    taken = []
-    for k in range(samples):
-        if k:
-            time.sleep(interval_s)
-        taken.append(tree_memory(server.process.pid))
-    return {key: _median(t[key] for t in taken) for key in taken[0]}
-
-
-def load_models(server: TritonServer, names: Sequence[str], workers: int, desc: str, progress: bool) -> float:
-    """Load Triton models with `workers` parallel requests; returns seconds."""
-    started = time.perf_counter()
-    with _progress(len(names), desc, progress, "model") as bar, \
-            concurrent.futures.ThreadPoolExecutor(max(1, workers)) as pool:
-        for future in concurrent.futures.as_completed([pool.submit(server.load, n) for n in names]):
-            future.result()
-            bar.update(1)
-    return time.perf_counter() - started
-
-
-TRITON_COUNTERS = (
-    TRITON_SUCCESS, "nv_inference_request_failure", "nv_inference_count",
-    "nv_inference_exec_count", "nv_inference_request_duration_us", "nv_inference_queue_duration_us",
-    "nv_inference_compute_input_duration_us", "nv_inference_compute_infer_duration_us",
-    "nv_inference_compute_output_duration_us", MEMBER_REQUESTS,
-    "fleet_member_compute_duration_us_total", "fleet_member_loads_total", "fleet_member_evictions_total",
-)
-
-
-def metric_totals(text: str) -> dict[str, float]:
-    """Sum each counter of TRITON_COUNTERS over all its label sets (all models, all members)."""
-    totals = dict.fromkeys(TRITON_COUNTERS, 0.0)
-    for sample in samples(text):
-        if sample.name in totals:
-            totals[sample.name] += sample.value
-    return totals
-
-
-def _delta(after: dict[str, float], before: dict[str, float]) -> dict[str, float]:
-    return {k: after[k] - before.get(k, 0.0) for k in after}
-
-
-# ---- the asyncio gRPC driver --------------------------------------------------------------------------
-@dataclass
-class DriveResult:
-    latencies_s: list[float] = field(default_factory=list)  # successful requests, in completion order
-    errors: int = 0
-    first_error: str | None = None
-    elapsed_s: float = 0.0
-    distinct: int = 0
-
-    @property
-    def completed(self) -> int:
-        return len(self.latencies_s)
-
-    def require_ok(self, what: str) -> DriveResult:
-        if self.errors:
-            raise BenchmarkError(f"{what}: {self.errors} requests failed, first: {self.first_error}")
-        return self
-
-
-async def _drive(url: str, targets: Sequence[Target], order: Iterable[int], concurrency: int,
-                 duration_s: float | None = None, on_done: Callable[[int], None] | None = None
-                 ) -> DriveResult:
-    """Send requests for targets[order[k]] with `concurrency` in flight, until the order runs out or
-    `duration_s` passes. Inputs are built once per target, so the client does little per request."""
-    from tritonclient.grpc.aio import InferenceServerClient, InferInput
-    from tritonclient.utils import InferenceServerException
-
-    inputs: dict[int, list] = {}
-
-    def inputs_of(index: int) -> list:
-        built = inputs.get(index)
-        if built is None:
-            target = targets[index]
-            tensor = InferInput("INPUT__0", list(target.array.shape), target.dtype)
-            tensor.set_data_from_numpy(target.array)
-            built = inputs[index] = [tensor]
-        return built
-
-    result = DriveResult()
-    iterator = iter(order)
-    client = InferenceServerClient(url)
-    started = time.perf_counter()
-    deadline = started + duration_s if duration_s is not None else float("inf")
-
-    async def worker() -> None:
-        for index in iterator:
-            if time.perf_counter() >= deadline:
-                return
-            target = targets[index]
-            request_inputs = inputs_of(index)
-            parameters = request_parameters(target.member) if target.member is not None else None
-            sent = time.perf_counter()
-            try:
-                await client.infer(target.model, request_inputs, parameters=parameters)
-            except InferenceServerException as error:
-                result.errors += 1
-                result.first_error = result.first_error or f"{target.model}/{target.member}: {error}"
-            else:
-                result.latencies_s.append(time.perf_counter() - sent)
-            if on_done:
-                on_done(1)
-
-    try:
-        await asyncio.gather(*(worker() for _ in range(max(1, concurrency))))
-    finally:
-        result.elapsed_s = time.perf_counter() - started
-        await client.close()
-    result.distinct = len(inputs)
-    return result
-
-
-def drive(url: str, targets: Sequence[Target], order: Iterable[int], concurrency: int,
-          duration_s: float | None = None, desc: str | None = None, progress: bool = False,
-          total: int | None = None) -> DriveResult:
-    with _progress(total, desc or "requests", progress and desc is not None, "req") as bar:
-        return asyncio.run(_drive(url, targets, order, concurrency, duration_s, bar.update))
-
-
-def answer_each_once(server: TritonServer, targets: Sequence[Target], concurrency: int, desc: str,
-                     progress: bool) -> DriveResult:
-    result = drive(server.grpc_url, targets, range(len(targets)), concurrency, desc=desc, progress=progress,
-                   total=len(targets))
-    return result.require_ok(desc)
-
-
-# ---- 1. memory per model ------------------------------------------------------------------------------
 def measure_packs_memory(repo: Path, plans: Sequence[PackPlan], targets: Sequence[Target], config: BenchConfig,
                          logs: Path, progress: bool) -> dict:
     with make_server(repo, logs, "memory-packs") as server:
@@ -424,7 +148,6 @@ def phase_memory(models_dir: Path, work: Path, config: BenchConfig, progress: bo
     return {"models": config.memory_models, "pack_size": config.pack_size, "runs": runs, "summary": summary}
 
 
-# ---- 2. time from an empty server to N models servable -----------------------------------------------
 def phase_servable(models_dir: Path, work: Path, config: BenchConfig, memory: dict, progress: bool) -> dict:
     source = subset(models_dir, config.servable_models, work / f"subset-{config.servable_models}")
     repo = work / "repos" / "servable"
@@ -466,7 +189,6 @@ def phase_servable(models_dir: Path, work: Path, config: BenchConfig, memory: di
     return {"models": len(targets), "packs": len(plans), "runs": runs, "summary": summary}
 
 
-# ---- 3 and 4: cold vs warm, Zipf mix with and without dynamic batching -------------------------------
 async def _cold_then_warm(url: str, targets: Sequence[Target], primers: Sequence[int], sample: Sequence[int],
                           block: int, bar: tqdm) -> dict[str, list[float]]:
     """One request at a time: a block of never-requested members, then the same block a second and a third
@@ -482,15 +204,6 @@ async def _cold_then_warm(url: str, targets: Sequence[Target], primers: Sequence
             sink.extend(result.latencies_s)
             bar.update(len(chunk))
     return passes
-
-
-def zipf_order(count: int, s: float, length: int, rank_seed: int, draw_seed: int) -> np.ndarray:
-    """`length` target indices drawn from a finite Zipf(s) over `count` targets. Ranks are a seeded random
-    permutation, so the hot members spread over packs; the same seeds give the same sequence."""
-    weights = np.arange(1, count + 1, dtype=np.float64) ** -s
-    ranked = np.random.default_rng(rank_seed).permutation(count)
-    draws = np.random.default_rng(draw_seed).choice(count, size=length, p=weights / weights.sum())
-    return ranked[draws]
 
 
 def _flush_member_metrics(server: TritonServer, targets: Sequence[Target]) -> None:
@@ -614,213 +327,6 @@ def phase_latency_and_zipf(models_dir: Path, work: Path, config: BenchConfig, pr
     return latency, zipf
 
 
-# ---- report -------------------------------------------------------------------------------------------
-def environment() -> dict:
-    cpu = "unknown"
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                   if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    versions = package_versions(("nvidia-pytriton", "torch", "numpy", "tritonclient", "grpcio"))
-    return {"cpu_model": cpu, "logical_cpus": os.cpu_count(), "ram_gib": psutil.virtual_memory().total / GIB,
-            "kernel": platform.release(), "python": platform.python_version(), "versions": versions}
-
-
-def package_versions(packages: Iterable[str]) -> dict[str, str]:
-    """Installed version of each package, or "not installed"."""
-    found = {}
-    for package in packages:
-        try:
-            found[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            found[package] = "not installed"
-    return found
-
-
-def _f(value: float, digits: int = 1) -> str:
-    return f"{value:,.{digits}f}"
-
-
-def table(results: dict) -> str:
-    memory, servable = results["memory"]["summary"], results["servable"]["summary"]
-    latency, zipf = results["latency"], results["zipf"]["summary"]
-    mem_models, n_serv = results["memory"]["models"], results["servable"]["models"]
-    stopped = ", ".join(sorted(set(memory["dedicated"]["stopped"])))
-    rows = [
-        ("measurement", "packs", "baseline", "ratio"),
-        (f"1. resident memory per model (PSS, warm, {mem_models} models)",
-         f"{_f(memory['packs']['pss_mb_per_model'], 2)} MB ({_f(memory['packs']['models_per_gib'], 0)} "
-         f"models/GiB; {memory['packs']['triton_models']} packs)",
-         f"{_f(memory['dedicated']['pss_mb_per_model'])} MB ({_f(memory['dedicated']['models_per_gib'], 1)} "
-         f"models/GiB; dedicated, {memory['dedicated']['models']:.0f} of {memory['dedicated']['of']} "
-         f"loaded, stopped: {stopped})",
-         f"{_f(memory['ratio_models_per_gib'], 0)}x models per GiB"),
-        (f"2a. empty server -> {n_serv} models: packs loaded",
-         f"{_f(servable['packs_loaded_s'])} s ({results['servable']['packs']} packs; server ready "
-         f"{_f(servable['ready_s'], 2)} s)",
-         f"dedicated, extrapolated from phase 1: {_f(servable['dedicated_extrapolated_load_s'], 0)} s, "
-         f"{_f(servable['dedicated_extrapolated_gib'])} GiB PSS",
-         f"{_f(servable['ratio_dedicated_over_packs_loaded'])}x faster"),
-        (f"2b. empty server -> {n_serv} models: every member answered once",
-         f"{_f(servable['all_answered_s'])} s", "-", "-"),
-        (f"3. first request to a non-resident member, p50 / p99 ({latency['members']} members)",
-         f"cold {_f(latency['cold']['p50_ms'], 2)} / {_f(latency['cold']['p99_ms'], 2)} ms",
-         f"warm, same members (3rd request): {_f(latency['warm']['p50_ms'], 2)} / "
-         f"{_f(latency['warm']['p99_ms'], 2)} ms; 2nd request: {_f(latency['second']['p50_ms'], 2)} / "
-         f"{_f(latency['second']['p99_ms'], 2)} ms",
-         f"{_f(latency['ratio_p50'])}x / {_f(latency['ratio_p99'])}x slower cold"),
-        (f"4a. Zipf s={results['zipf']['s']} over {results['zipf']['models']} models, "
-         f"{results['zipf']['concurrency']} in flight: rps",
-         f"{_f(zipf['batching']['rps'], 0)} (dynamic batching, avg batch {_f(zipf['batching']['avg_batch'], 2)})",
-         f"{_f(zipf['no_batching']['rps'], 0)} (no dynamic batching)", f"{_f(zipf['ratio_rps'], 2)}x"),
-        ("4b. same runs: p50 / p99 latency",
-         f"{_f(zipf['batching']['p50_ms'], 2)} / {_f(zipf['batching']['p99_ms'], 2)} ms",
-         f"{_f(zipf['no_batching']['p50_ms'], 2)} / {_f(zipf['no_batching']['p99_ms'], 2)} ms",
-         f"p99 {_f(zipf['ratio_p99'], 2)}x"),
-    ]
-    return _markdown(rows)
-
-
-def runs_table(results: dict) -> str:
-    rows = [("run", "config", "rps", "p50 ms", "p99 ms", "avg batch", "queue us/req", "infer us/req",
-             "torch fwd us/req", "server cores", "client cores", "machine busy")]
-    for k, run in enumerate(results["zipf"]["runs"], 1):
-        server, cpu = run["server"], run["cpu"]
-        rows.append((str(k), run["config"], _f(run["rps"], 0), _f(run["p50_ms"], 2), _f(run["p99_ms"], 2),
-                     _f(server["avg_batch"], 2), _f(server["queue_us"], 0), _f(server["compute_infer_us"], 0),
-                     _f(server["torch_forward_us"], 0), _f(cpu["server_cores"], 2), _f(cpu["client_cores"], 2),
-                     f"{cpu['machine_busy']:.0%}"))
-    return _markdown(rows)
-
-
-def _markdown(rows: Sequence[Sequence[str]]) -> str:
-    lines = ["| " + " | ".join(rows[0]) + " |", "|" + "|".join("---" for _ in rows[0]) + "|"]
-    lines += ["| " + " | ".join(row) + " |" for row in rows[1:]]
-    return "\n".join(lines)
-
-
-def scale_note(config: BenchConfig) -> str:
-    if config.mode == "full":
-        return "Full mode."
-    return (f"{config.mode.upper()} mode: smaller counts ({config.memory_models} models for memory, dedicated cap "
-            f"{config.dedicated_cap}, {config.servable_models} to servable, {config.cold_members} cold members, "
-            f"Zipf over {config.zipf_models} models for {config.zipf_seconds:g} s x {config.zipf_pairs} A/B "
-            "pairs) and shorter durations; not comparable with full-mode numbers.")
-
-
-def _display(path: Path) -> str:
-    path = Path(path).resolve()
-    return str(path.relative_to(REPO_ROOT)) if path.is_relative_to(REPO_ROOT) else str(path)
-
-
-def observations(results: dict) -> str:
-    """A few sentences derived from this run's numbers (no number from elsewhere)."""
-    memory, zipf = results["memory"]["summary"], results["zipf"]
-    runs = zipf["runs"]
-    forward_share = _median(r["server"]["torch_forward_us"] / r["server"]["compute_infer_us"]
-                            for r in runs if r["config"] == "no_batching" and r["server"]["compute_infer_us"])
-    busy = _median(r["cpu"]["machine_busy"] for r in runs)
-    ours = _median(r["cpu"]["server_cores"] + r["cpu"]["client_cores"] for r in runs)
-    ratio = zipf["summary"]["ratio_rps"]
-    cores = results["environment"]["logical_cpus"]
-    effect = "raised" if ratio > 1.05 else "lowered" if ratio < 0.95 else "did not change (within 5%)"
-    lines = [
-        f"- A pack member costs {memory['packs']['pss_mb_per_model']:.2f} MB PSS with its share of the pack's stub; "
-        f"a dedicated model costs {memory['dedicated']['pss_mb_per_model']:.0f} MB, almost all of it a stub "
-        "process that imports torch.",
-        f"- Dynamic batching {effect} throughput on the Zipf mix ({ratio:.2f}x) while forming batches of "
-        f"{zipf['summary']['batching']['avg_batch']:.2f} requests on average. The pack runs one forward pass per "
-        f"member in a batch, and with {zipf['models']} members in {zipf['packs']} packs a batch saves a forward "
-        "pass only when it holds two requests for the same member.",
-        f"- Without batching, the member's torch forward pass is {forward_share:.0%} of the execution time Triton "
-        "measures per request; the rest is moving the request and response between Triton and the "
-        "Python-backend stub and model.py's work around the forward pass.",
-        f"- The machine's CPUs were {busy:.0%} busy during the Zipf runs (median); tritonserver, its stubs and the "
-        f"client used {ours:.2f} cores, other processes on the shared machine about "
-        f"{max(0.0, busy * cores - ours):.2f} of the {cores}.",
-    ]
-    return "\n".join(lines)
-
-
-def write_docs(results: dict, path: Path, json_path: Path) -> None:
-    env, config = results["environment"], results["config"]
-    versions = env["versions"]
-    memory = results["memory"]["summary"]
-    text = f"""# Data-plane benchmark: packs vs one Triton model per user model
-
-Generated by `python -m benchmarks.data_plane{' --quick' if config['mode'] == 'quick' else ''}` on
-{results['date']}. Every number below was measured in that one run; the raw results are in
-`{_display(json_path)}` (git-ignored).
-{scale_note(BenchConfig(**config))}
-
-## Machine and versions
-
-- CPU: {env['cpu_model']}, {env['logical_cpus']} logical cores; RAM {env['ram_gib']:.1f} GiB; Linux {env['kernel']}
-- tritonserver {results['zipf']['tritonserver_version']} (PyPI nvidia-pytriton {versions['nvidia-pytriton']},
-  Python backend), Python {env['python']}, torch {versions['torch']}, numpy {versions['numpy']},
-  tritonclient {versions['tritonclient']}, grpcio {versions['grpcio']}
-- Load average (1 min) at start / end: {results['load_average'][0]:.2f} / {results['load_average'][1]:.2f}. The
-  machine is shared and noisy: contenders alternate within the run and medians are reported.
-
-## Results
-
-{results['table']}
-
-Zipf runs, in the order they ran (A/B alternating). Server-side columns come from Triton's metrics, per
-request (Triton charges a whole batch's execution to each request in it); "torch fwd" is the member's forward
-pass as the pack runtime times it; cores are CPU seconds per second of tritonserver with its stubs and of the
-client; "machine busy" is the whole machine's CPU use in that run, other tenants included.
-
-{results['runs_table']}
-
-Observations from this run:
-
-{observations(results)}
-
-## Method
-
-Models come from `model_repository.generator.generate` (seed {config['seed']}: MLP, CNN and EmbeddingBag
-text models in equal numbers, TorchScript). Packs hold at most {config['pack_size']} members of one
-architecture (`build_repository(..., pack_size={config['pack_size']})`), one CPU instance each, torch on one
-thread. Servers are the real `tritonserver` in explicit model-control mode (`fleet.triton_server.TritonServer`),
-models loaded with {config['load_workers']} parallel load requests. Clients are `tritonclient.grpc.aio`
-coroutines on one channel with inputs built once per member, batch 1 per request.
-
-1. **Memory.** The same {results['memory']['models']} models as packs and as dedicated models (one Python-backend
-   Triton model each). For each layout: start a server, measure it empty, load, send one request to every
-   (loaded) member, wait 1 s, then take the median of three samples of PSS (`psutil.memory_full_info().pss`)
-   summed over tritonserver and all its descendant stub processes; subtract the empty server's PSS and
-   divide by the models loaded. Dedicated models load {config['load_workers']} at a time and stop at
-   {config['dedicated_cap']} models or when less than {config['min_available_gib']:g} GiB is available
-   (this run: {', '.join(sorted(set(memory['dedicated']['stopped'])))}). Layouts alternate
-   ({config['memory_repeats']} x packs, dedicated); medians. USS per model (private memory only):
-   packs {memory['packs']['uss_mb_per_model']:.2f} MB, dedicated {memory['dedicated']['uss_mb_per_model']:.1f} MB.
-   PSS splits shared pages (libtorch, libpython) among every process that maps them, including processes
-   outside the server, so it moves a little with whatever else runs on the machine.
-2. **Time to servable.** From `Popen` of an empty server: until every pack is loaded, and until every one
-   of the {results['servable']['models']} members answered one request ({config['concurrency']} in flight;
-   each member's first request loads it into its pack's LRU). Median of {config['servable_repeats']} fresh
-   server(s). Dedicated cannot hold that many models here; its figure is its measured per-model load time
-   from phase 1 times the model count, and its memory need is its PSS per model times the count.
-3. **Cold vs warm.** On a fresh server with every pack loaded and one request sent to one member of each pack
-   (so a pack's first-ever request is not counted), {results['latency']['members']} members never requested
-   before get one request at a time, in blocks of {config['latency_block']}; each block is followed by the same
-   members twice more, so noise hits cold and warm alike. "Warm" is the third request: TorchScript's profiling
-   executor optimises each module's graph during its second call, which the table shows apart. Member loads
-   seen on the metrics port: {results['latency']['member_loads_observed']:.0f} (expected
-   {results['latency']['member_loads_expected']}).
-4. **Zipf mix.** Two repositories of the same {results['zipf']['models']} models: `PackSettings()` (dynamic
-   batching, 500 us queue delay) and `PackSettings(dynamic_batching=False)`, both servers up, every member
-   warmed and a {config['zipf_warmup_seconds']:g} s Zipf warm-up each. Then A/B alternating runs of
-   {config['zipf_seconds']:g} s each with {config['concurrency']} requests in flight; member ids drawn from a finite
-   Zipf(s={config['zipf_s']}) over a seeded random ranking (so hot members spread over packs), the same
-   sequence for A and B within a pair. Medians over runs.
-"""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
-
-
 def run(config: BenchConfig = FULL, out: Path = DEFAULT_OUT, work: Path | None = None,
         docs: Path | None = None, progress: bool = True) -> dict:
     """Run every phase; write out/data_plane.json (and `docs` when given); return the results."""
@@ -889,7 +395,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"\nJSON: {Path(args.out) / JSON_NAME}" + (f"; report: {docs}" if docs else "")
           + f"; wall {results['wall_s']:.0f} s")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -20,7 +20,8 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from benchmarks.data_plane import _median, _say, zipf_order
+from benchmarks.common import _median, _say
+from benchmarks.driver import zipf_order
 from benchmarks.peers import PeersConfig, measure, serving
 from benchmarks.torch_limit import torch_batched_limit
 

@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from benchmarks.data_plane import _median, _say
+from benchmarks.common import _median, _say
 from loadtest.catalogue import load_catalogue
 from loadtest.raw_driver import run_models
 from loadtest.results import parse_stats_csv

@@ -31,22 +31,10 @@ import numpy as np
 import psutil
 import requests
 
-from benchmarks.data_plane import (
-    MIB,
-    REPO_ROOT,
-    TritonServer,
-    _progress,
-    _say,
-    build,
-    drive,
-    ensure_models,
-    environment,
-    make_server,
-    metric_totals,
-    subset,
-    targets_for,
-    tree_memory,
-)
+from benchmarks.common import MIB, REPO_ROOT, _progress, _say, environment
+from benchmarks.driver import drive
+from benchmarks.serving import build, ensure_models, make_server, metric_totals, subset, targets_for, tree_memory
+from fleet.triton_server import TritonServer
 from model_repository.triton_config import PackSettings
 
 DEFAULT_OUT = REPO_ROOT / "results" / "bench-memory"

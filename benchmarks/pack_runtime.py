@@ -22,7 +22,7 @@ import numpy as np
 from google.protobuf import json_format, text_format
 from tritonclient.grpc import model_config_pb2 as pb
 
-from benchmarks.data_plane import Target
+from benchmarks.serving import Target
 from model_repository.contract import request_parameters
 
 

@@ -36,19 +36,10 @@ import numpy as np
 import psutil
 import requests
 
-from benchmarks.data_plane import (
-    Target,
-    _median,
-    _say,
-    build,
-    load_models,
-    make_server,
-    subset,
-    targets_for,
-    tree_cpu_seconds,
-    zipf_order,
-)
+from benchmarks.common import _median, _say
+from benchmarks.driver import zipf_order
 from benchmarks.pack_runtime import profile as profile_pack_runtime
+from benchmarks.serving import Target, build, load_models, make_server, subset, targets_for, tree_cpu_seconds
 from benchmarks.torch_limit import torch_batched_limit
 from fleet.triton_server import TritonServer, free_port
 from loadtest.raw_driver import DriverResult, closed_loop

@@ -12,7 +12,7 @@ never exercise. Every figure here is a ratio against a baseline measured in the 
    stub's RSS against the budget (goal: growth over the empty stub within 10 % of the budget, no OOM).
 
 Run: ``python -m benchmarks.real_size [--quick]``; results go to docs/benchmarks-real-size.md and
-results/real_size.json. Models come from ``model_repository.profiles.generate`` and are cached
+results/real_size.json. Models come from ``model_repository.generator.generate_profile`` and are cached
 under ~/.cache/triton-fleet/real-size (they are never committed).
 """
 from __future__ import annotations
@@ -68,7 +68,7 @@ class Plan:
 
 def models(kind: str, count: int, seed: int = 0) -> tuple[Path, Manifest]:
     """`count` models of one profile, generated once into the cache."""
-    from model_repository.profiles import generate
+    from model_repository.generator import generate_profile as generate
 
     folder = CACHE / f"{kind}-{count}-s{seed}"
     if not (folder / "manifest.json").exists():

@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from benchmarks.data_plane import _markdown
+from benchmarks.common import _markdown
 
 MET, NOT_MET, NOT_RUN, INFO = "met", "not met", "not run", "-"
 

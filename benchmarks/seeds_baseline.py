@@ -37,23 +37,13 @@ from pathlib import Path
 
 import requests
 
-from benchmarks.data_plane import (
-    Target,
-    _display,
-    _median,
-    _say,
-    build,
-    environment,
-    load_models,
-    make_server,
-    sample_memory,
-    targets_for,
-    tree_memory,
-    zipf_order,
-)
+from benchmarks.common import _display, _median, _say, environment
+from benchmarks.driver import zipf_order
 from benchmarks.peers import FastAPIServer, HttpSender, _each_once, triton_http_requests
+from benchmarks.serving import Target, build, load_models, make_server, sample_memory, targets_for, tree_memory
 from loadtest.raw_driver import DriverResult, open_loop
 from model_repository import profiles
+from model_repository.generator import generate_profile
 from model_repository.manifest import Manifest
 from model_repository.triton_config import PackSettings
 
@@ -91,7 +81,7 @@ def ensure_models(work: Path, config: SeedsConfig, progress: bool) -> Path:
             return directory
     shutil.rmtree(directory, ignore_errors=True)
     _say(f"seeds: generating {config.models} {config.profile} models", progress)
-    profiles.generate(directory, config.models, config.profile, seed=config.seed)
+    generate_profile(directory, config.models, config.profile, seed=config.seed)
     return directory
 
 

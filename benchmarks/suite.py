@@ -27,10 +27,12 @@ from pathlib import Path
 
 from benchmarks import data_plane, report
 from benchmarks.adfilter_bench import AdfilterConfig, phase_adfilter
-from benchmarks.data_plane import BenchConfig, _display, _say, ensure_models, environment, package_versions
+from benchmarks.common import _display, _say, environment, package_versions
+from benchmarks.data_plane_config import BenchConfig
 from benchmarks.gpu import GpuConfig, cuda_unavailable_reason, run_gpu
 from benchmarks.loadgen import LoadgenConfig, phase_loadgen
 from benchmarks.peers import PeersConfig, measure, serving, zipf_share_of_top
+from benchmarks.serving import ensure_models
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = REPO_ROOT / "results" / "bench"

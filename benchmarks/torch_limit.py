@@ -12,7 +12,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 
-from benchmarks.data_plane import Target
+from benchmarks.serving import Target
 
 
 def torch_batched_limit(source: Path, targets: Sequence[Target], order: Sequence[int], group: int,

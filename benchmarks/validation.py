@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.data_plane import package_versions
+from benchmarks.common import package_versions
 from control_plane.validation import ArtifactValidator
 
 SIZES = {"tiny": 4, "40mb": 3200}  # Linear(features, features): 4*features^2 bytes of weights

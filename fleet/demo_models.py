@@ -23,6 +23,7 @@ def generate(generated: Path, models: int, profile: str, real_size: tuple[str, .
     """The demo's models as (folder, manifest entry): `models - len(real_size)` of `profile`, then one model
     of each real-size kind (indices continue, so every id is unique)."""
     from model_repository import profiles
+    from model_repository.generator import generate_profile
 
     bulk = models - len(real_size)
     if bulk < 0:
@@ -39,11 +40,11 @@ def generate(generated: Path, models: int, profile: str, real_size: tuple[str, .
     with tqdm(total=models, unit="model", desc="generate") as bar:
         if bulk:
             folder = generated / profile
-            manifest = profiles.generate(folder, bulk, profile, seed=seed, on_progress=bar.update)
+            manifest = generate_profile(folder, bulk, profile, seed=seed, on_progress=bar.update)
             out += [(folder, entry) for entry in manifest.models]
         for i, kind in enumerate(real_size):
             folder = generated / kind
-            manifest = profiles.generate(folder, 1, kind, seed=seed, start=bulk + i, on_progress=bar.update)
+            manifest = generate_profile(folder, 1, kind, seed=seed, start=bulk + i, on_progress=bar.update)
             out += [(folder, entry) for entry in manifest.models]
     return out
 

@@ -11,11 +11,33 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from control_plane.targets.base import LoadTestResult, LoadTestStat
 from loadtest.run_meta import read_meta_for
 
 AGGREGATED = "Aggregated"
 NOT_RECORDED = "not recorded (the run wrote no PREFIX_run.json)"
+
+
+@dataclass(frozen=True)
+class LoadTestStat:
+    """One row of locust's *_stats.csv (a request name, or 'Aggregated')."""
+
+    name: str
+    requests: int
+    failures: int
+    rps: float
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+
+
+@dataclass(frozen=True)
+class LoadTestResult:
+    stats: list[LoadTestStat]
+    stats_csv: str  # locust's raw *_stats.csv, kept for reports
+
+    @property
+    def aggregated(self) -> LoadTestStat:
+        return next(s for s in self.stats if s.name == "Aggregated")
 
 
 class ResultsError(ValueError):

@@ -188,3 +188,10 @@ def generate(count: int, out: Path, seed: int = 0, workers: int | None = None,
     manifest = Manifest(seed=seed, models=entries)
     manifest.write(out)
     return manifest
+
+
+def generate_profile(out_dir: Path, count: int, profile: str = "tiny", seed: int = 0,
+                     fmt: ArtifactFormat = "torchscript", **options) -> Manifest:
+    """Write `count` unique models of `profile` (model_repository/profiles.py) as `fmt` into `out_dir`, with
+    `out_dir/manifest.json`. Options as `generate`: workers, on_progress, start, check_disk_space, dtype."""
+    return generate(count, out_dir, seed=seed, profile=profile, fmt=fmt, **options)

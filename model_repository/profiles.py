@@ -2,8 +2,8 @@
 
 Why profiles: the stack exists for thousands of BERT- and ResNet-class models of 40-450 MB each, and
 residency, sync, upload and load paths only show their real behaviour at those sizes. Tests and
-benchmarks call `generate(out_dir, count, profile, seed, fmt)` (the contract shared between branches) and
-get a manifest as the tiny generator always wrote.
+benchmarks call `model_repository.generator.generate_profile(out_dir, count, profile, seed, fmt)` and get a
+manifest as the tiny generator always wrote (this module only describes the kinds; the generator writes them).
 
 Profiles (sizes measured with torch 2.13, FP32, TorchScript; torch.export files are within 2 %):
 
@@ -35,9 +35,6 @@ from typing import Literal
 
 import numpy as np
 import torch
-
-from model_repository.formats import ArtifactFormat
-from model_repository.manifest import Manifest
 
 Kind = Literal["tiny", "bert-mini", "bert-small", "bert-base", "resnet50"]
 KINDS: tuple[Kind, ...] = ("tiny", "bert-mini", "bert-small", "bert-base", "resnet50")
@@ -172,14 +169,3 @@ def _build_real(kind: Kind, index: int, seed: int) -> tuple[torch.nn.Module, str
     fill_parameters(module, g)
     outputs = [TensorSpec(name="OUTPUT__0", dtype="FP32", shape=[-1, classes])]
     return module, architecture, inputs, outputs, example
-
-
-def generate(out_dir: Path, count: int, profile: str = "tiny", seed: int = 0,
-             fmt: ArtifactFormat = "torchscript", **options) -> Manifest:
-    """Write `count` unique models of `profile` as `fmt` into `out_dir`, with `out_dir/manifest.json`.
-
-    Options as `model_repository.generator.generate`: workers, on_progress, start, check_disk_space.
-    """
-    from model_repository.generator import generate as run
-
-    return run(count, out_dir, seed=seed, profile=profile, fmt=fmt, **options)

@@ -9,9 +9,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
+# A locust run's result is the load-test package's type (loadtest sits below the control plane).
+from loadtest.results import LoadTestResult, LoadTestStat
+
 ComputeFamily = Literal["cpu", "gpu", "inf2"]
 TargetName = Literal["local", "eks", "ecs"]
 Progress = Callable[[str], None]
+__all__ = ["ComputeFamily", "DeploymentSpec", "DeploymentTarget", "LoadTestResult", "LoadTestSpec", "LoadTestStat",
+           "Progress", "ServerEndpoint", "TargetError", "TargetName"]
 
 
 class TargetError(RuntimeError):
@@ -63,29 +68,6 @@ class LoadTestSpec:
     duration_s: int = 60
     workers: int = 1
     env: dict[str, str] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class LoadTestStat:
-    """One row of locust's *_stats.csv (a request name, or 'Aggregated')."""
-
-    name: str
-    requests: int
-    failures: int
-    rps: float
-    p50_ms: float
-    p90_ms: float
-    p99_ms: float
-
-
-@dataclass(frozen=True)
-class LoadTestResult:
-    stats: list[LoadTestStat]
-    stats_csv: str  # locust's raw *_stats.csv, kept for reports
-
-    @property
-    def aggregated(self) -> LoadTestStat:
-        return next(s for s in self.stats if s.name == "Aggregated")
 
 
 class DeploymentTarget(Protocol):

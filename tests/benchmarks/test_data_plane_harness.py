@@ -8,7 +8,9 @@ from dataclasses import replace
 
 import numpy as np
 
-from benchmarks.data_plane import FULL, QUICK, build_parser, config_from_args, zipf_order
+from benchmarks.data_plane import build_parser, config_from_args
+from benchmarks.data_plane_config import FULL, QUICK
+from benchmarks.driver import zipf_order
 
 
 def test_cli_flags_pick_the_mode():

@@ -10,8 +10,8 @@ import pytest
 
 from benchmarks import report
 from benchmarks.adfilter_bench import AdfilterConfig
-from benchmarks.data_plane import JSON_NAME as DP_JSON_NAME
-from benchmarks.data_plane import QUICK as DP_QUICK
+from benchmarks.data_plane_config import JSON_NAME as DP_JSON_NAME
+from benchmarks.data_plane_config import QUICK as DP_QUICK
 from benchmarks.loadgen import LoadgenConfig
 from benchmarks.peers import CONTENDERS, PeersConfig
 from benchmarks.suite import JSON_NAME, PLOT_NAME, SuiteConfig, run

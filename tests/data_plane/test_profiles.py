@@ -17,7 +17,7 @@ from fleet.cli import main as fleet
 from model_repository import profiles
 from model_repository.architectures import BertClassifier, ResNet50
 from model_repository.formats import detect_format
-from model_repository.generator import example_inputs
+from model_repository.generator import example_inputs, generate_profile
 from model_repository.manifest import Manifest
 
 
@@ -29,7 +29,7 @@ def real_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     for fmt in ("torchscript", "torch_export"):
         for profile, count in (("bert-mini", 2 if fmt == "torchscript" else 1), ("resnet50", 1)):
             out[f"{fmt}/{profile}"] = root / fmt / profile
-            profiles.generate(out[f"{fmt}/{profile}"], count, profile, seed=3, fmt=fmt, workers=1)
+            generate_profile(out[f"{fmt}/{profile}"], count, profile, seed=3, fmt=fmt, workers=1)
     return out
 
 
@@ -71,8 +71,8 @@ def test_every_real_model_has_its_own_weights(real_models):
 
 def test_same_seed_gives_the_same_sha256_in_another_process_and_folder(real_models, tmp_path):
     """Another interpreter with another string-hash seed, another folder: byte-identical artifacts."""
-    script = ("import sys; from model_repository import profiles; "
-              "m = profiles.generate(sys.argv[1], 2, 'bert-mini', seed=3, workers=1); "
+    script = ("import sys; from model_repository.generator import generate_profile; "
+              "m = generate_profile(sys.argv[1], 2, 'bert-mini', seed=3, workers=1); "
               "print(' '.join(e.sha256 for e in m.models))")
     env = {**os.environ, "PYTHONHASHSEED": "12345", "PYTHONSAFEPATH": "1"}
     done = subprocess.run([sys.executable, "-c", script, str(tmp_path / "again")], env=env, check=True,
@@ -84,13 +84,13 @@ def test_same_seed_gives_the_same_sha256_in_another_process_and_folder(real_mode
 def test_same_seed_gives_the_same_sha256_after_the_process_compiled_other_models(real_models, tmp_path):
     """Process-global torch state must not reach the artifacts: TorchScript's type-name counter (other
     models traced or scripted earlier in this process), the global generator, thread count, default dtype."""
-    profiles.generate(tmp_path / "other", 1, "bert-mini", seed=11, workers=1)
+    generate_profile(tmp_path / "other", 1, "bert-mini", seed=11, workers=1)
     torch.jit.script(BertClassifier(64, 16, 1, 2, 32, 8, 2))
     threads, dtype = torch.get_num_threads(), torch.get_default_dtype()
     torch.manual_seed(12345)
     torch.set_default_dtype(torch.float64)
     try:
-        again = profiles.generate(tmp_path / "again", 2, "bert-mini", seed=3, workers=1)
+        again = generate_profile(tmp_path / "again", 2, "bert-mini", seed=3, workers=1)
         assert torch.get_default_dtype() == torch.float64
     finally:
         torch.set_default_dtype(dtype)
@@ -132,7 +132,7 @@ def test_mixed_profile_holds_its_documented_shares_in_every_prefix():
 
 
 def test_mixed_generation_names_models_by_kind_and_keeps_tiny_ids(tmp_path):
-    manifest = profiles.generate(tmp_path, 6, "mixed", seed=1, workers=1)
+    manifest = generate_profile(tmp_path, 6, "mixed", seed=1, workers=1)
     assert [m.id for m in manifest.models] == ["mlp-00000", "cnn-00001", "text-00002", "mlp-00003",
                                                "cnn-00004", "bert-mini-00005"]
     assert manifest.models[-1].bytes > 2**25 > max(m.bytes for m in manifest.models[:5])
@@ -141,7 +141,7 @@ def test_mixed_generation_names_models_by_kind_and_keeps_tiny_ids(tmp_path):
 def test_generation_refuses_before_writing_when_the_disk_lacks_the_space(tmp_path):
     out = tmp_path / "huge"
     with pytest.raises(profiles.NotEnoughDisk, match=r"needs up to .* GiB but .* GiB free"):
-        profiles.generate(out, 10**6, "bert-base", seed=0)
+        generate_profile(out, 10**6, "bert-base", seed=0)
     assert not out.exists(), "nothing may be written when the space check fails"
 
 
@@ -155,12 +155,12 @@ def test_cli_prints_the_disk_needed_and_refuses_too_big_a_run(tmp_path):
 
 def test_unknown_profile_names_the_choices(tmp_path):
     with pytest.raises(profiles.UnknownProfile, match="choose one of: tiny, bert-mini"):
-        profiles.generate(tmp_path, 1, "gpt-9")
+        generate_profile(tmp_path, 1, "gpt-9")
     assert PROFILE_NAMES == profiles.PROFILES, "the CLI's list must follow the profiles module"
 
 
 def test_tiny_profile_in_torch_export_format(tmp_path):
-    manifest = profiles.generate(tmp_path, 3, "tiny", seed=2, fmt="torch_export", workers=1)
+    manifest = generate_profile(tmp_path, 3, "tiny", seed=2, fmt="torch_export", workers=1)
     for entry in manifest.models:
         assert entry.file.endswith(".pt2") and detect_format(tmp_path / entry.file) == "torch_export"
         module = torch.export.load(str(tmp_path / entry.file)).module()
@@ -171,7 +171,7 @@ def test_tiny_profile_in_torch_export_format(tmp_path):
 
 @pytest.mark.parametrize("dtype", ["FP16", "BF16"])
 def test_dtype_variants_declare_and_compute_in_that_type(tmp_path, dtype):
-    manifest = profiles.generate(tmp_path, 3, "tiny", seed=4, dtype=dtype, workers=1)
+    manifest = generate_profile(tmp_path, 3, "tiny", seed=4, dtype=dtype, workers=1)
     torch_dtype = {"FP16": torch.float16, "BF16": torch.bfloat16}[dtype]
     for entry in manifest.models:
         assert entry.outputs[0].dtype == dtype
