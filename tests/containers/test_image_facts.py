@@ -114,3 +114,9 @@ def test_the_gpu_image_states_and_checks_the_cuda_of_its_torch():
     assert "torch.version.cuda == '${TORCH_CUDA}'" in text  # the build fails if the comment went stale
     assert f"is a CUDA {cuda}" in text and "CUDA 12.8 build" not in text
     assert "whl/cu128" not in text
+
+
+def test_the_cpu_server_image_carries_the_tritonserver_of_the_server_extra():
+    pin = next(d for d in PYPROJECT["project"]["optional-dependencies"]["server"] if d.startswith("nvidia-pytriton"))
+    assert f'"{pin}"' in (DOCKER / "Dockerfile.cpu").read_text()
+    assert not any(d.startswith(("torch", "nvidia-pytriton")) for d in PYPROJECT["project"]["dependencies"])
