@@ -35,6 +35,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 import requests
+from botocore.exceptions import BotoCoreError, ClientError
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, aliased, sessionmaker
 
@@ -119,6 +120,7 @@ class Reconciler:
         self._disk_lock = threading.Lock()
         self._last_disk_read = float("-inf")
         self._last_forget = float("-inf")
+        self._repository_ready = False
 
     @property
     def http(self) -> requests.Session:
@@ -178,6 +180,7 @@ class Reconciler:
             self._stop.wait(self.settings.health_interval_s)
 
     def tick(self) -> None:
+        self.ensure_repository()
         self.discover_servers()
         self.probe_packs()
         self.build_changed_packs()
@@ -188,6 +191,18 @@ class Reconciler:
         self.retire_replicas()
         self.read_disk_tiers()
         self.forget_departed_servers()
+
+    def ensure_repository(self) -> None:
+        """Until it succeeded once: an empty repository index where there is none, so servers deployed
+        before any model is registered sync an empty repository and become Ready (docs/eks.md, step 7).
+        An S3 failure is logged and retried next tick; the rest of the tick still runs."""
+        if self._repository_ready:
+            return
+        try:
+            self.builder.ensure_index()
+            self._repository_ready = True
+        except (ClientError, BotoCoreError) as error:
+            log.error("cannot publish the empty repository index to %s: %s", self.builder.location, error)
 
     def discover_servers(self) -> None:
         """Register Triton pods (EKS) or tasks (ECS) that appeared and deregister those that left, every

@@ -26,6 +26,8 @@ import tritonclient.grpc as grpcclient
 from sqlalchemy import text
 
 from control_plane.db import make_engine
+from control_plane.registry import artifacts_prefix
+from control_plane.settings import Settings
 from fleet.postgres import EmbeddedPostgres
 from fleet.seaweedfs import SeaweedS3
 from fleet.triton_server import TritonServer, free_port
@@ -217,9 +219,10 @@ def test_200_concurrent_registrations_over_two_replicas_land_exactly_once_in_pac
     assert all(generation >= members for _, generation, members in generations), \
         "every join bumped its pack's generation (no lost update between replicas)"
     for name in [n for n in codes if n.startswith("clash-")]:
+        folder = artifacts_prefix(Settings(repository_uri=replicas.planes[0].env["FLEET_REPOSITORY_URI"]))
         keys = [o["Key"] for o in replicas.s3.client().list_objects_v2(
-            Bucket=BUCKET, Prefix=f"artifacts/{name}/").get("Contents", [])]
-        assert keys == [f"artifacts/{name}/{winners[name]}.pt"], (name, keys)
+            Bucket=BUCKET, Prefix=f"{folder}{name}/").get("Contents", [])]
+        assert keys == [f"{folder}{name}/{winners[name]}.pt"], (name, keys)
 
 
 def test_the_leader_killed_while_hundreds_of_models_register_loses_nothing_and_all_become_servable(
