@@ -57,8 +57,11 @@ def ecs_role_policy(role: str, parameters: dict[str, Any]) -> Policy:
     from deploy.cfn import Context, resolve
 
     template = load_template()
-    ctx = Context(template, parameters)
     resources = template["Resources"]
+    # Log groups' ARNs as CloudFormation would return them (the metrics sidecar's grant names one).
+    arns = {f"{name}.Arn": f"arn:aws:logs:us-east-1:123456789012:log-group:{name}:*"
+            for name, resource in resources.items() if resource["Type"] == "AWS::Logs::LogGroup"}
+    ctx = Context(template, parameters, resources=arns)
     statements: list[dict] = []
     for inline in resolve(resources[role]["Properties"].get("Policies", []), ctx):
         statements += _as_list(inline["PolicyDocument"]["Statement"])

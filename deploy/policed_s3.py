@@ -138,7 +138,9 @@ class PolicedS3:
         iam = self.admin.client("iam")
         user = f"{name}-{uuid.uuid4().hex[:6]}"
         iam.create_user(UserName=user)
-        iam.put_user_policy(UserName=user, PolicyName="shipped", PolicyDocument=json.dumps(moto_policy(policy)))
+        if policy["Statement"]:  # IAM refuses an empty document; a user with no policy may do nothing
+            iam.put_user_policy(UserName=user, PolicyName="shipped",
+                                PolicyDocument=json.dumps(moto_policy(policy)))
         key = iam.create_access_key(UserName=user)["AccessKey"]
         role = Role(user, key["AccessKeyId"], key["SecretAccessKey"], self.endpoint_url)
         self.roles[user] = role
