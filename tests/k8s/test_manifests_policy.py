@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 
+from control_plane.targets.eks.database import DATABASE_KEY, DATABASE_SECRET
 from control_plane.targets.eks.locust import STATS_BEGIN, STATS_END
 from control_plane.targets.eks.manifests import ROLE_ARN_ANNOTATION
 from control_plane.targets.eks.target import CLUSTER_SCOPED, SECRETS
@@ -226,7 +227,8 @@ def test_the_target_creates_every_secret_the_pods_read(all_manifests: list[Manif
                 ref = env.get("valueFrom", {}).get("secretKeyRef")
                 if ref:
                     referenced.add((ref["name"], ref["key"]))
-    assert referenced == {(name, key) for name, (key, _) in SECRETS.items()}
+    # fleet-database: created for a one-replica SQLite trial, else it must exist (docs/eks.md step 5b)
+    assert referenced == {(name, key) for name, (key, _) in SECRETS.items()} | {(DATABASE_SECRET, DATABASE_KEY)}
 
 
 def test_teardown_knows_every_cluster_scoped_kind(all_manifests: list[Manifest]) -> None:
