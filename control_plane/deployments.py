@@ -37,7 +37,8 @@ def make_target(name: str, settings: Settings, control_plane_replicas: int | Non
                               "triton-fleet/server-cpu and triton-fleet/loadtest images (docs/ecs.md)")
         # A control plane that discovers the tasks places packs on them: each task syncs only its share.
         scope = "assigned" if DiscoverySettings.from_env().target == "ecs" else "whole"
-        return EcsTarget(EcsConfig(image_registry=registry, region=os.environ.get("AWS_REGION"), sync_scope=scope))
+        return EcsTarget(EcsConfig(image_registry=registry, region=os.environ.get("AWS_REGION"), sync_scope=scope,
+                                   results_bucket=os.environ.get("FLEET_ECS_RESULTS_BUCKET") or None))
     return None  # local: servers are started by `fleet up` and registered through /servers
 
 
