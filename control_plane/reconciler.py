@@ -5,6 +5,8 @@ Two threads. The health thread checks every server on its own cadence, concurren
 delays failure detection; a server that stops answering for `server_dead_after_s` loses its placements
 and the next tick places those packs elsewhere. The reconcile thread runs `tick()`:
 
+0. until it succeeded once: publish an empty repository index where the prefix has none, so servers
+   deployed before any registration sync an empty repository and become ready;
 1. probe loaded packs' stubs (a Python-backend stub that died still reads "ready" in Triton), reload those
    that fail;
 2. build and publish packs whose membership changed, with their generation and residency budget in their
