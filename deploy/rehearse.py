@@ -92,7 +92,7 @@ STEPS: dict[str, list[Step]] = {
         Step("5-9. Repository, IAM, registration, sync", "the runbook's whole S3 path from an empty prefix under "
              "exactly k8s/iam (moto enforcing it): readiness, empty index, init sync, registration by upload and "
              "with step 7b's loop, packs, assignments, status, deletes; any action removed fails",
-             _pytest("tests/k8s/test_iam_roles.py")),
+             _pytest("tests/k8s/test_iam_roles.py", "tests/control_plane/test_empty_repository.py")),
         Step("6. Images", "build the base, server-cpu, control-plane and loadtest images (podman)", _images),
         Step("7. Manifests", "render every overlay with kubectl kustomize", _render_all),
         Step("7. Manifests", "kubernetes-validate --strict, policies",
