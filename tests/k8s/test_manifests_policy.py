@@ -182,6 +182,12 @@ def test_only_the_control_plane_reaches_tritons_repository_api(all_manifests: li
     assert selects(http_peers[0]["podSelector"]["matchLabels"], control_plane)
     assert not selects(http_peers[0]["podSelector"]["matchLabels"], locust_worker)
     assert peers(8001) == [None]  # inference clients from anywhere
+    # metrics: the control plane and the locust master (a run's per-server counts, LOCUST_SERVER_METRICS)
+    locust_master = find(all_manifests, "Job", "locust-master")["spec"]["template"]["metadata"]["labels"]
+    metrics_peers = [peer for rule in peers(8002) for peer in rule or []]
+    for labels in (control_plane, locust_master):
+        assert any(selects(p.get("podSelector", {}).get("matchLabels", {}), labels) for p in metrics_peers
+                   if "podSelector" in p), labels
 
 
 def test_locust_master_prints_the_stats_block_the_target_reads(all_manifests: list[Manifest]) -> None:
