@@ -60,6 +60,7 @@ def post(cp, name: str, path: Path, signature: dict, family: str = "cpu") -> req
 
 
 def s3_objects(cp, name: str) -> list[str]:
+    """The model's artifacts in S3, relative to the registry's folder under the repository prefix."""
     folder = artifacts_prefix(Settings(repository_uri=cp.env["FLEET_REPOSITORY_URI"]))
     listing = cp.seaweed.client().list_objects_v2(Bucket="models", Prefix=f"{folder}{name}/")
     return [o["Key"].removeprefix(folder) for o in listing.get("Contents", [])]
@@ -276,7 +277,8 @@ def test_a_100_mb_upload_streams_through_the_web_process(cp, tmp_path):
         while chunk := source.read(2**20):
             digest.update(chunk)
     assert response.json()["sha256"] == digest.hexdigest()
-    head = cp.seaweed.client().head_object(Bucket="models", Key=s3_objects(cp, "big-model")[0])
+    folder = artifacts_prefix(Settings(repository_uri=cp.env["FLEET_REPOSITORY_URI"]))
+    head = cp.seaweed.client().head_object(Bucket="models", Key=folder + s3_objects(cp, "big-model")[0])
     assert head["ContentLength"] == size and head["Metadata"]["sha256"] == digest.hexdigest()
 
 
