@@ -234,6 +234,9 @@ class EksDeploySettings(EnvGroup):
                                                "(unset: what the manifests say)")
     autoscaling: bool = Field(True, description="deploy the HPAs (they need the Prometheus adapter)")
     context: str | None = Field(None, description="the kubeconfig context to use (unset: the current one)")
+    control_plane_replicas: int | None = Field(None, description="control-plane replicas (unset: the "
+                                               "manifests' 2, on PostgreSQL; 1 may run on SQLite for a trial; "
+                                               "`fleet deploy --control-plane-replicas` overrides it)")
 
 
 class EcsDeploySettings(EnvGroup):
@@ -245,6 +248,8 @@ class EcsDeploySettings(EnvGroup):
 
     image_registry: str | None = Field(None, description="the ECR registry that holds the triton-fleet/server-cpu "
                                        "and triton-fleet/loadtest images (required for ECS)")
+    results_bucket: str | None = Field(None, description="where the locust tasks upload their results (unset: "
+                                       "the repository's bucket; docs/ecs.md step 3)")
 
 
 class SyncSettings(EnvGroup):

@@ -1,9 +1,12 @@
 """Builds: packs whose membership changed are built into S3 with their generation and residency budget in
-their config parameters, and the repository index is published (control_plane/repository.py)."""
+their config parameters, and the repository index is published (control_plane/repository.py). Until it
+succeeded once, an empty index is published where the prefix has none (`EmptyIndex`)."""
 from __future__ import annotations
 
+import logging
 from dataclasses import replace
 
+from botocore.exceptions import BotoCoreError, ClientError
 from sqlalchemy import select
 from sqlalchemy.orm import sessionmaker
 
@@ -12,6 +15,29 @@ from control_plane.placement import residency_budget
 from control_plane.reconcile.queries import member_bytes, working_sets
 from control_plane.repository import RepositoryBuilder
 from control_plane.traffic import TrafficMeter
+
+log = logging.getLogger(__name__)
+
+
+class EmptyIndex:
+    """Until it succeeded once: an empty repository index where there is none, so servers deployed before any
+    model is registered sync an empty repository and become Ready (docs/eks.md, step 7). An S3 failure is
+    logged and retried next tick; the rest of the tick still runs."""
+
+    name = "empty_index"
+
+    def __init__(self, builder: RepositoryBuilder) -> None:
+        self.builder = builder
+        self.done = False
+
+    def update(self) -> None:
+        if self.done:
+            return
+        try:
+            self.builder.ensure_index()
+            self.done = True
+        except (ClientError, BotoCoreError) as error:
+            log.error("cannot publish the empty repository index to %s: %s", self.builder.location, error)
 
 
 class PackBuilds:

@@ -5,6 +5,8 @@ Two threads. The health thread runs `ServerHealth.update()` on its own cadence, 
 load never delays failure detection. The reconcile thread runs `tick()`, which calls every other manager's
 `update()` in this order:
 
+0. empty index: until it succeeded once, an empty repository index where the prefix has none, so servers
+   deployed before any registration sync an empty repository and become ready;
 1. discovery: servers that joined or are leaving (EKS pods, ECS tasks);
 2. stub probe: reload loaded packs whose stub no longer answers;
 3. builds: build and publish packs whose membership changed;
@@ -32,7 +34,7 @@ from sqlalchemy.orm import sessionmaker
 from control_plane.discovery import DiscoverySettings
 from control_plane.leader import AlwaysLeader, Leadership
 from control_plane.observability import metrics
-from control_plane.reconcile.builds import PackBuilds
+from control_plane.reconcile.builds import EmptyIndex, PackBuilds
 from control_plane.reconcile.departures import Departures
 from control_plane.reconcile.discovery import Discovery
 from control_plane.reconcile.disk_tier import DiskTier
@@ -69,15 +71,16 @@ class Reconciler:
         self.discovery = Discovery(sessions, discovery or DiscoverySettings.from_env(),
                                    settings.allowed_server_networks)
         self.probe = StubProbe(sessions, settings, self.admin, self.workers)
+        self.empty_index = EmptyIndex(builder) if builder is not None else None
         self.builds = PackBuilds(sessions, builder, self.traffic) if builder is not None else None
         self.readings = TrafficReadings(sessions, self.admin, self.workers, self.traffic)
         self.placements = Placements(sessions, policy_of(settings), self.traffic)
         self.loads = Loads(sessions, settings, s3, self.admin, self.workers, on_disk_status=self.disk_tier.report)
         self.retirements = Retirements(sessions, self.admin, self.workers)
         self.departures = Departures(sessions, settings, s3, on_forgotten=self.assignments.forget)
-        self.managers = [m for m in (self.discovery, self.probe, self.builds, self.readings, self.placements,
-                                     self.assignments, self.loads, self.retirements, self.disk_tier,
-                                     self.departures) if m is not None]
+        self.managers = [m for m in (self.empty_index, self.discovery, self.probe, self.builds, self.readings,
+                                     self.placements, self.assignments, self.loads, self.retirements,
+                                     self.disk_tier, self.departures) if m is not None]
         self.last_tick_error: str | None = None
         self.last_tick_seconds: float | None = None
         self._stop = threading.Event()

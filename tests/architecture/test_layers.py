@@ -14,9 +14,9 @@ ROOT = Path(__file__).resolve().parents[2]
 # Lowest first. A module may import from its own layer's package or any layer below, never above.
 LAYERS: tuple[tuple[str, str], ...] = (
     ("model_repository", "the data plane seen from outside Triton: artifacts, packs, configs, S3 sync, the "
-                         "data-plane contract, the Triton admin client"),
+                         "data-plane contract, the Triton admin client, the project's data files"),
+    ("fleet", "every FLEET_* setting, the user's client, install extras, local processes, the stack harness"),
     ("adfilter", "the OpenRTB ad-filter model"),
-    ("fleet", "every FLEET_* setting, the user's client, local processes and the stack harness"),
     ("loadtest", "locust users, drivers and reports"),
     ("control_plane", "REST API, registry, reconciler, deployment targets"),
     ("deploy", "container images and runbook rehearsals"),

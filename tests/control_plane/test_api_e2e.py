@@ -10,6 +10,7 @@ import pytest
 import torch
 from tritonclient.utils import InferenceServerException
 
+from control_plane.registry import artifacts_prefix
 from fleet.client import infer_at, signature_of
 from fleet.waiting import wait_for
 from model_repository.contract import MODEL_ID_PARAMETER
@@ -42,7 +43,8 @@ def infer(model: dict, entry, x: np.ndarray) -> np.ndarray:
 
 
 def artifacts_in_s3(stack, name) -> list[str]:
-    listing = stack.s3.client().list_objects_v2(Bucket="models", Prefix=f"artifacts/{name}/")
+    folder = artifacts_prefix(stack.settings)
+    listing = stack.s3.client().list_objects_v2(Bucket="models", Prefix=f"{folder}{name}/")
     return [o["Key"] for o in listing.get("Contents", [])]
 
 

@@ -13,8 +13,11 @@ from typing import Any
 
 import yaml
 
+from model_repository.resources import project_path
+
 TEMPLATE_BODY_LIMIT = 51_200  # bytes CloudFormation accepts in TemplateBody
-DEFAULT_TEMPLATE = Path(__file__).resolve().parents[3] / "ecs" / "templates" / "adfilter-fleet.yaml"
+# the checkout's, or the wheel's copy (model_repository/resources.py)
+DEFAULT_TEMPLATE = project_path("ecs/templates/adfilter-fleet.yaml")
 
 
 class _CfnLoader(yaml.SafeLoader):

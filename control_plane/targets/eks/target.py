@@ -21,6 +21,7 @@ from functools import cached_property
 from pathlib import Path
 
 from kubernetes.client import ApiClient, ApiException, V1Pod
+from pydantic import ValidationError
 
 from control_plane.targets.base import (
     ComputeFamily,
@@ -33,6 +34,14 @@ from control_plane.targets.base import (
     TargetName,
 )
 from control_plane.targets.eks.client import Cluster, api_error, load_api_client
+from control_plane.targets.eks.database import (
+    DATABASE_KEY,
+    DATABASE_SECRET,
+    SQLITE_TRIAL_URL,
+    refusal,
+    secret_url,
+    set_control_plane_replicas,
+)
 from control_plane.targets.eks.locust import result_from_log
 from control_plane.targets.eks.manifests import (
     ALL_OVERLAY,
@@ -68,11 +77,12 @@ def _random_secret() -> str:
     return secrets.token_urlsafe(32)
 
 
-# Secret name -> (key, how to make a value when the Secret is missing).
+# Secret name -> (key, how to make a value when the Secret is missing). The database's Secret is made
+# only for a one-replica trial on SQLite (control_plane/targets/eks/database.py); with more replicas it
+# must exist already, holding the PostgreSQL URL (docs/eks.md, step 5b).
 SECRETS = {
     "triton-admin-key": ("key", _random_secret),
     "fleet-api-token": ("token", _random_secret),
-    "fleet-database": ("url", lambda: "sqlite:////data/fleet.db"),
 }
 
 
@@ -95,16 +105,21 @@ class EksSettings:
     unschedulable_grace_s: float = 180.0
     # Added to a load test's duration: image pulls, node start, waiting for workers, writing stats.
     loadtest_overhead_s: float = 900.0
+    # Control-plane replicas; None keeps the manifests' count (2, on PostgreSQL). 1 may run on SQLite.
+    control_plane_replicas: int | None = None
     poll_s: float = 5.0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> EksSettings:
         """Settings from FLEET_EKS_* variables, for callers that build EksTarget() without arguments
         (the CLI, the control plane). Unset variables keep the defaults."""
-        env = EksDeploySettings.from_env(environ)  # declared in fleet/settings.py
+        try:
+            env = EksDeploySettings.from_env(environ)  # declared in fleet/settings.py
+        except ValidationError as error:
+            raise TargetError(_explain(error)) from None
         return cls(namespace=env.namespace, manifests=env.manifests or cls.manifests, registry=env.registry,
                    roles=Roles(env.repository_role_arn, env.control_plane_role_arn), autoscaling=env.autoscaling,
-                   kube_context=env.context)
+                   kube_context=env.context, control_plane_replicas=env.control_plane_replicas)
 
 
 class EksTarget:
@@ -129,6 +144,11 @@ class EksTarget:
         report = progress or _quiet
         s = self.settings
         objects = deployment_objects(render(s.manifests), spec, s.namespace, s.roles, s.registry, s.autoscaling)
+        control_planes = set_control_plane_replicas(objects, s.control_plane_replicas)
+        database = self._database_url()
+        problem = refusal(control_planes, database, s.namespace)
+        if problem:
+            raise TargetError(problem)
         if any(obj["kind"] == "HorizontalPodAutoscaler" for obj in objects) \
                 and not self.cluster.serves_group(CUSTOM_METRICS_GROUP):
             raise TargetError(
@@ -141,7 +161,11 @@ class EksTarget:
         for obj in objects:
             if obj["kind"] == "Namespace":
                 self.cluster.apply(obj)
-        self._ensure_secrets(report)
+        self._ensure_secrets(report, {DATABASE_SECRET: (DATABASE_KEY, lambda: SQLITE_TRIAL_URL)} if database is None
+                             else {})
+        if database is None:
+            report(f"the control plane runs one replica on SQLite on its volume (a trial): for several replicas "
+                   f"put a PostgreSQL URL in the {DATABASE_SECRET} Secret (docs/eks.md, step 5b)")
         for obj in sorted((o for o in objects if o["kind"] != "Namespace"),
                           key=lambda o: o["kind"] != "NetworkPolicy"):
             self.cluster.apply(obj)
@@ -150,10 +174,19 @@ class EksTarget:
         wait_for_statefulsets(self.cluster, statefulsets, self._waiting(s.rollout_timeout_s), report)
         report(f"deployed: {', '.join(statefulsets)} rolled out")
 
-    def _ensure_secrets(self, report: Progress) -> None:
+    def _database_url(self) -> str | None:
+        """The control plane's database URL from its Secret, None when there is no Secret yet."""
+        try:
+            return secret_url(self.cluster.core.read_namespaced_secret(DATABASE_SECRET, self.settings.namespace))
+        except ApiException as error:
+            if error.status == 404:
+                return None
+            raise api_error(error, f"read Secret {DATABASE_SECRET}") from None
+
+    def _ensure_secrets(self, report: Progress, extra: Mapping[str, tuple] | None = None) -> None:
         """Create the Secrets the pods read if they are missing; never overwrite existing ones."""
         core = self.cluster.core
-        for name, (key, make) in SECRETS.items():
+        for name, (key, make) in {**SECRETS, **(extra or {})}.items():
             try:
                 core.read_namespaced_secret(name, self.settings.namespace)
                 continue
@@ -279,6 +312,15 @@ class EksTarget:
                 self.cluster.delete(api_version, kind, name)
                 report(f"deleted {kind} {name}")
         report("teardown complete")
+
+
+def _explain(error: ValidationError) -> str:
+    """A FLEET_EKS_* value that is not what its setting takes, named as the variable the user set."""
+    problem = error.errors()[0]
+    name = EksDeploySettings.env_name(str(problem["loc"][0]))
+    if name == EksDeploySettings.env_name("control_plane_replicas"):
+        return f"{name}={problem.get('input')!r} is not a whole number of replicas"
+    return f"{name}={problem.get('input')!r}: {problem['msg']}"
 
 
 def _ready(pod: V1Pod) -> bool:
