@@ -12,8 +12,8 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from fleet.cli import PROFILE_NAMES
 from fleet.cli import main as fleet
+from fleet.commands import PROFILE_NAMES
 from model_repository import profiles
 from model_repository.architectures import BertClassifier, ResNet50
 from model_repository.formats import detect_format

@@ -295,7 +295,7 @@ def test_the_rendered_fleet_discovers_every_family_s_pods_under_the_name_their_s
 def test_every_triton_pod_waits_for_its_drain_within_its_grace_period():
     """The preStop hook is the real command (it parses), waits on the drain with a deadline, and leaves
     Triton its own shutdown time inside terminationGracePeriodSeconds."""
-    from fleet.cli import server_wait_drained
+    from fleet.commands.local import server_wait_drained
 
     families = [o for o in render(ALL_OVERLAY)
                 if o["kind"] == "StatefulSet" and FAMILY_LABEL in o["metadata"]["labels"]]
