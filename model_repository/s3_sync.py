@@ -21,8 +21,6 @@ cache, so thousands of members would be fetched again at each reload. Instead:
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
 import shutil
@@ -31,60 +29,52 @@ import uuid
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
-from urllib.parse import urlparse
+from pathlib import Path
 
-import boto3
 import requests
-from botocore.config import Config
-from botocore.exceptions import BotoCoreError, ClientError
-from s3transfer.exceptions import RetriesExceededError
-from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_exponential
 
 from model_repository.contract import parse_metrics
+from model_repository.local_copy import (  # noqa: F401
+    DISK_RESERVE_FRACTION,
+    LAST_FILES,
+    _apply_model,
+    _load_state,
+    _model_of,
+    _staging_dir,
+    _state_path,
+    _write_json,
+    default_disk_budget,
+    file_sha256,
+    local_index,
+    status_paths,
+    verified_index_path,
+    verified_local_index,
+)
+from model_repository.s3_store import (  # noqa: F401
+    ASSIGNMENTS_PREFIX,
+    INDEX_KEY,
+    STATUS_PREFIX,
+    STREAM_CHUNK_BYTES,
+    TRANSFER_ERRORS,
+    IntegrityError,
+    NoAssignment,
+    S3Location,
+    SyncError,
+    _download_verified,
+    _explain,
+    assignment_key,
+    publish_sync_status,
+    read_assignment,
+    read_remote_index,
+    s3_client,
+    status_key,
+    upload,
+)
 from model_repository.triton_admin import scrape
 
+# The repository's S3 side (s3_store.py) and a server's local copy (local_copy.py) live in their own modules;
+# their names, imported above, stay importable from here, where every caller found them.
 log = logging.getLogger(__name__)
-INDEX_KEY = ".fleet/index.json"
-ASSIGNMENTS_PREFIX = ".fleet/assignments"
-STATUS_PREFIX = ".fleet/status"  # each server's last sync status, read by the control plane (disk tier)
-# Objects stream to disk in chunks of this size, hashed on the way: one chunk in memory per download.
-STREAM_CHUNK_BYTES = 2**20
-DISK_RESERVE_FRACTION = 0.05  # the default budget leaves this share of the filesystem free
-TRANSFER_ERRORS = (BotoCoreError, ClientError, RetriesExceededError)
-# Written last inside a model, so the pack runtime never reads a members.json naming missing files.
-LAST_FILES = ("members.json", "config.pbtxt")
-
-
-class SyncError(RuntimeError):
-    """Sync cannot proceed at all (no index, no access); the message says how to fix it."""
-
-
-class NoAssignment(SyncError):
-    """The server has no assignment yet (not registered, or nothing placed on it)."""
-
-
-class IntegrityError(RuntimeError):
-    """An object's bytes do not match the sha256 the index declares."""
-
-
-@dataclass(frozen=True)
-class S3Location:
-    bucket: str
-    prefix: str
-
-    @classmethod
-    def parse(cls, uri: str) -> S3Location:
-        parsed = urlparse(uri)
-        if parsed.scheme != "s3" or not parsed.netloc:
-            raise SyncError(f"'{uri}' is not an S3 URI: use s3://BUCKET/PREFIX")
-        return cls(parsed.netloc, parsed.path.strip("/"))
-
-    def key(self, relative: str) -> str:
-        return f"{self.prefix}/{relative}" if self.prefix else relative
-
-    def __str__(self) -> str:
-        return f"s3://{self.bucket}/{self.prefix}"
 
 
 @dataclass
@@ -111,200 +101,6 @@ class SyncReport:
     @property
     def ok(self) -> bool:
         return not self.refused
-
-
-def s3_client(endpoint_url: str | None = None):
-    """boto3 S3 client: default credential chain and region; any S3 endpoint with `endpoint_url`
-    (AWS_ENDPOINT_URL_S3 is honoured by boto3 itself)."""
-    return boto3.client("s3", endpoint_url=endpoint_url, config=Config(
-        retries={"max_attempts": 5, "mode": "standard"}, connect_timeout=5, read_timeout=60,
-        max_pool_connections=16))
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def local_index(repository: Path) -> dict[str, dict]:
-    """path (posix, relative) -> {sha256, size} for every file under a repository."""
-    repository = Path(repository)
-    index = {}
-    for path in sorted(repository.rglob("*")):
-        if path.is_file() and "__pycache__" not in path.parts:
-            index[path.relative_to(repository).as_posix()] = {"sha256": file_sha256(path),
-                                                              "size": path.stat().st_size}
-    return index
-
-
-def verified_index_path(repository: Path) -> Path:
-    return Path(repository).parent / f".{Path(repository).name}.verified.json"
-
-
-def verified_local_index(repository: Path) -> dict[str, dict]:
-    """Like `local_index`, but hashes only files whose size or mtime changed since they were verified.
-
-    Why: a sidecar syncs every 30 s; re-hashing gigabytes each time would cost more than the downloads.
-    """
-    repository = Path(repository)
-    try:
-        known = json.loads(verified_index_path(repository).read_text())
-    except (OSError, ValueError):
-        known = {}
-    index = {}
-    for path in sorted(repository.rglob("*")):
-        if not path.is_file() or "__pycache__" in path.parts:
-            continue
-        relative, stat = path.relative_to(repository).as_posix(), path.stat()
-        record = known.get(relative)
-        if record and record.get("size") == stat.st_size and record.get("mtime_ns") == stat.st_mtime_ns:
-            index[relative] = record
-        else:
-            index[relative] = {"sha256": file_sha256(path), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
-    _write_json(verified_index_path(repository), index)
-    return index
-
-
-def _write_json(path: Path, document: object) -> None:
-    """Best effort: the sync's own bookkeeping must never fail a sync (a read-only sibling folder costs
-    re-hashing and status, not models)."""
-    tmp = path.with_name(f"{path.name}.{uuid.uuid4().hex[:6]}.tmp")
-    try:
-        tmp.write_text(json.dumps(document, sort_keys=True, indent=1))
-        os.replace(tmp, path)
-    except OSError as error:
-        log.warning("cannot write %s (%s); continuing without it", path, error)
-
-
-def _model_of(relative: str) -> str:
-    return PurePosixPath(relative).parts[0]
-
-
-def read_remote_index(client, location: S3Location) -> dict[str, dict] | None:
-    try:
-        body = client.get_object(Bucket=location.bucket, Key=location.key(INDEX_KEY))["Body"].read()
-    except ClientError as error:
-        if error.response["Error"]["Code"] in ("NoSuchKey", "404"):
-            return None
-        raise _explain(error, location) from None
-    except BotoCoreError as error:  # connection refused, DNS, timeouts: after botocore's own retries
-        raise SyncError(f"cannot reach S3 for {location} at {client.meta.endpoint_url} ({error}); nothing was "
-                        "changed locally: check the endpoint (--endpoint-url) and the network, then sync again") \
-            from None
-    return json.loads(body)["files"]
-
-
-def assignment_key(server: str) -> str:
-    return f"{ASSIGNMENTS_PREFIX}/{server}.json"
-
-
-def status_key(server: str) -> str:
-    """Where a server's sync publishes its status, next to its assignment (control_plane/assignments.py)."""
-    return f"{STATUS_PREFIX}/{server}.json"
-
-
-def publish_sync_status(client, location: S3Location, server: str, document: dict) -> bool:
-    """Write a sync's status document to S3 for the control plane; True if written.
-
-    Never raises for S3 trouble: the status is a report about the sync, and a role without write access
-    to `.fleet/status/` (or S3 briefly away) must cost the report, never the models on disk.
-    """
-    key = location.key(status_key(server))
-    try:
-        client.put_object(Bucket=location.bucket, Key=key, Body=json.dumps(document, sort_keys=True).encode(),
-                          ContentType="application/json")
-    except TRANSFER_ERRORS as error:
-        log.warning("cannot publish the sync status of server %s to s3://%s/%s (%s); the sync itself is "
-                    "unaffected: grant s3:PutObject on that key (k8s/iam/repository-read-policy.json, the ECS "
-                    "task role)", server, location.bucket, key, error)
-        return False
-    return True
-
-
-def read_assignment(client, location: S3Location, server: str) -> dict | None:
-    """A server's assignment ({"server", "packs": {pack: generation}, "updated_at"}), or None if none."""
-    try:
-        body = client.get_object(Bucket=location.bucket, Key=location.key(assignment_key(server)))["Body"].read()
-    except ClientError as error:
-        if error.response["Error"]["Code"] in ("NoSuchKey", "404"):
-            return None
-        raise _explain(error, location) from None
-    except BotoCoreError as error:
-        raise SyncError(f"cannot reach S3 for {location} at {client.meta.endpoint_url} ({error}); nothing was "
-                        "changed locally: check the endpoint (--endpoint-url) and the network, then sync again") \
-            from None
-    document = json.loads(body)
-    if not isinstance(document.get("packs"), dict):
-        raise SyncError(f"the assignment {location}/{assignment_key(server)} has no 'packs' object; it is "
-                        "written by the control plane (control_plane.assignments.publish_assignment)")
-    return document
-
-
-def _explain(error: ClientError, location: S3Location) -> SyncError:
-    code = error.response["Error"]["Code"]
-    if code in ("AccessDenied", "403", "InvalidAccessKeyId", "SignatureDoesNotMatch"):
-        return SyncError(f"access to {location} denied ({code}): check the credentials and that the "
-                         "role may read (sync) or write (upload) this prefix")
-    if code in ("NoSuchBucket",):
-        return SyncError(f"bucket '{location.bucket}' does not exist: create it or fix the URI")
-    return SyncError(f"S3 error at {location}: {code}: {error.response['Error'].get('Message', '')}")
-
-
-def upload(repository: Path, uri: str, client=None,
-           on_progress: Callable[[int], None] | None = None) -> list[str]:
-    """Upload what changed, delete what vanished, write the index last. Returns uploaded paths."""
-    client = client or s3_client()
-    location = S3Location.parse(uri)
-    local = local_index(repository)
-    remote = read_remote_index(client, location) or {}
-    changed = [p for p, meta in local.items() if remote.get(p, {}).get("sha256") != meta["sha256"]]
-
-    def put(relative: str) -> None:
-        client.upload_file(str(Path(repository) / relative), location.bucket, location.key(relative),
-                           ExtraArgs={"Metadata": {"sha256": local[relative]["sha256"]}})
-        if on_progress:
-            on_progress(local[relative]["size"])
-
-    try:
-        with ThreadPoolExecutor(8) as pool:
-            list(pool.map(put, changed))
-        client.put_object(Bucket=location.bucket, Key=location.key(INDEX_KEY),
-                          Body=json.dumps({"format": 1, "files": local}, sort_keys=True).encode())
-        for relative in sorted(set(remote) - set(local)):
-            client.delete_object(Bucket=location.bucket, Key=location.key(relative))
-    except ClientError as error:
-        raise _explain(error, location) from None
-    return changed
-
-
-@retry(retry=retry_if_exception_type((IntegrityError, *TRANSFER_ERRORS)),
-       stop=stop_after_attempt(3), wait=wait_exponential(multiplier=0.2, max=2), reraise=True)
-def _download_verified(client, location: S3Location, relative: str, expected: str, target: Path) -> int:
-    """Stream the object to `target` in 1 MiB chunks, hashing as they are written: memory stays at one
-    chunk per concurrent download, whatever the object's size, and the bytes are read once. (boto3's
-    managed download buffers parts: with a non-seekable hashing writer it queued out-of-order parts, a
-    417 MiB member peaking at ~400 MiB of RSS; even download_file held ~140 MiB per object.)"""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    digest = hashlib.sha256()
-    body = client.get_object(Bucket=location.bucket, Key=location.key(relative))["Body"]
-    with open(target, "wb") as handle:
-        for chunk in body.iter_chunks(STREAM_CHUNK_BYTES):
-            digest.update(chunk)
-            handle.write(chunk)
-    actual = digest.hexdigest()
-    if actual != expected:
-        target.unlink(missing_ok=True)
-        raise IntegrityError(f"{relative}: sha256 {actual[:12]}... does not match the index's "
-                             f"{expected[:12]}... (corrupt or partially written object)")
-    return target.stat().st_size
-
-
-def _staging_dir(repository: Path) -> Path:
-    # A sibling, so renames stay on one filesystem and Triton never lists it as a model.
-    return repository.parent / f".{repository.name}.staging"
 
 
 class UsageTracker:
@@ -340,24 +136,6 @@ class UsageTracker:
                 used[model] = now
             self.counts[model] = count
         return used
-
-
-def status_paths(repository: Path) -> tuple[Path, Path]:
-    """Where a sync reports: `<repo>.sync-status.json` and `<repo>.sync.prom` (Prometheus text format,
-    readable by node_exporter's textfile collector or any scraper that reads a file)."""
-    repository = Path(repository)
-    return (repository.parent / f"{repository.name}.sync-status.json",
-            repository.parent / f"{repository.name}.sync.prom")
-
-
-def _state_path(repository: Path) -> Path:
-    return Path(repository).parent / f".{Path(repository).name}.sync-state.json"
-
-
-def default_disk_budget(repository: Path, resident_bytes: int) -> int:
-    """What the repository may hold: what it holds now plus the free space, less a reserve."""
-    usage = shutil.disk_usage(Path(repository))
-    return max(0, resident_bytes + usage.free - int(usage.total * DISK_RESERVE_FRACTION))
 
 
 def _pack_bytes(remote: dict[str, dict]) -> dict[str, int]:
@@ -458,16 +236,6 @@ def sync(uri: str, repository: Path, client=None, on_progress: Callable[[int], N
     return report
 
 
-def _load_state(repository: Path) -> dict:
-    try:
-        state = json.loads(_state_path(repository).read_text())
-    except (OSError, ValueError):
-        state = {}
-    state.setdefault("packs", {})
-    state.setdefault("counters", {"hits": 0, "misses": 0, "evictions": 0, "fill_seconds": 0.0})
-    return state
-
-
 def _select_share(report: SyncReport, state: dict, repository: Path, assignment: dict, remote: dict[str, dict],
                   local: dict[str, dict], budget: int | None, used_at: Mapping[str, float]) -> dict[str, dict]:
     """The part of the index this server holds: its assigned packs, LRU-ordered, within the budget."""
@@ -496,23 +264,6 @@ def _select_share(report: SyncReport, state: dict, repository: Path, assignment:
                     len(kept), report.over_budget_packs)
     keep = set(kept)
     return {p: meta for p, meta in remote.items() if _model_of(p) in keep}
-
-
-def _record_verified(repository: Path, local: dict, remote: dict, verified: dict[str, str],
-                     report: SyncReport) -> None:
-    """Remember the hashes computed at download, keyed by size and mtime, for the next sync."""
-    index = {}
-    for relative in set(local) | set(verified):
-        path = repository / relative
-        try:
-            stat = path.stat()
-        except OSError:
-            continue
-        sha = verified.get(relative) or local[relative]["sha256"]
-        index[relative] = {"sha256": sha, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
-    _write_json(verified_index_path(repository), index)
-    report.resident_bytes = sum(meta["size"] for meta in index.values())
-    report.resident_packs = len({_model_of(p) for p in index})
 
 
 def _write_status(repository: Path, report: SyncReport, state: dict) -> dict:
@@ -561,18 +312,21 @@ def _write_status(repository: Path, report: SyncReport, state: dict) -> dict:
     return document
 
 
-def _apply_model(repository: Path, staging: Path, model: str, remote: dict[str, dict]) -> None:
-    """Move one model's staged files into the live repository without exposing a half-written model."""
-    live, staged = repository / model, staging / model
-    if not live.exists():
-        os.rename(staged, live)  # a whole new model appears at once
-        return
-    files = sorted((p for p in staged.rglob("*") if p.is_file()),
-                   key=lambda p: (p.name in LAST_FILES, p.as_posix()))
-    for path in files:
-        target = live / path.relative_to(staged)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(path, target)
+def _record_verified(repository: Path, local: dict, remote: dict, verified: dict[str, str],
+                     report: SyncReport) -> None:
+    """Remember the hashes computed at download, keyed by size and mtime, for the next sync."""
+    index = {}
+    for relative in set(local) | set(verified):
+        path = repository / relative
+        try:
+            stat = path.stat()
+        except OSError:
+            continue
+        sha = verified.get(relative) or local[relative]["sha256"]
+        index[relative] = {"sha256": sha, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    _write_json(verified_index_path(repository), index)
+    report.resident_bytes = sum(meta["size"] for meta in index.values())
+    report.resident_packs = len({_model_of(p) for p in index})
 
 
 def _remove_vanished(repository: Path, local: dict, remote: dict, keep: set[str],

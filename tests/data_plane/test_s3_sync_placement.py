@@ -9,7 +9,7 @@ import pytest
 
 from control_plane.assignments import publish_assignment, read_server_assignment
 from control_plane.settings import Settings
-from model_repository import s3_sync
+from model_repository import local_copy
 from model_repository.packing import build_repository
 from model_repository.s3_sync import INDEX_KEY, S3Location, SyncError, local_index, status_paths, sync, upload
 
@@ -112,8 +112,8 @@ def test_files_are_hashed_once_at_download_not_at_every_sync(published, s3_uri, 
     publish_assignment(client, settings, "s", {"mlp-pack-0000": 1, "cnn-pack-0000": 1})
     sync(s3_uri, tmp_path / "s", client, server="s")
     hashed = []
-    real = s3_sync.file_sha256
-    monkeypatch.setattr(s3_sync, "file_sha256", lambda path: hashed.append(path) or real(path))
+    real = local_copy.file_sha256  # where the sync's local index hashes files (model_repository/local_copy.py)
+    monkeypatch.setattr(local_copy, "file_sha256", lambda path: hashed.append(path) or real(path))
     again = sync(s3_uri, tmp_path / "s", client, server="s")
     assert again.downloaded == [] and hashed == []
     # A file changed behind the sync's back (other size or mtime) is hashed again and repaired.
