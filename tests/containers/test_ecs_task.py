@@ -14,7 +14,6 @@ from collections.abc import Iterator
 
 import numpy as np
 import pytest
-import requests
 import tritonclient.grpc as grpcclient
 
 from control_plane.assignments import publish_assignment
@@ -24,6 +23,7 @@ from deploy.ecs_task import HOST_FROM_TASK, EcsTaskRun, task_containers
 from deploy.images import version
 from fleet.seaweedfs import SeaweedS3
 from model_repository.s3_sync import upload
+from model_repository.triton_admin import TritonAdmin, TritonAdminError
 
 pytestmark = pytest.mark.slow
 ADMIN_KEY = "container-test-admin-key"
@@ -89,14 +89,7 @@ def test_task_waits_for_the_repository_then_triton_serves_adfilter(task: EcsTask
     assert init_sync.exit_code() == 0
     triton = task.started["triton"]
     http = f"http://127.0.0.1:{task.ports[8000]}"
-
-    def ready() -> bool:
-        try:
-            return requests.get(f"{http}/v2/models/adfilter/ready", timeout=2).status_code == 200
-        except requests.ConnectionError:
-            return False
-
-    _wait(ready, 180, "adfilter ready", triton.logs)
+    _wait(lambda: TritonAdmin(http).model_ready("adfilter"), 180, "adfilter ready", triton.logs)
     client = grpcclient.InferenceServerClient(f"127.0.0.1:{task.ports[8001]}")
     tensor = grpcclient.InferInput("BID_REQUEST", [1, 1], "BYTES")
     tensor.set_data_from_numpy(np.array([[bid_request]], dtype=object))
@@ -106,9 +99,10 @@ def test_task_waits_for_the_repository_then_triton_serves_adfilter(task: EcsTask
     client.close()
     # The sync sidecar keeps running beside Triton, and the repository API needs the admin key.
     assert task.started["sync"].running(), task.started["sync"].logs()
-    assert requests.post(f"{http}/v2/repository/index", json={}, timeout=5).status_code in (400, 401, 403)
-    assert requests.post(f"{http}/v2/repository/index", json={}, timeout=5,
-                         headers={"triton-admin-key": ADMIN_KEY}).status_code == 200
+    with pytest.raises(TritonAdminError) as refused:
+        TritonAdmin(http).index(ready_only=False, timeout_s=5)
+    assert refused.value.status in (400, 401, 403)
+    assert TritonAdmin(http, ADMIN_KEY).index(ready_only=False, timeout_s=5)
 
 
 def test_an_assigned_task_starts_empty_then_serves_what_the_control_plane_placed_on_it(
@@ -130,26 +124,17 @@ def test_an_assigned_task_starts_empty_then_serves_what_the_control_plane_placed
                        {"adfilter": 1})
     task.start(timeout_s=180)
     triton = task.started["triton"]
-    http = f"http://127.0.0.1:{task.ports[8000]}"
-
-    def answers(path: str) -> int | None:
-        try:
-            return requests.get(f"{http}{path}", timeout=2).status_code
-        except requests.ConnectionError:
-            return None
-
+    triton_admin = TritonAdmin(f"http://127.0.0.1:{task.ports[8000]}", ADMIN_KEY)
     # Triton starts with nothing loaded and is ready (so the NLB, and ECS discovery, see the task).
-    _wait(lambda: answers("/v2/health/ready") == 200, 180, "triton ready while empty", triton.logs)
-    assert answers("/v2/models/adfilter/ready") != 200
-    admin = {"triton-admin-key": ADMIN_KEY}
+    _wait(triton_admin.ready, 180, "triton ready while empty", triton.logs)
+    assert not triton_admin.model_ready("adfilter")
 
     def synced_and_loaded() -> bool:  # the sync sidecar's first pass downloads the assignment
-        load = requests.post(f"{http}/v2/repository/models/adfilter/load", headers=admin, timeout=60)
-        return load.status_code == 200
+        return triton_admin.load("adfilter", timeout_s=60).ok
 
     _wait(synced_and_loaded, 120, "adfilter synced by the sidecar and loaded", task.started["sync"].logs)
-    index = requests.post(f"{http}/v2/repository/index", json={}, headers=admin, timeout=5).json()
-    assert [m["name"] for m in index] == ["adfilter"], "only this task's share is in its repository"
+    index = triton_admin.index(ready_only=False, timeout_s=5)
+    assert [m.name for m in index] == ["adfilter"], "only this task's share is in its repository"
     client = grpcclient.InferenceServerClient(f"127.0.0.1:{task.ports[8001]}")
     tensor = grpcclient.InferInput("BID_REQUEST", [1, 1], "BYTES")
     tensor.set_data_from_numpy(np.array([[bid_request]], dtype=object))

@@ -20,6 +20,7 @@ from deploy.ecs_task import HOST_FROM_TASK
 from deploy.k8s_pod import PodRun
 from fleet.seaweedfs import SeaweedS3
 from model_repository.s3_sync import upload
+from model_repository.triton_admin import TritonAdmin
 
 pytestmark = pytest.mark.slow
 ADMIN_KEY = "pod-test-admin-key"
@@ -60,12 +61,11 @@ def test_triton_pod_syncs_then_serves_adfilter_once_loaded_with_the_admin_key(
     triton_pod.wait_probe("triton", 120, kind="livenessProbe")
     http = f"http://127.0.0.1:{triton_pod.ports[8000]}"
     # explicit mode: nothing loads until the key holder asks
-    assert requests.post(f"{http}/v2/repository/models/adfilter/load", timeout=60).status_code in (400, 401, 403)
-    loaded = requests.post(f"{http}/v2/repository/models/adfilter/load", timeout=120,
-                           headers={"triton-admin-key": ADMIN_KEY})
-    assert loaded.status_code == 200, (loaded.text, triton_pod.started["triton"].logs()[-2000:])
+    assert TritonAdmin(http).load("adfilter", timeout_s=60).status in (400, 401, 403)
+    loaded = TritonAdmin(http, ADMIN_KEY).load("adfilter", timeout_s=120)
+    assert loaded.ok, (loaded.error, triton_pod.started["triton"].logs()[-2000:])
     triton_pod.wait_probe("triton", 30)  # readiness
-    assert requests.get(f"{http}/v2/models/adfilter/ready", timeout=5).status_code == 200
+    assert TritonAdmin(http).model_ready("adfilter", timeout_s=5)
 
 
 @pytest.fixture
