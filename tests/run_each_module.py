@@ -6,6 +6,7 @@ such a dependency hides.
 
     .venv/bin/python tests/run_each_module.py                 # every module, one after another
     .venv/bin/python tests/run_each_module.py -k reliability  # modules whose path contains a word
+    .venv/bin/python tests/run_each_module.py -x tests/demo   # all but these
     .venv/bin/python tests/run_each_module.py -- -m "not slow" -x   # arguments after -- go to each pytest
 
 Prints one line per module (result, seconds, pytest's summary) and a table at the end; writes the results
@@ -27,9 +28,10 @@ ROOT = TESTS.parent
 SUMMARY = re.compile(r"^=+ (.* in [0-9.]+s.*) =+$", re.M)
 
 
-def find_modules(contains: list[str]) -> list[Path]:
+def find_modules(contains: list[str], excluding: list[str]) -> list[Path]:
     found = sorted(TESTS.rglob("test_*.py"))
-    return [p for p in found if not contains or any(word in str(p.relative_to(ROOT)) for word in contains)]
+    return [p for p in found if (not contains or any(word in str(p.relative_to(ROOT)) for word in contains))
+            and not any(word in str(p.relative_to(ROOT)) for word in excluding)]
 
 
 def run(module: Path, pytest_args: list[str], timeout_s: float) -> dict:
@@ -58,12 +60,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("-k", "--contains", action="append", default=[],
                         help="only modules whose path contains this (repeatable)")
+    parser.add_argument("-x", "--exclude", action="append", default=[],
+                        help="leave out modules whose path contains this (repeatable)")
     parser.add_argument("--timeout", type=float, default=1800, help="seconds one module may take")
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
     args = parser.parse_args(argv)
     results = []
     started = time.monotonic()
-    modules = find_modules(args.contains)
+    modules = find_modules(args.contains, args.exclude)
     for k, module in enumerate(modules, 1):
         result = run(module, pytest_args, args.timeout)
         results.append(result)
