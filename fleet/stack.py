@@ -187,10 +187,15 @@ class Stack:
                 api_token=self.spec.token, triton_admin_key=self.spec.admin_key, database_url=self.database_url,
                 repository_uri=f"s3://{self.spec.bucket}/{self.spec.prefix}", s3_endpoint_url=self.s3.endpoint_url,
                 repository_root=self.root / "servers", **self.spec.settings)
+            # The first one migrates the database before the others start: replicas migrating one fresh
+            # database at once race on alembic's own table (as a StatefulSet's ordered start avoids).
             for k in range(self.spec.control_planes):
-                self.control_planes.append(self._control_plane(k).start(wait=False))
-                self._note(self.control_planes[-1].log.stem, self.control_planes[-1].process.pid)
-            for plane in self.control_planes:
+                plane = self._control_plane(k).start(wait=False)
+                self.control_planes.append(plane)
+                self._note(plane.log.stem, plane.process.pid)
+                if k == 0:
+                    plane.wait_ready()
+            for plane in self.control_planes[1:]:
                 plane.wait_ready()
         except BaseException:
             if not self.spec.record:

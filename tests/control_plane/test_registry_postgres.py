@@ -3,6 +3,7 @@ a real PostgreSQL server (pgserver ships its binaries as a wheel), and the const
 relies on (unique names, cascades, JSON columns, timezone-aware timestamps) hold there too."""
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
 
@@ -73,3 +74,30 @@ def test_constraints_json_and_cascades_hold_on_postgresql(engine: Engine) -> Non
     with sessions() as session:
         assert session.scalars(select(ModelVersion).where(ModelVersion.model == "pg-model")).all() == []
         assert session.scalars(select(Placement).where(Placement.server == "pg-server")).all() == []
+
+
+def test_replicas_migrating_one_fresh_database_at_once_all_succeed(postgres) -> None:
+    """Replicas that start together on a fresh database each run the migrations; one migrates, the others
+    wait for it and find the schema at head (control_plane/migrate.py), none fails."""
+    url = postgres.create_database()
+    engines = [make_engine(url) for _ in range(3)]
+    failures: list[BaseException] = []
+    barrier = threading.Barrier(len(engines))
+
+    def migrate(engine: Engine) -> None:
+        barrier.wait()
+        try:
+            upgrade(engine)
+        except Exception as error:  # noqa: BLE001  collected: the assertion below names it
+            failures.append(error)
+
+    threads = [threading.Thread(target=migrate, args=(engine,)) for engine in engines]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    for engine in engines:
+        engine.dispose()
+    assert failures == []
+    with make_engine(url).connect() as connection:
+        assert connection.exec_driver_sql("SELECT count(*) FROM alembic_version").scalar() == 1
