@@ -26,6 +26,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import EllipsisType
 
 import requests
 
@@ -107,9 +108,9 @@ class ControlPlane:
     def log_tail(self, chars: int = 3000) -> str:
         return self.log.read_text(errors="replace")[-chars:] if self.log.exists() else "(no log)"
 
-    def api(self, token: str | None = "default") -> requests.Session:
-        """A session that sends `token` (default: the stack's token; None: no token)."""
-        token = self.token if token == "default" else token
+    def api(self, token: str | None | EllipsisType = ...) -> requests.Session:
+        """A session that sends `token` (by default the stack's token; None: no token)."""
+        token = self.token if token is ... else token
         session = requests.Session()
         if token:
             session.headers["Authorization"] = f"Bearer {token}"
@@ -284,7 +285,7 @@ class Stack:
     def url(self) -> str:
         return self.control_plane.url
 
-    def api(self, token: str | None = "default") -> requests.Session:
+    def api(self, token: str | None | EllipsisType = ...) -> requests.Session:
         return self.control_plane.api(token)
 
     def register_servers(self, capacity_bytes: int = 8 * 2**30, metrics: bool = False, names=None,
@@ -303,14 +304,14 @@ class Stack:
                 raise StackError(f"registering server {name} failed: HTTP {response.status_code} {response.text}")
 
     def register(self, models_dir: Path, entry, name: str | None = None, data: bytes | None = None,
-                 signature: Mapping | str | None = None, token: str | None = "default",
+                 signature: Mapping | str | None = None, token: str | None | EllipsisType = ...,
                  **options) -> requests.Response:
         """Register a generated model (a manifest entry) by upload (fleet.client.register), under `name`
         (default: its id), with `data` instead of its file and `signature` instead of its own if given."""
         artifact = data if data is not None else Path(models_dir) / entry.file
         return register(self.url, entry.id if name is None else name, artifact,
                         signature_of(entry) if signature is None else signature,
-                        token=self.spec.token if token == "default" else token, **options)
+                        token=self.spec.token if token is ... else token, **options)
 
     def register_models(self, models_dir: Path, count: int, architecture: str = "mlp") -> list:
         """Register the first `count` generated models of an architecture; returns their manifest entries."""
