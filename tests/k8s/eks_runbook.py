@@ -123,8 +123,7 @@ def control_plane(role: Role, settings: Settings, monkeypatch) -> Iterator[tuple
     finally:
         server.shutdown()
         state.validator.close()
-        state.reconciler.pool.shutdown(wait=False, cancel_futures=True)
-        state.reconciler.health_pool.shutdown(wait=False, cancel_futures=True)
+        state.reconciler.stop()  # its workers and Triton sessions (its threads never started)
 
 
 def run_eks_runbook(s3: PolicedS3, control_plane_policy: Policy, server_policy: Policy, generated: Path,
@@ -163,8 +162,8 @@ def run_eks_runbook(s3: PolicedS3, control_plane_policy: Policy, server_policy: 
     with control_plane(cp_role, settings, monkeypatch) as (url, app):
         state = app.extensions["fleet"]
         reconciler = state.reconciler
-        reconciler.discovery = DiscoverySettings(target="eks", interval_s=0.001)
-        reconciler._discoverer = pods  # the platform listing; see Pods
+        reconciler.discovery.settings = DiscoverySettings(target="eks", interval_s=0.001)
+        reconciler.discovery.discoverer = pods  # the platform listing; see Pods
         api = requests.Session()
         api.headers["Authorization"] = f"Bearer {TOKEN}"
 
