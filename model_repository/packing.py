@@ -26,8 +26,44 @@ from model_repository.triton_config import (
 )
 
 PACK_RUNTIME = Path(__file__).resolve().parents[1] / "triton" / "backends" / "pack" / "model.py"
+# The pack runtime is model.py and its sibling modules; the stub puts the version folder on sys.path, so
+# model.py imports them by name (verified with tritonserver 2.51). Every pack carries all of them.
+RUNTIME_FILES = ("model.py", "pack_weights.py", "pack_programs.py", "pack_stacked.py")
 MEMBERS_FILE = "members.json"
 VERSION = "1"
+
+
+def runtime_files() -> dict[str, bytes]:
+    """The pack runtime's files by name, as every pack's version folder holds them."""
+    return {name: (PACK_RUNTIME.parent / name).read_bytes() for name in RUNTIME_FILES}
+
+
+def install_runtime(version_dir: Path) -> None:
+    """Copy the pack runtime (model.py and its modules) into a pack's version folder."""
+    for name, body in runtime_files().items():
+        (Path(version_dir) / name).write_bytes(body)
+
+
+def family_member_file(member: str) -> str:
+    """Where a split member's weights lie inside a pack's version folder."""
+    return f"members/{member}.safetensors"
+
+
+def program_file(architecture: str, fmt: str) -> str:
+    """Where an architecture's program lies inside a pack's version folder (once per pack)."""
+    return f"programs/{architecture}{SUFFIX[fmt]}"
+
+
+def add_families(document: dict, members: dict[str, dict], architectures: dict[str, dict]) -> dict:
+    """Turn members of `document` into family members: each travels as its weights file (its entry's
+    file, sha256 and bytes are the weights file's) and names its architecture, whose program and tensor
+    table `document["architectures"]` holds once (see docs/data-plane.md, members.json)."""
+    for member, facts in members.items():
+        entry = document["members"][member]
+        entry.update(file=family_member_file(member), sha256=facts["sha256"], bytes=facts["bytes"],
+                     architecture=facts["architecture"], format=architectures[facts["architecture"]]["format"])
+    document["architectures"] = architectures
+    return document
 
 
 @dataclass(frozen=True)
@@ -108,7 +144,7 @@ def write_triton_model(plan: PackPlan, source_dir: Path, repository: Path, setti
         first = plan.members[0]
         inputs, outputs = pack_inputs_for(first), pack_outputs_for(first)
         configs = {f: pack_config(plan.name, inputs, outputs, f, settings) for f in FAMILIES}
-    shutil.copyfile(PACK_RUNTIME, version_dir / "model.py")
+    install_runtime(version_dir)
     (version_dir / MEMBERS_FILE).write_text(json.dumps(document, indent=1, sort_keys=True) + "\n")
     (model_dir / "config.pbtxt").write_text(configs["cpu"])
     for family in ("gpu", "inf2"):
