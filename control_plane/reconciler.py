@@ -54,6 +54,7 @@ from control_plane.leader import AlwaysLeader, Leadership
 from control_plane.observability import metrics
 from control_plane.placement import (
     STUB_BASE_BYTES,
+    MemberSize,
     PackView,
     PlacementPolicy,
     ServerView,
@@ -349,16 +350,19 @@ class Reconciler:
         return f"HTTP {response.status_code}: {response.text[:300]}"
 
     # ---- packs as the registry declares them ---------------------------------------------------
-    @staticmethod
-    def member_bytes(session: Session) -> dict[str, dict[str, int]]:
-        """pack -> member -> artifact bytes, for members that should be served (one query)."""
+    def member_bytes(self, session: Session) -> dict[str, dict[str, MemberSize]]:
+        """pack -> member -> what it holds of the member (one query): its weights for a family member (where
+        packs are built with families), else its whole artifact."""
+        families = self.builder.pack_settings.families
         rows = session.execute(
-            select(Model.pack, Model.name, ModelVersion.bytes)
+            select(Model.pack, Model.name, ModelVersion.bytes, ModelVersion.architecture, ModelVersion.weights_bytes,
+                   ModelVersion.whole_artifact)
             .join(ModelVersion, (Model.name == ModelVersion.model) & (Model.current_version == ModelVersion.version))
             .where(Model.pack.is_not(None), Model.desired == "loaded"))
-        members: dict[str, dict[str, int]] = defaultdict(dict)
-        for pack, name, size in rows:
-            members[pack][name] = int(size)
+        members: dict[str, dict[str, MemberSize]] = defaultdict(dict)
+        for pack, name, size, architecture, weights, whole in rows:
+            split = architecture and weights is not None and (families or not whole)
+            members[pack][name] = MemberSize(int(weights), architecture) if split else MemberSize(int(size))
         return members
 
     def _working_sets(self, members: dict[str, dict[str, int]]) -> dict[str, int]:

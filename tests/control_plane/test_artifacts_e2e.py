@@ -84,7 +84,9 @@ def test_a_pt2_model_registers_with_its_format_and_a_torchscript_version_follows
     body = created.json()
     assert body["format"] == "torch_export"
     assert body["sha256"] == hashlib.sha256(pt2.read_bytes()).hexdigest() and body["bytes"] == pt2.stat().st_size
-    assert s3_objects(cp, "export-model") == [f"artifacts/export-model/{body['sha256']}.pt2"]
+    objects = s3_objects(cp, "export-model")  # the artifact, and the weights its split left (architecture families)
+    assert f"artifacts/export-model/{body['sha256']}.pt2" in objects and len(objects) == 2
+    assert body["architecture"] is not None and any(o.endswith(".safetensors") for o in objects)
     assert post(cp, "export-model", pt2, build.linear_signature()).status_code == 200, "same content: no-op"
 
     script = build.linear(tmp_path / "m.pt", seed=2)
@@ -273,7 +275,8 @@ def test_a_100_mb_upload_streams_through_the_web_process(cp, tmp_path):
         while chunk := source.read(2**20):
             digest.update(chunk)
     assert response.json()["sha256"] == digest.hexdigest()
-    head = cp.seaweed.client().head_object(Bucket="models", Key=s3_objects(cp, "big-model")[0])
+    key = next(k for k in s3_objects(cp, "big-model") if k.endswith(".pt"))  # beside it: the split's weights
+    head = cp.seaweed.client().head_object(Bucket="models", Key=key)
     assert head["ContentLength"] == size and head["Metadata"]["sha256"] == digest.hexdigest()
 
 
