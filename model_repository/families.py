@@ -229,6 +229,7 @@ class LocalSplit:
     """A split done in this process (trusted, e.g. generated models): its files and their identities."""
 
     split: Split
+    split_format: str = "torchscript"
     architecture: str = ""
     program: Path | None = None
     weights: Path | None = None
@@ -241,13 +242,21 @@ def split_file(path: Path, fmt: str, inputs: list, out: Path) -> LocalSplit:
     """Split one artifact file in this process: load it, call it on `inputs` (tensors), split and verify.
 
     For artifacts this process trusts (the generator's, tests', benchmarks'); the control plane splits
-    uploads in the sandboxed validator instead.
+    uploads in the sandboxed validator instead. `out/split.json` records the outcome: a second call with
+    the same `out` reads it instead of splitting again.
     """
     import torch
 
     from model_repository.artifacts import file_sha256
 
     out = Path(out)
+    record = out / "split.json"
+    if record.exists():
+        saved = json.loads(record.read_text())
+        return LocalSplit(Split(**saved["split"]), saved["format"], saved["architecture"],
+                          out / saved["split"]["program"] if saved["split"]["ok"] else None,
+                          out / saved["split"]["weights"] if saved["split"]["ok"] else None,
+                          saved["program_sha256"], saved["weights_sha256"], saved["weights_bytes"])
     out.mkdir(parents=True, exist_ok=True)
     source = torch.export.load(str(path)) if fmt == "torch_export" else torch.jit.load(str(path), map_location="cpu")
     module = source.module() if fmt == "torch_export" else source
@@ -257,10 +266,14 @@ def split_file(path: Path, fmt: str, inputs: list, out: Path) -> LocalSplit:
     split = split_export(torch, source, out) if fmt == "torch_export" else split_torchscript(torch, source, out)
     if split.ok:
         split = verify(torch, split, out, fmt, inputs, expected)
-    if not split.ok:
-        return LocalSplit(split)
-    program, weights = out / split.program, out / split.weights
-    program_sha, _ = file_sha256(program)
-    weights_sha, weights_bytes = file_sha256(weights)
-    return LocalSplit(split, architecture_id(fmt, program_sha, split.spec), program, weights, program_sha,
-                      weights_sha, weights_bytes)
+    done = LocalSplit(split, fmt)
+    if split.ok:
+        program, weights = out / split.program, out / split.weights
+        program_sha, _ = file_sha256(program)
+        weights_sha, weights_bytes = file_sha256(weights)
+        done = LocalSplit(split, fmt, architecture_id(fmt, program_sha, split.spec), program, weights, program_sha,
+                          weights_sha, weights_bytes)
+    record.write_text(json.dumps({"split": split.to_json(), "format": fmt, "architecture": done.architecture,
+                                  "program_sha256": done.program_sha256, "weights_sha256": done.weights_sha256,
+                                  "weights_bytes": done.weights_bytes}))
+    return done

@@ -125,8 +125,28 @@ def members_document(plan: PackPlan, file_of: Callable[[ModelEntry], str]) -> di
     }
 
 
-def write_triton_model(plan: PackPlan, source_dir: Path, repository: Path, settings: PackSettings) -> Path:
-    """Write one Triton model directory (config per family, runtime, members) under `repository`."""
+def split_members(manifest_dir: Path, entries: Iterable[ModelEntry]) -> dict[str, object]:
+    """Each generated member split into its architecture's program and its weights (in this process: the
+    generator's models are trusted), cached under `manifest_dir/.splits/<sha256>`; member id -> LocalSplit."""
+    import torch
+
+    from model_repository.families import split_file
+    from model_repository.generator import example_inputs
+
+    splits = {}
+    for entry in entries:
+        inputs = [torch.from_numpy(a) for a in example_inputs(entry, batch=2)]
+        splits[entry.id] = split_file(Path(manifest_dir) / entry.file, entry.format, inputs,
+                                      Path(manifest_dir) / ".splits" / entry.sha256)
+    return splits
+
+
+def write_triton_model(plan: PackPlan, source_dir: Path, repository: Path, settings: PackSettings,
+                       splits: dict[str, object] | None = None) -> Path:
+    """Write one Triton model directory (config per family, runtime, members) under `repository`.
+
+    With `splits` (model_repository.families.LocalSplit per member id), a pack's split members travel as
+    their weights files and one program per architecture (the family layout); the others whole."""
     model_dir = Path(repository) / plan.name
     version_dir = model_dir / VERSION
     version_dir.mkdir(parents=True, exist_ok=True)
@@ -138,9 +158,26 @@ def write_triton_model(plan: PackPlan, source_dir: Path, repository: Path, setti
         document = members_document(plan, lambda m: artifact)
         configs = {f: dedicated_config(plan.name, entry, f, settings) for f in FAMILIES}
     else:
+        split = {m.id: splits[m.id] for m in plan.members if splits and m.id in splits and splits[m.id].split.ok}
         for entry in plan.members:
-            _place_file(Path(source_dir) / entry.file, version_dir / member_file(entry))
+            if entry.id in split:
+                _place_file(split[entry.id].weights, version_dir / family_member_file(entry.id))
+            else:
+                _place_file(Path(source_dir) / entry.file, version_dir / member_file(entry))
         document = members_document(plan, member_file)
+        architectures = {}
+        for done in split.values():
+            if done.architecture not in architectures:
+                relative = program_file(done.architecture, done.split_format)
+                _place_file(done.program, version_dir / relative)
+                architectures[done.architecture] = {
+                    "format": done.split_format, "tensors": done.split.spec,
+                    "program": {"path": relative, "sha256": done.program_sha256,
+                                "bytes": done.program.stat().st_size}}
+        if split:
+            add_families(document, {ident: {"architecture": done.architecture, "sha256": done.weights_sha256,
+                                            "bytes": done.weights_bytes} for ident, done in split.items()},
+                         architectures)
         first = plan.members[0]
         inputs, outputs = pack_inputs_for(first), pack_outputs_for(first)
         configs = {f: pack_config(plan.name, inputs, outputs, f, settings) for f in FAMILIES}
@@ -154,13 +191,15 @@ def write_triton_model(plan: PackPlan, source_dir: Path, repository: Path, setti
 
 def build_repository(manifest_dir: Path, repository: Path, pack_size: int = 100, dedicated: bool = False,
                      settings: PackSettings | None = None,
-                     on_progress: Callable[[int], None] | None = None) -> list[PackPlan]:
-    """Lay out a whole repository from a manifest directory; returns the plans written."""
+                     on_progress: Callable[[int], None] | None = None, families: bool = False) -> list[PackPlan]:
+    """Lay out a whole repository from a manifest directory; returns the plans written. With `families`,
+    members are split into programs and weights (split_members) and packs use the family layout."""
     manifest = Manifest.read(manifest_dir)
     plans = plan_dedicated(manifest.models) if dedicated else plan_packs(manifest.models, pack_size)
+    splits = split_members(manifest_dir, manifest.models) if families and not dedicated else None
     Path(repository).mkdir(parents=True, exist_ok=True)
     for plan in plans:
-        write_triton_model(plan, Path(manifest_dir), Path(repository), settings or PackSettings())
+        write_triton_model(plan, Path(manifest_dir), Path(repository), settings or PackSettings(), splits)
         if on_progress:
             on_progress(len(plan.members))
     return plans
