@@ -7,6 +7,8 @@ Sections, in the order they run (each module says why it measures what it does):
 * ``peers`` (``benchmarks.peers``): packs vs the classic FastAPI server, and vs a no-op Triton floor;
 * ``loadgen`` (``benchmarks.loadgen``): locust vs the raw asyncio driver on the peers' packs server;
 * ``adfilter`` (``benchmarks.adfilter_bench``): raw OpenRTB JSON -> decision at saturation;
+* ``families`` (``benchmarks.families``, only with ``--only families``: it generates 13 BERT-base models, ~11 GiB
+  with their splits): architecture families vs the whole-artifact path, its own docs/benchmarks-families.md;
 * ``gpu`` (``benchmarks.gpu``, only with ``--gpu``): packs on CUDA vs raw batched torch vs FastAPI on GPU.
 
 Writes ``OUT/bench.json`` (plus a timestamped copy), and with docs ``docs/benchmarks.md`` and
@@ -25,9 +27,10 @@ from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
-from benchmarks import data_plane, report
+from benchmarks import data_plane, families, report
 from benchmarks.adfilter_bench import AdfilterConfig, phase_adfilter
 from benchmarks.data_plane import BenchConfig, _display, _say, ensure_models, environment, package_versions
+from benchmarks.families import FamiliesConfig
 from benchmarks.gpu import GpuConfig, cuda_unavailable_reason, run_gpu
 from benchmarks.loadgen import LoadgenConfig, phase_loadgen
 from benchmarks.peers import PeersConfig, measure, serving, zipf_share_of_top
@@ -37,8 +40,9 @@ DEFAULT_OUT = REPO_ROOT / "results" / "bench"
 DEFAULT_DOCS = REPO_ROOT / "docs" / "benchmarks.md"
 PLOT_NAME = "bench-peers.png"
 JSON_NAME = "bench.json"
-SECTIONS = ("data_plane", "peers", "loadgen", "adfilter", "gpu")
-CPU_SECTIONS = SECTIONS[:-1]
+SECTIONS = ("data_plane", "peers", "loadgen", "adfilter", "families", "gpu")
+CPU_SECTIONS = ("data_plane", "peers", "loadgen", "adfilter")  # the default; families and gpu on request
+FAMILIES_DOCS = REPO_ROOT / "docs" / "benchmarks-families.md"
 
 
 @dataclass(frozen=True)
@@ -51,6 +55,7 @@ class SuiteConfig:
     loadgen: LoadgenConfig = field(default_factory=LoadgenConfig)
     adfilter: AdfilterConfig = field(default_factory=AdfilterConfig)
     gpu: GpuConfig = field(default_factory=GpuConfig)
+    families: FamiliesConfig = field(default_factory=lambda: families.FULL)
 
 
 # Full: the issue's sizes (1,000 models everywhere); data_plane's FULL, minus one servable repeat and with
@@ -72,6 +77,7 @@ QUICK = SuiteConfig(
                       sweep_seconds=1.5),
     loadgen=LoadgenConfig(users=16, seconds=5, rounds=1),
     adfilter=AdfilterConfig(train_rows=20_000, train_epochs=2, requests=3000, concurrency=(4, 16, 64), rounds=1),
+    families=families.QUICK,
 )
 
 
@@ -125,6 +131,12 @@ def run(config: SuiteConfig = FULL, out: Path = DEFAULT_OUT, docs: Path | None =
         begun = time.perf_counter()
         results["adfilter"] = phase_adfilter(work, config.adfilter, progress)
         sections["adfilter"] = time.perf_counter() - begun
+    if "families" in config.sections:
+        _say("== architecture families vs the whole-artifact path (benchmarks.families) ==", progress)
+        begun = time.perf_counter()
+        results["families"] = families.run(replace(config.families, seed=config.seed), out / "families",
+                                           FAMILIES_DOCS if docs is not None else None)
+        sections["families"] = time.perf_counter() - begun
     if "gpu" in config.sections:
         _say("== GPU: packs on CUDA vs raw batched torch vs FastAPI on GPU ==", progress)
         begun = time.perf_counter()

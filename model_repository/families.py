@@ -103,6 +103,39 @@ def _unsafe_tensors(torch, named: list[tuple[str, object]]) -> str | None:
     return None
 
 
+def _script_mutation(module) -> str | None:
+    """An attribute the TorchScript module's forward changes (prim::SetAttr, or an in-place op on a tensor
+    read from an attribute), or None."""
+    graph = module.forward.graph.copy()
+    import torch
+
+    torch._C._jit_pass_inline(graph)
+    for node in graph.nodes():
+        if node.kind() == "prim::SetAttr":
+            return f"its forward assigns the attribute '{node.s('name')}'"
+        if node.kind().startswith("aten::") and node.kind().endswith("_"):
+            source = next(iter(node.inputs())).node()
+            if source.kind() == "prim::GetAttr":
+                return f"its forward changes the attribute '{source.s('name')}' in place ({node.kind()})"
+    return None
+
+
+def _export_mutation(program) -> str | None:
+    """A lifted parameter, buffer or constant the exported graph changes in place, or None."""
+    import torch
+
+    lifted = {s.arg.name: s.target for s in program.graph_signature.input_specs
+              if s.kind.name in ("PARAMETER", "BUFFER", "CONSTANT_TENSOR")}
+    for node in program.graph_module.graph.nodes:
+        target = node.target
+        if node.op != "call_function" or not isinstance(target, torch._ops.OpOverload) or not target._schema.is_mutable:
+            continue
+        for argument, value in zip(target._schema.arguments, node.args, strict=False):
+            if argument.is_write and isinstance(value, torch.fx.Node) and value.name in lifted:
+                return f"its graph changes '{lifted[value.name]}' in place ({target})"
+    return None
+
+
 def _archive_tensor_bytes(path: Path) -> int:
     """Bytes of tensor records left in a saved program (its constants and non-parameter attributes)."""
     with zipfile.ZipFile(path) as archive:
@@ -139,6 +172,10 @@ def split_torchscript(torch, module, out: Path) -> Split:
     problem = _unsafe_tensors(torch, [(n, t) for n, t, _ in named])
     if problem:
         return Split(False, problem)
+    mutation = _script_mutation(module)
+    if mutation:
+        return Split(False, f"the module mutates state: {mutation}; a member's state could not stay its own over "
+                            "stacked forwards, so it is served whole")
     spec = [_entry(name, tensor, kind) for name, tensor, kind in named]
     weights = {name: tensor.detach() for name, tensor, _ in named}
     weights_name, program_name = "weights" + WEIGHTS_SUFFIX, "program" + PROGRAM_SUFFIX["torchscript"]
@@ -166,6 +203,9 @@ def split_export(torch, program, out: Path) -> Split:
         return Split(False, f"the program takes inputs of kind {', '.join(sorted(unsupported))} (custom objects "
                             "or effect tokens), which are served whole")
     mutating = [s.kind.name for s in signature.output_specs if s.kind.name != "USER_OUTPUT"]
+    in_place = _export_mutation(program)
+    if in_place:
+        mutating.append(in_place)
     if mutating:
         return Split(False, f"the program mutates state ({', '.join(sorted(set(mutating)))}): a shared program "
                             "cannot keep one member's state apart from another's, so it is served whole")

@@ -63,8 +63,8 @@ class PackSettings:
     # members of one architecture run as one forward when at least `stack_members` (0: never) with weights
     # of at most `stack_max_member_bytes` are in one batch. Defaults from docs/benchmarks-families.md.
     families: bool = True
-    stack_members: int = 4
-    stack_max_member_bytes: int = 4 * 2**20
+    stack_members: int = 12
+    stack_max_member_bytes: int = 2**20
     generation: int | None = None  # the pack's generation; the control plane reads it back after a load
 
 

@@ -84,8 +84,8 @@ class Knobs:
     # Batches across members (pack_stacked.py): when a batch holds requests for at least `stack_members`
     # members of one architecture (0: never), those whose weights are at most `stack_max_member_bytes` run
     # as one forward over their stacked weights. Defaults measured on CPU (docs/benchmarks-families.md).
-    stack_members: int = 4
-    stack_max_member_bytes: int = 4 * 2**20
+    stack_members: int = 12
+    stack_max_member_bytes: int = 2**20
 
     @classmethod
     def from_params(cls, params: dict[str, str]) -> Knobs:

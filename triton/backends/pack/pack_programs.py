@@ -52,6 +52,7 @@ class BoundMember:
         self.program, self.host = program, host
         self.device = "cpu"
         self.tensors = host
+        self.detached = {name: t.detach() for name, t in host.items()}  # for stacking, made once
         self.runner = program.bind(host)
         self.weight_bytes = sum(t.numel() * t.element_size() for t in host.values())
 
@@ -73,10 +74,10 @@ class BoundMember:
             return self
         if device == "cpu":
             self.tensors, self.runner, self.device = self.host, self.program.bind(self.host), "cpu"
-            return self
-        program = self.program.on(device)
-        tensors = pack_weights.to_device(self.host, device)
-        self.tensors, self.runner, self.device = tensors, program.bind(tensors), device
+        else:
+            self.tensors = pack_weights.to_device(self.host, device)
+            self.runner, self.device = self.program.on(device).bind(self.tensors), device
+        self.detached = {name: t.detach() for name, t in self.tensors.items()}
         return self
 
 
@@ -111,10 +112,32 @@ class Program:
     def stacked(self, stacked: dict[str, object], inputs: list):
         """One forward for M members: `stacked` holds each tensor with a leading member dimension, `inputs`
         each input as [M, rows, ...]; returns the outputs as [M, rows, ...] (a tuple where the module
-        returns one)."""
-        import torch
+        returns one).
 
-        return torch.func.vmap(self._one_of_stack, in_dims=(0, *[0] * len(inputs)))(stacked, *inputs)
+        This is `torch.func.vmap(self._one_of_stack)` done with functorch's own primitives: the same batched
+        tensors and batching rules (outputs identical), without vmap's Python wrapper, which cost more than the
+        forwards it saved for small members (measured: 0.17 vs 0.07 ms for 32 tiny MLPs)."""
+        import torch
+        from torch.utils import _pytree
+
+        try:
+            from torch._C._functorch import (
+                _add_batch_dim,
+                _remove_batch_dim,
+                _vmap_decrement_nesting,
+                _vmap_increment_nesting,
+            )
+        except ImportError:  # another torch: the public API
+            return torch.func.vmap(self._one_of_stack)(stacked, *inputs)
+        size = inputs[0].shape[0]
+        level = _vmap_increment_nesting(size, "error")
+        try:
+            batched = {name: _add_batch_dim(tensor, 0, level) for name, tensor in stacked.items()}
+            result = self._one_of_stack(batched, *[_add_batch_dim(t, 0, level) for t in inputs])
+            flat, spec = _pytree.tree_flatten(result)
+            return _pytree.tree_unflatten([_remove_batch_dim(t, level, size, 0) for t in flat], spec)
+        finally:
+            _vmap_decrement_nesting()
 
     def _one_of_stack(self, tensors, *inputs):
         raise NotImplementedError
@@ -266,4 +289,4 @@ def stack_tensors(members: list[BoundMember]) -> dict[str, object]:
     import torch
 
     names = members[0].program.names
-    return {name: torch.stack([m.tensors[name].detach() for m in members]) for name in names}
+    return {name: torch.stack([m.detached[name] for m in members]) for name in names}
