@@ -37,9 +37,18 @@ from control_plane.validation import ArtifactRejected, ArtifactValidator, Valida
 from model_repository.families import WEIGHTS_SUFFIX
 from model_repository.formats import SUFFIX, ArtifactFormat
 from model_repository.manifest import ModelEntry, TensorSpec
+from model_repository.s3_sync import S3Location
 from model_repository.triton_config import pack_kind
 
-ARTIFACTS_PREFIX = "artifacts"
+# Below the repository prefix, beside the index: the roles of k8s/iam (and the ECS task role) reach only
+# s3://BUCKET/PREFIX/*, so everything the control plane writes lives there. `fleet sync` downloads what the
+# index names, never these; Triton never sees them (its repository is the synced local folder).
+ARTIFACTS_FOLDER = ".fleet/artifacts"
+
+
+def artifacts_prefix(settings: Settings) -> str:
+    """The key prefix (ending in "/") under which the registry stores artifacts, in settings.bucket."""
+    return S3Location.parse(settings.repository_uri).key(ARTIFACTS_FOLDER) + "/"
 
 
 @dataclass(frozen=True)
@@ -83,7 +92,7 @@ class Registry:
     # process never holds a whole one in memory (see control_plane/staging.py).
     def object_key(self, owner: str, sha256: str, suffix: str) -> str:
         """Where every object the registry stores lies: artifacts, weights files and programs."""
-        return f"{ARTIFACTS_PREFIX}/{owner}/{sha256}{suffix}"
+        return f"{artifacts_prefix(self.settings)}{owner}/{sha256}{suffix}"
 
     def artifact_key(self, name: str, sha256: str, fmt: ArtifactFormat = "torchscript") -> str:
         return self.object_key(name, sha256, SUFFIX[fmt])
@@ -110,8 +119,15 @@ class Registry:
         try:
             head = self.s3.head_object(Bucket=bucket, Key=key)
         except ClientError as error:
-            if error.response["Error"]["Code"] in ("404", "NoSuchKey", "NotFound"):
+            code = error.response["Error"]["Code"]
+            if code in ("404", "NoSuchKey", "NotFound"):
                 raise ApiError(400, "s3_object_missing", f"'{uri}' does not exist") from None
+            if code in ("403", "AccessDenied", "Forbidden"):
+                location = S3Location.parse(self.settings.repository_uri)
+                raise ApiError(400, "s3_object_not_readable",
+                               f"the control plane may not read '{uri}' (S3 answered {code}): its role reads only "
+                               f"{location}/ (k8s/iam/repository-write-policy.json); copy the artifact below "
+                               f"{location}/uploads/ and register it from there. Nothing was registered") from None
             raise ApiError(503, "object_store_unavailable", f"cannot read '{uri}': {error}") from None
         except BotoCoreError as error:
             raise ApiError(503, "object_store_unavailable", f"cannot read '{uri}': {error}") from None

@@ -452,9 +452,12 @@ def server_stop(name: str, wait_s: float) -> None:
               help="Servers per family, e.g. cpu=2,gpu=1,inf2=1 (ECS runs cpu only).")
 @click.option("--image-tag", default="0.1.0", show_default=True)
 @click.option("--region", default=None, help="AWS region (default: the credential chain's).")
+@click.option("--control-plane-replicas", type=click.IntRange(1), default=None,
+              help="EKS: control-plane replicas (default: the manifests' 2, which need PostgreSQL in the "
+                   "fleet-database Secret; 1 may run on SQLite for a trial). FLEET_EKS_CONTROL_PLANE_REPLICAS.")
 @click.option("--teardown", is_flag=True, help="Remove what a previous deploy created instead.")
 def deploy(target: str, repository: str, replicas: str, image_tag: str, region: str | None,
-           teardown: bool) -> None:
+           control_plane_replicas: int | None, teardown: bool) -> None:
     """Deploy the fleet to EKS or ECS and wait until it is ready (FLEET_EKS_* / FLEET_ECS_* settings)."""
     from control_plane.deployments import make_target
     from control_plane.settings import Settings
@@ -469,7 +472,8 @@ def deploy(target: str, repository: str, replicas: str, image_tag: str, region: 
         raise click.BadParameter(f"unknown families {sorted(unknown)}; use cpu, gpu, inf2",
                                  param_hint="--replicas")
     try:
-        runner = make_target(target, Settings.from_env(repository_uri=repository))
+        runner = make_target(target, Settings.from_env(repository_uri=repository),
+                             control_plane_replicas=control_plane_replicas)
         if teardown:
             runner.teardown(progress=click.echo)
             click.echo(f"{target}: torn down")

@@ -18,6 +18,8 @@ import torch
 import tritonclient.grpc as grpcclient
 from safetensors.torch import save_file
 
+from control_plane.registry import artifacts_prefix
+from control_plane.settings import Settings
 from fleet.triton_server import TritonServer, free_port
 from fleet.waiting import wait_for
 
@@ -103,7 +105,8 @@ def stack(tmp_path_factory, seaweed, database_url):
         uploaded[name] = artifact(module, fmt)
         response = register(cp, name, uploaded[name])
         assert response.status_code == 201, response.text
-    yield {"cp": cp, "server": server, "uploaded": uploaded, "seaweed": seaweed, "bucket_prefix": "artifacts/"}
+    folder = artifacts_prefix(Settings(repository_uri=env["FLEET_REPOSITORY_URI"]))  # the registry's objects
+    yield {"cp": cp, "server": server, "uploaded": uploaded, "seaweed": seaweed, "folder": folder}
     cp.stop()
     server.stop()
 
@@ -181,17 +184,16 @@ def test_a_program_that_differs_in_anything_but_weights_is_another_architecture(
 
 
 def test_the_program_is_stored_once_per_architecture_and_each_member_as_its_weights(stack):
-    client = stack["seaweed"].client()
-    keys = [o["Key"] for page in client.get_paginator("list_objects_v2").paginate(Bucket="models",
-                                                                                  Prefix="artifacts/")
-            for o in page.get("Contents", [])]
-    programs = [k for k in keys if k.startswith("artifacts/_architectures/")]
+    client, folder = stack["seaweed"].client(), stack["folder"]
+    keys = [o["Key"].removeprefix(folder) for page in client.get_paginator("list_objects_v2").paginate(
+        Bucket="models", Prefix=folder) for o in page.get("Contents", [])]
+    programs = [k for k in keys if k.startswith("_architectures/")]
     architectures = {architecture_of(stack, name) for name in MODELS} - {None}
-    assert sorted(programs) == sorted({f"artifacts/_architectures/{a}{'.pt2' if 'exported' in n else '.pt'}"
+    assert sorted(programs) == sorted({f"_architectures/{a}{'.pt2' if 'exported' in n else '.pt'}"
                                        for n in MODELS if (a := architecture_of(stack, n))})
     assert len(programs) == len(architectures)
     for name in ("gelu-a", "exported-b"):
-        assert any(k.startswith(f"artifacts/{name}/") and k.endswith(".safetensors") for k in keys), name
+        assert any(k.startswith(f"{name}/") and k.endswith(".safetensors") for k in keys), name
 
 
 def test_members_answer_bit_identically_to_the_files_that_were_uploaded(stack):
