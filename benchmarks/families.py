@@ -84,7 +84,8 @@ def family(kind: str, count: int, seed: int = 0, fine_tunes: bool = True, fmt: s
     cache, with their splits (program + weights, model_repository.packing.split_members)."""
     from model_repository.profiles import generate
 
-    folder = CACHE / f"{kind}-{count}-s{seed}{'-family' if fine_tunes else ''}{'-pt2' if fmt != 'torchscript' else ''}"
+    suffix = f"-s{seed}{'-family' if fine_tunes else ''}{'-pt2' if fmt != 'torchscript' else ''}"
+    folder = _cached(kind, count, suffix)
     if not (folder / "manifest.json").exists():
         shutil.rmtree(folder, ignore_errors=True)
         tmp = folder.with_name(folder.name + ".tmp")
@@ -93,7 +94,19 @@ def family(kind: str, count: int, seed: int = 0, fine_tunes: bool = True, fmt: s
         generate(tmp, count, kind, seed, fmt=fmt, family=fine_tunes)
         tmp.rename(folder)
     manifest = Manifest.read(folder)
+    manifest = manifest.model_copy(update={"models": manifest.models[:count]})  # a larger cached set's first ones
     return folder, manifest, split_members(folder, manifest.models)
+
+
+def _cached(kind: str, count: int, suffix: str) -> Path:
+    """The smallest cached folder of at least `count` such models (its first ones serve), else a new one's."""
+    best: tuple[int, Path] | None = None
+    for path in CACHE.glob(f"{kind}-*{suffix}"):
+        size = path.name[len(kind) + 1:len(path.name) - len(suffix)]
+        if size.isdigit() and int(size) >= count and (path / "manifest.json").exists():
+            if best is None or int(size) < best[0]:
+                best = (int(size), path)
+    return best[1] if best else CACHE / f"{kind}-{count}{suffix}"
 
 
 # ---- packs -------------------------------------------------------------------------------------------

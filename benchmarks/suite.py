@@ -31,6 +31,7 @@ from benchmarks import data_plane, families, report
 from benchmarks.adfilter_bench import AdfilterConfig, phase_adfilter
 from benchmarks.data_plane import BenchConfig, _display, _say, ensure_models, environment, package_versions
 from benchmarks.families import FamiliesConfig
+from benchmarks.families_report import goals as families_goals
 from benchmarks.gpu import GpuConfig, cuda_unavailable_reason, run_gpu
 from benchmarks.loadgen import LoadgenConfig, phase_loadgen
 from benchmarks.peers import PeersConfig, measure, serving, zipf_share_of_top
@@ -101,7 +102,9 @@ def run(config: SuiteConfig = FULL, out: Path = DEFAULT_OUT, docs: Path | None =
     needed = max([config.peers.models] + ([max(config.data_plane.memory_models, config.data_plane.servable_models,
                                                 config.data_plane.zipf_models)]
                                           if "data_plane" in config.sections else []))
-    models_dir = ensure_models(work, needed, config.seed, progress)
+    # the tiny models the peers, data-plane, load-generator and GPU sections share (families brings its own)
+    uses_models = {"data_plane", "peers", "loadgen", "gpu"} & set(config.sections)
+    models_dir = ensure_models(work, needed, config.seed, progress) if uses_models else None
 
     if "data_plane" in config.sections:
         _say("== data plane: density, load time, cold start (benchmarks.data_plane) ==", progress)
@@ -346,7 +349,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--gpu", action="store_true",
                         help="run the GPU variant only (needs CUDA; exits 0 with a message where there is none)")
     parser.add_argument("--only", default=None,
-                        help=f"comma-separated sections to run, of {','.join(CPU_SECTIONS)} (default: all)")
+                        help=f"comma-separated sections to run, of {','.join(SECTIONS[:-1])} (default: "
+                             f"{','.join(CPU_SECTIONS)}; families only when named: it generates ~11 GiB of models)")
     parser.add_argument("--out", type=Path, default=None, help=f"results folder (default {_display(DEFAULT_OUT)})")
     parser.add_argument("--docs", type=Path, default=None, help=f"report to write (default {_display(DEFAULT_DOCS)})")
     parser.add_argument("--no-docs", action="store_true", help="write only the JSON")
@@ -383,6 +387,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"fleet bench --gpu: skipped, {reason}. Run it on a machine with an NVIDIA GPU "
                   "(see docs/benchmarks.md, section 7).")
             return 0
+    if config.sections == ("families",):  # its own report, docs/benchmarks-families.md
+        out = args.out or DEFAULT_OUT / "families"
+        results = families.run(config.families, out, None if args.no_docs else FAMILIES_DOCS)
+        for goal, met, figures in families_goals(results):
+            print(f"{'met' if met else 'n/a' if met is None else 'NOT MET':8} {goal}: {figures}")
+        print(f"\nJSON: {_display(out / 'families.json')}" + ("" if args.no_docs else f"; report: "
+                                                               f"{_display(FAMILIES_DOCS)}"))
+        return 0
     out = args.out or (DEFAULT_OUT / "gpu" if args.gpu else DEFAULT_OUT)
     docs = None if args.no_docs else (args.docs or (DEFAULT_DOCS.with_name("benchmarks-gpu.md") if args.gpu
                                                     else DEFAULT_DOCS))

@@ -32,8 +32,9 @@ class Settings(BaseModel):
                                        "architecture load by mapping their weights: docs/data-plane.md)")
     split_architectures: bool = Field(True, description="split each artifact at registration into its "
                                       "architecture's program (stored once) and its weights (docs/control-plane.md)")
-    split_min_bytes: int = Field(0, ge=0, description="artifacts smaller than this are not split (whole-artifact "
-                                 "path)")
+    split_min_bytes: int = Field(2**20, ge=0, description="artifacts smaller than this are not split (whole-"
+                                 "artifact path): splitting added ~80 ms to a tiny model's ~150 ms validation and its "
+                                 "load gains nothing (docs/benchmarks-families.md); 0 splits every artifact")
     replicas_min: int = Field(2, ge=1, description="replicas per pack, where that many servers of its family exist")
     replicas_max: int = Field(4, ge=1, description="most replicas a hot pack gets")
     hot_rps_per_replica: float = Field(200.0, gt=0, description="a pack above this rate per replica gets one more")

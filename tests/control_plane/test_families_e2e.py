@@ -93,7 +93,8 @@ def stack(tmp_path_factory, seaweed, database_url):
            "FLEET_DATABASE_URL": database_url, "FLEET_WORK_DIR": str(root / "work"),
            "FLEET_REPOSITORY_ROOT": str(root), "FLEET_REPOSITORY_URI": f"s3://models/fam-{uuid.uuid4().hex[:8]}",
            "FLEET_S3_ENDPOINT_URL": seaweed.endpoint_url, "FLEET_RECONCILE_INTERVAL_S": "0.5",
-           "PYTHONSAFEPATH": "1", "FLEET_SERVER_DEAD_AFTER_S": "5"}
+           "PYTHONSAFEPATH": "1", "FLEET_SERVER_DEAD_AFTER_S": "5",
+           "FLEET_SPLIT_MIN_BYTES": "0"}  # these models are a few KiB: split them all the same
     cp = ControlPlane(f"http://127.0.0.1:{free_port()}", env, root / "control-plane.log").start()
     api = cp.api()
     response = api.post(f"{cp.url}/api/v1/servers", json={
