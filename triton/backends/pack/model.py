@@ -153,14 +153,6 @@ class ArchitectureEntry:
 
 
 @dataclass
-class ProgramSlot:
-    """A loaded program, charged once to the host budget (what loading it grew the stub by)."""
-
-    program: object
-    cost: int
-
-
-@dataclass
 class Resident:
     """A member in host RAM. `module` is what host RAM keeps: the module itself (cpu family; gpu, where
     it is the same object a promotion moves in place), or a compiled artifact's bytes (inf2)."""
@@ -535,7 +527,7 @@ class TritonPythonModel:
         self.tier = self._device_tier()
         self.members = _parse_members(version_dir, self.family)
         self.architectures = _parse_architectures(version_dir)
-        self.programs: dict[str, ProgramSlot] = {}  # loaded once per architecture (loader thread only)
+        self.programs = pack_programs.ProgramCache(rss_bytes)  # one per architecture, charged once
         self.program_bytes = 0  # what the loaded programs are charged, inside the host budget
         self.stack_failed: set[str] = set()  # architectures whose stacked forward failed once (logged once)
         if any(m.format == "torch_export" for m in self.members.values()):
@@ -838,9 +830,9 @@ class TritonPythonModel:
 
     def _program(self, member: Member):
         """The program of the member's architecture, loaded and charged to the budget once."""
-        slot = self.programs.get(member.architecture)
-        if slot is not None:
-            return slot.program
+        program = self.programs.get(member.architecture)
+        if program is not None:
+            return program
         entry = self.architectures.get(member.architecture)
         if entry is None:
             raise RequestError(f"model '{member.id}': its architecture {member.architecture[:12]} is not in "
@@ -848,15 +840,12 @@ class TritonPythonModel:
         program_member = Member(id=member.id, path=entry.path, sha256=entry.sha256, bytes=entry.bytes,
                                 format=entry.format, inputs=[], outputs=[])
         self._check_file(program_member, what=f"program of architecture {entry.id[:12]}")
-        before = rss_bytes()
         try:
-            program = pack_programs.load_program(entry.id, entry.path, entry.format, entry.tensors)
+            program = self.programs.load(entry.id, entry.path, entry.format, entry.tensors, entry.bytes)
         except pack_programs.ProgramError as error:
             raise RequestError(f"model '{member.id}': {error}", "INTERNAL") from None
-        cost = max(rss_bytes() - before, entry.bytes or 0)
         with self.lock:
-            self.programs[entry.id] = ProgramSlot(program, cost)
-            self.program_bytes += cost
+            self.program_bytes = self.programs.charged
         return program
 
     def _over_budget(self, member: Member, needed: int, how: str) -> RequestError:
@@ -897,9 +886,9 @@ class TritonPythonModel:
                 used = {self.members[ident].architecture for ident in self.resident}
                 if keep is not None:
                     used.add(self.members[keep].architecture)
-                for architecture in [a for a in self.programs if a not in used]:
-                    self.program_bytes -= self.programs.pop(architecture).cost
-                    evicted += 1
+                freed = self.programs.evict_unused(used)
+                self.program_bytes -= freed
+                evicted += bool(freed)
         if evicted:
             self._release_memory()
 

@@ -84,13 +84,11 @@ class BoundMember:
 class Program:
     """The loaded program of one architecture on one device; `ProgramCache` makes each once."""
 
-    def __init__(self, architecture: str, path: Path, fmt: str, spec: list[dict], device: str = "cpu",
-                 loader=None) -> None:
+    def __init__(self, architecture: str, path: Path, fmt: str, spec: list[dict], device: str = "cpu") -> None:
         self.architecture, self.path, self.format, self.spec, self.device = architecture, Path(path), fmt, spec, device
         self.names = [entry["name"] for entry in spec]
         self._on: dict[str, Program] = {device: self}
         self._on_lock = threading.Lock()
-        self._loader = loader
 
     def on(self, device: str) -> Program:
         """The same program on another device (loaded once per device)."""
@@ -144,11 +142,10 @@ class Program:
 
 
 class TorchScriptProgram(Program):
-    def __init__(self, architecture: str, path: Path, fmt: str, spec: list[dict], device: str = "cpu",
-                 loader=None) -> None:
+    def __init__(self, architecture: str, path: Path, fmt: str, spec: list[dict], device: str = "cpu") -> None:
         import torch
 
-        super().__init__(architecture, path, fmt, spec, device, loader)
+        super().__init__(architecture, path, fmt, spec, device)
         try:
             self.module = torch.jit.load(str(path), map_location=device)
         except Exception as error:  # noqa: BLE001  a program that does not load is this architecture's problem
@@ -192,11 +189,10 @@ def _bound_script(module, plan: list[tuple], tensors: dict[str, object]):
 
 
 class ExportProgram(Program):
-    def __init__(self, architecture: str, path: Path, fmt: str, spec: list[dict], device: str = "cpu",
-                 loader=None) -> None:
+    def __init__(self, architecture: str, path: Path, fmt: str, spec: list[dict], device: str = "cpu") -> None:
         import torch
 
-        super().__init__(architecture, path, fmt, spec, device, loader)
+        super().__init__(architecture, path, fmt, spec, device)
         try:
             program = torch.export.load(str(path))
         except Exception as error:  # noqa: BLE001
@@ -277,6 +273,48 @@ def _check_inputs(program: ExportProgram, inputs: tuple) -> None:
         return
     flat = _check_inputs_match(tuple(inputs), {}, program.in_spec)
     _check_input_constraints_for_graph(program.user_placeholders, flat, program.range_constraints)
+
+
+class ProgramCache:
+    """Each architecture's program, loaded once per stub and charged once to the host budget: what loading it
+    grew the process by (`measure`, e.g. the stub's RSS), or its file's size if more. A program no resident
+    member uses is evicted only when the pack's budget asks for it (`evict_unused`).
+
+    Loads happen in the pack's loader thread; readers (metrics, eviction) may be on any thread.
+    """
+
+    def __init__(self, measure) -> None:
+        self.measure = measure
+        self.lock = threading.Lock()
+        self.slots: dict[str, tuple[Program, int]] = {}
+
+    def get(self, architecture: str) -> Program | None:
+        with self.lock:
+            slot = self.slots.get(architecture)
+        return slot[0] if slot else None
+
+    def load(self, architecture: str, path: Path, fmt: str, spec: list[dict], file_bytes: int | None) -> Program:
+        before = self.measure()
+        program = load_program(architecture, path, fmt, spec)
+        cost = max(self.measure() - before, file_bytes or 0)
+        with self.lock:
+            self.slots[architecture] = (program, cost)
+        return program
+
+    @property
+    def charged(self) -> int:
+        with self.lock:
+            return sum(cost for _, cost in self.slots.values())
+
+    def __len__(self) -> int:
+        with self.lock:
+            return len(self.slots)
+
+    def evict_unused(self, used: set) -> int:
+        """Drop every program not in `used`; returns the bytes they were charged."""
+        with self.lock:
+            unused = [a for a in self.slots if a not in used]
+            return sum(self.slots.pop(a)[1] for a in unused)
 
 
 def load_program(architecture: str, path: Path, fmt: str, spec: list[dict], device: str = "cpu") -> Program:
