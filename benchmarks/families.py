@@ -220,7 +220,7 @@ def cold_family(config: FamiliesConfig, work: Path) -> dict:
             rss_start = stub.memory_info().rss
             hot_client.thread.start()
             torch.set_num_threads(1)
-            rows, loading, quiet, baselines = [], [], [], []
+            rows, loading, quiet, baselines, neighbour = [], [], [], [], []
             halves = (members[:len(members) // 2], members[len(members) // 2:]) if path_name == "family" else (members,)
             for half in halves:
                 begin = time.perf_counter()
@@ -244,6 +244,7 @@ def cold_family(config: FamiliesConfig, work: Path) -> dict:
                     loading.append((started, first))  # the load: the second request is any warm request
                     client.infer("cold", inputs, parameters={"model_id": entry.id})
                     second = time.perf_counter()
+                    neighbour.append((first, second))  # a warm request of another member of the architecture
                     rows.append({"member": entry.id, "first_s": first - started, "second_s": second - first,
                                  "overhead_s": (first - started) - (second - first), "jit_load_s": jit_s,
                                  "read_weights_s": read_s, "rss_mib": stub.memory_info().rss / MIB})
@@ -268,7 +269,8 @@ def cold_family(config: FamiliesConfig, work: Path) -> dict:
             "rss_growth_per_member_mib": statistics.median(growth) if growth else None,
             "rss_growth_per_member_over_weights": (statistics.median(growth) * MIB / weights) if growth else None,
             "hot_quiet": _stats(hot_client.between(quiet, baselines)),
-            "hot_loading": _stats(hot_client.between(loading, baselines))}
+            "hot_loading": _stats(hot_client.between(loading, baselines)),
+            "hot_warm_neighbour": _stats(hot_client.between(neighbour, baselines))}
         r = results[path_name]
         r["hot_p99_ratio"] = r["hot_loading"]["p99_ms"] / r["hot_quiet"]["p99_ms"] if quiet else None
         print(f"cold {config.big} ({path_name}): stub load {stub_load * 1e3:.0f} ms; "
@@ -308,7 +310,10 @@ def zoo(config: FamiliesConfig, work: Path) -> dict:
                 hits = metric(server, "fleet_pack_hits_total", "zoo")
                 misses = metric(server, "fleet_pack_misses_total", "zoo")
                 loads = metric(server, "fleet_pack_loads_total", "zoo")
+                load_s = metric(server, "fleet_pack_load_seconds_total", "zoo")
+                compute_s = metric(server, "fleet_member_compute_duration_us_total", "zoo") / 1e6
             runs.append({"path": path_name, "round": round_, "seconds": seconds, "ok": len(latencies),
+                         "load_seconds": load_s, "compute_seconds": compute_s,
                          "errors": codes, "rps": len(latencies) / seconds, "p50_ms": percentile(latencies, 50),
                          "p99_ms": percentile(latencies, 99), "loads": loads,
                          "hit_rate": hits / (hits + misses) if hits + misses else None})

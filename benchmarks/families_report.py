@@ -74,9 +74,15 @@ def section(results: dict) -> str:
               "One pack, the hot member preloaded (so the architecture's program is loaded) and served without "
               "pause from another client; each cold member is asked twice, and right before, in the benchmark's "
               "process, its whole artifact is `torch.jit.load`ed and its weights file read (both files in the "
-              "page cache). Overhead = first request - second request. Medians over the members.", "",
+              "page cache). Overhead = first request - second request; the stub's load = what the runtime timed "
+              "for the load itself (mapping and binding; for whole artifacts `torch.jit.load`). Medians over the "
+              "members. The hot member's p99 is taken over its requests that overlapped no cold request (quiet), a "
+              "cold member's first request (cold loads), or a cold member's second request, an ordinary warm "
+              "request of another member of its architecture (warm neighbour); never over the baselines, which run "
+              "in the benchmark's own process.", "",
               "| path | members | overhead ms | stub's load ms | torch.jit.load ms | read weights ms | overhead / "
-              "jit.load | overhead / read | hot p99 quiet / loading ms | RSS per member MiB | program MiB |",
+              "jit.load | overhead / read | hot p99 quiet / cold loads / warm neighbour ms | RSS per member MiB | "
+              "program MiB |",
               "|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, row in (("family", cold), ("whole (today)", whole)):
         if row is None:
@@ -85,7 +91,9 @@ def section(results: dict) -> str:
                      f"{row.get('stub_load_s', float('nan')) * 1e3:.0f} | {row['jit_load_s'] * 1e3:.0f} | "
                      f"{row['read_weights_s'] * 1e3:.0f} | {row['overhead_over_jit_load']:.2f}x | "
                      f"{row['overhead_over_read']:.2f}x | {row['hot_quiet']['p99_ms']:.0f} / "
-                     f"{row['hot_loading']['p99_ms']:.0f} | {row['rss_growth_per_member_mib'] or 0:.0f} | "
+                     f"{row['hot_loading']['p99_ms']:.0f} / "
+                     f"{row.get('hot_warm_neighbour', {}).get('p99_ms', float('nan')):.0f} | "
+                     f"{row['rss_growth_per_member_mib'] or 0:.0f} | "
                      f"{row['program_mib']:.0f} |")
     lines += ["", f"Weights per member {cold['weights_mib']:.0f} MiB (artifact {cold['artifact_mib']:.0f} MiB).", ""]
     zoo = results["zoo"]
@@ -93,12 +101,14 @@ def section(results: dict) -> str:
               f"{zoo['members']} members ({', '.join(f'{v} {k}' for k, v in zoo['kinds'].items())}; the real-size "
               f"kinds are fine-tunes of one base each, the tiny ones of many layouts), {zoo['zoo_mib']:.0f} MiB = "
               f"{zoo['over_budget']:.1f}x the pack's {zoo['budget_mib']:.0f} MiB budget.", "",
-              "| path | round | rps | p50 ms | p99 ms | hit rate | loads | errors |",
-              "|---|---|---|---|---|---|---|---|"]
+              "| path | round | rps | p50 ms | p99 ms | hit rate | loads | s loading / s in forwards per s | errors |",
+              "|---|---|---|---|---|---|---|---|---|"]
     for run in zoo["runs"]:
         hit = f"{run['hit_rate']:.3f}" if run["hit_rate"] is not None else "n/a"
+        busy = (f"{run['load_seconds'] / run['seconds']:.2f} / {run['compute_seconds'] / run['seconds']:.2f}"
+                if "compute_seconds" in run else "n/a")
         lines.append(f"| {run['path']} | {run['round']} | {run['rps']:.1f} | {run['p50_ms']:.0f} | {run['p99_ms']:.0f} "
-                     f"| {hit} | {int(run['loads'])} | {run['errors'] or 0} |")
+                     f"| {hit} | {int(run['loads'])} | {busy} | {run['errors'] or 0} |")
     lines += ["", "## 5. Batches across members", "",
               "| members | in-process loop ms | in-process vmap ms | speedup | server rps stacked / alone | ratio |",
               "|---|---|---|---|---|---|"]
