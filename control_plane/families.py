@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session
 
 from control_plane.db import Architecture
 from control_plane.errors import ApiError
-from model_repository.artifacts import file_sha256
+from control_plane.staging import sha256_of
 from model_repository.families import PROGRAM_SUFFIX, WEIGHTS_SUFFIX, architecture_id, runtime_module
 
 PROGRAMS_OWNER = "_architectures"  # not a valid model name (those start with a letter or digit)
@@ -70,14 +70,8 @@ def weights_unreadable(path: Path) -> str | None:
     return None
 
 
-def aligned_copy(source: Path, target: Path, spec: list[dict]) -> tuple[str, int]:
-    """A user's safetensors file rewritten as the runtime serves weights: in the architecture's order, each
-    tensor 64-byte aligned (pack_weights.py). Mapped, not read into memory; returns (sha256, bytes)."""
-    from safetensors import safe_open
-
-    with safe_open(str(source), framework="pt", device="cpu") as handle:
-        tensors = [(entry["name"], handle.get_tensor(entry["name"])) for entry in spec]
-        return runtime_module("pack_weights").write_weights(target, tensors)
+def file_sha256(path: Path) -> tuple[str, int]:
+    return sha256_of(path), Path(path).stat().st_size
 
 
 class FamilyStore:

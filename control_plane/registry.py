@@ -23,7 +23,7 @@ from control_plane.errors import ApiError, not_found
 from control_plane.families import (
     FamilyFacts,
     FamilyStore,
-    aligned_copy,
+    file_sha256,
     not_split,
     weights_problems,
     weights_unreadable,
@@ -286,13 +286,18 @@ class Registry:
         staging = self.settings.staging_dir
         staging.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=staging, prefix="weights-") as directory:
-            # Served as the runtime wants it: every tensor 64-byte aligned, in the program's order.
-            aligned = Path(directory) / f"weights{WEIGHTS_SUFFIX}"
-            aligned_sha, aligned_bytes = aligned_copy(weights.path, aligned, spec)
             program = Path(directory) / f"program{SUFFIX[fmt]}"
             self.download_artifact(program_key, program)
-            checked = StagedArtifact(path=aligned, sha256=aligned_sha, bytes=aligned_bytes, format=fmt)
-            self._validate(checked, signature, program={"path": program, "spec": spec})
+            checked = StagedArtifact(path=weights.path, sha256=weights.sha256, bytes=weights.bytes, format=fmt)
+            # The sandbox binds the weights to the program and calls it once, and rewrites them as the runtime
+            # serves weights: in the program's order, each tensor 64-byte aligned (pack_weights.py).
+            split = self._validate(checked, signature, Path(directory), program={"path": program, "spec": spec})
+            aligned = Path(directory) / str((split or {}).get("weights") or f"weights{WEIGHTS_SUFFIX}")
+            problems = weights_problems(aligned, spec) if aligned.exists() else ["the validator wrote no weights"]
+            if problems:
+                raise ApiError(503, "validator_unavailable", "the validator's rewrite of the weights does not match "
+                               f"the architecture ({problems[0]}); nothing was registered, retry later")
+            aligned_sha, aligned_bytes = file_sha256(aligned)
             key = self.object_key(name, aligned_sha, WEIGHTS_SUFFIX)
             self.put_file(key, aligned, aligned_sha, {"architecture": architecture})
         facts = FamilyFacts(architecture=architecture, weights_key=key, weights_sha256=aligned_sha,

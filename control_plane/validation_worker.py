@@ -157,6 +157,11 @@ def check(torch, path: str, fmt: str, signature: dict, job: dict | None = None) 
     verdict: dict = {"ok": True}
     if job.get("split_dir") and source is not None:
         verdict["split"] = _split(torch, source, fmt, Path(job["split_dir"]), inputs, tuple(outputs))
+    elif job.get("split_dir") and job.get("program") is not None:  # weights registered for an architecture
+        spec = job["program"]["spec"]
+        runtime_module("pack_weights").write_weights(
+            Path(job["split_dir"]) / "weights.safetensors", [(e["name"], module.tensors[e["name"]]) for e in spec])
+        verdict["split"] = {"ok": True, "weights": "weights.safetensors", "program": "", "reason": "", "spec": []}
     return verdict
 
 

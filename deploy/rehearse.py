@@ -103,6 +103,10 @@ STEPS: dict[str, list[Step]] = {
              "planes on SQLite and the one-replica trial, diagnosis, scaling, the locust Job)",
              _pytest("tests/k8s/test_eks_deploy.py", "tests/k8s/test_eks_diagnose.py",
                      "tests/k8s/test_eks_locust.py", "tests/k8s/test_eks_operations.py")),
+        Step("7c. Inferentia2 compile", "the compile Job's manifest and CLI args; compile bookkeeping with a "
+             "stand-in tracer; publishing beside the control plane (SeaweedFS); inf2 pins vs Neuron's docs",
+             _pytest("tests/k8s/test_inf2_compile_job.py", "tests/data_plane/test_neuron_compile.py",
+                     "tests/containers/test_image_facts.py")),
         Step("8. Report", "one connection per user, per-server counts in the report (real Triton, locust)",
              _pytest("tests/loadtest/test_nlb_connections.py")),
     ],
@@ -128,6 +132,7 @@ NOT_HERE = {
         "7-8. scheduling on real nodes, HPA scaling, EBS volumes, port-forward to the control plane",
         "8. the locust Job on the cluster against the Triton Service",
         "G4dn and Inf2 servers (NGC and Neuron images cannot be pulled or run here)",
+        "7c. the compile Job on an inf2 node: torch_neuronx.trace and the server-inf2 image build",
     ],
 }
 

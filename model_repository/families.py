@@ -31,7 +31,9 @@ import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-RUNTIME_DIR = Path(__file__).resolve().parents[1] / "triton" / "backends" / "pack"
+from fleet.resources import project_path
+
+RUNTIME_DIR = project_path("triton/backends/pack")  # a checkout's, or the installed data (fleet/resources.py)
 PROGRAM_SUFFIX = {"torchscript": ".pt", "torch_export": ".pt2"}
 WEIGHTS_SUFFIX = ".safetensors"
 MAX_PROGRAM_TENSOR_BYTES = 2**20

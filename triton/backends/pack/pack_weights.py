@@ -35,6 +35,9 @@ DTYPE_CODES = {"float32": "F32", "float16": "F16", "bfloat16": "BF16", "float64"
                "int32": "I32", "int16": "I16", "int8": "I8", "uint8": "U8", "bool": "BOOL",
                "float8_e4m3fn": "F8_E4M3", "float8_e5m2": "F8_E5M2", "complex64": "C64"}
 DTYPE_NAMES = {code: name for name, code in DTYPE_CODES.items()}
+# Bytes per element, so that a table's size needs no torch (the control plane's web process has none).
+ELEMENT_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "float64": 8, "int64": 8, "int32": 4, "int16": 2,
+                 "int8": 1, "uint8": 1, "bool": 1, "float8_e4m3fn": 1, "float8_e5m2": 1, "complex64": 8}
 _CHUNK = 1 << 20
 
 
@@ -166,15 +169,13 @@ def differences(found: dict[str, tuple[str, tuple[int, ...]]], spec: list[dict],
 
 
 def tensor_bytes_of(spec: list[dict]) -> int:
-    """Bytes of an architecture's weights, from its table alone."""
-    import torch
-
+    """Bytes of an architecture's weights, from its table alone (no torch needed)."""
     total = 0
     for entry in spec:
         count = 1
         for d in entry["shape"]:
             count *= int(d)
-        total += count * torch.empty((), dtype=getattr(torch, entry["dtype"])).element_size()
+        total += count * ELEMENT_BYTES[entry["dtype"]]
     return total
 
 
