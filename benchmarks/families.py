@@ -425,13 +425,20 @@ def in_process(config: FamiliesConfig) -> dict:
 
 
 # ---- run ---------------------------------------------------------------------------------------------
-def run(config: FamiliesConfig = FULL, out: Path | None = None, docs: Path | None = None) -> dict:
+def run(config: FamiliesConfig = FULL, out: Path | None = None, docs: Path | None = None,
+        only: set[str] | None = None, previous: dict | None = None) -> dict:
     out = Path(out or ROOT / "results" / "families")
     work = out / "work"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     started = time.monotonic()
     results: dict = {"config": asdict(config), "environment": environment(), "load_average": [os.getloadavg()[0]]}
+    phases = {"in_process": in_process, "cold": lambda c: cold_family(c, work), "stacked": lambda c: stacked(c, work),
+              "zoo": lambda c: zoo(c, work)}
+    if previous is not None:  # re-measure only `only`, keep the rest of an earlier run of the same config
+        results = {**previous, "environment": environment(), "load_average": [os.getloadavg()[0]],
+                   "remeasured": sorted(only), "first_run": previous.get("first_run") or {
+                       k: previous[k] for k in ("finished", "seconds", "load_average")}}
     # Generate (or find cached) every model first, so that generation never overlaps a measurement.
     family(config.big, config.cold_members + 1, config.seed)
     for kind, count in config.zoo.items():
@@ -441,10 +448,9 @@ def run(config: FamiliesConfig = FULL, out: Path | None = None, docs: Path | Non
     family("tiny", 2, config.seed)
     family("bert-mini", 2, config.seed)
     family("bert-mini", 2, config.seed, fmt="torch_export")
-    results["in_process"] = in_process(config)
-    results["cold"] = cold_family(config, work)
-    results["stacked"] = stacked(config, work)
-    results["zoo"] = zoo(config, work)
+    for name, phase in phases.items():
+        if only is None or name in only:
+            results[name] = phase(config)
     results["load_average"].append(os.getloadavg()[0])
     results["seconds"] = time.monotonic() - started
     results["finished"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
@@ -463,12 +469,17 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--doc", type=Path, default=ROOT / "docs" / "benchmarks-families.md")
     parser.add_argument("--no-docs", action="store_true")
     parser.add_argument("--render", type=Path, help="only re-write --doc from a families.json of an earlier run")
+    parser.add_argument("--only", help="comma-separated phases to measure again (in_process, cold, stacked, zoo); "
+                                       "the others are kept from --merge")
+    parser.add_argument("--merge", type=Path, help="the families.json of an earlier run, with the same mode")
     args = parser.parse_args(argv)
     if args.render:
         results = json.loads(args.render.read_text())
         write_doc(results, args.doc)
         return results
-    results = run(QUICK if args.quick else FULL, args.out, None if args.no_docs else args.doc)
+    only = set(args.only.split(",")) if args.only else None
+    previous = json.loads(args.merge.read_text()) if args.merge else None
+    results = run(QUICK if args.quick else FULL, args.out, None if args.no_docs else args.doc, only, previous)
     print(f"wrote {args.out / 'families.json'}" + ("" if args.no_docs else f" and {args.doc}"))
     return results
 

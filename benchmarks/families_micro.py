@@ -9,7 +9,7 @@
 * tiny loads: a tiny member's load as a whole artifact (`torch.jit.load(path)`) vs mapping its weights and
   binding them to its (already loaded) program.
 
-Every comparison alternates its two sides (A B A B) and reports medians, so a busy moment of the shared
+Every comparison alternates its two sides call by call (A B A B) and reports medians, so a busy moment of the shared
 machine hits both.
 """
 from __future__ import annotations
@@ -24,21 +24,17 @@ import torch
 from model_repository.families import runtime_module
 
 
-def _median_ms(call, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        call()
-        times.append((time.perf_counter() - started) * 1e3)
-    return statistics.median(times)
-
-
 def alternate(a, b, rounds: int, repeats: int) -> tuple[float, float]:
-    """Median ms of `a` and `b`, measured in alternating blocks."""
+    """Median ms of `a` and `b`, called alternately (a, b, a, b, ...), so a busy moment of the shared machine
+    hits both sides alike; one untimed call of each first."""
+    a()
+    b()
     times_a, times_b = [], []
-    for _ in range(rounds):
-        times_a.append(_median_ms(a, repeats))
-        times_b.append(_median_ms(b, repeats))
+    for _ in range(rounds * repeats):
+        for call, times in ((a, times_a), (b, times_b)):
+            started = time.perf_counter()
+            call()
+            times.append((time.perf_counter() - started) * 1e3)
     return statistics.median(times_a), statistics.median(times_b)
 
 

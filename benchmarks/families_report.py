@@ -62,12 +62,16 @@ def goals(results: dict) -> list[tuple[str, bool | None, str]]:
 def section(results: dict) -> str:
     config, env = results["config"], results["environment"]
     cold, whole = results["cold"]["family"], results["cold"].get("whole")
+    first = results.get("first_run") or results
+    again = (f" Re-measured on {results['finished']} (load average {results['load_average'][0]:.1f} to "
+             f"{results['load_average'][-1]:.1f}): {', '.join(results['remeasured'])}."
+             if results.get("remeasured") else "")
     lines = [FAMILIES_BEGIN, "",
              f"Latest `python -m benchmarks.families{' --quick' if config['mode'] == 'quick' else ''}` "
-             f"({results['finished']}, {results['seconds']:.0f} s; torch {env['torch']}, {env['cpus']} CPUs shared "
-             f"with other jobs, load average {results['load_average'][0]:.1f} at start and "
-             f"{results['load_average'][-1]:.1f} at the end). Every ratio is against a baseline measured in the "
-             "same run, interleaved with it; absolute times vary between runs.", "", "## Goals (issue 24)", "",
+             f"({first['finished']}, {first['seconds']:.0f} s; torch {env['torch']}, {env['cpus']} CPUs shared "
+             f"with other jobs, load average {first['load_average'][0]:.1f} at start and "
+             f"{first['load_average'][-1]:.1f} at the end).{again} Every ratio is against a baseline measured in "
+             "the same run, interleaved with it; absolute times vary between runs.", "", "## Goals (issue 24)", "",
              "| goal | verdict | figures |", "|---|---|---|"]
     lines += [f"| {goal} | {_verdict(met)} | {figures} |" for goal, met, figures in goals(results)]
     lines += ["", f"## 1-3. Cold {config['big']} members, the hot member, memory", "",
