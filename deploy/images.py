@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import configparser
 import glob
-import os
 import subprocess
 import sys
 import tempfile
@@ -31,7 +30,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from deploy import wheels
-from deploy.podman import ULIMITS, base_command, ensure_emulation, ensure_tools, image_exists, podman
+from deploy.podman import (
+    ULIMITS,
+    base_command,
+    emulation_volumes,
+    ensure_emulation,
+    ensure_tools,
+    host_arch,
+    image_exists,
+    podman,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 DEBIAN_IMAGE = "localhost/debian:bookworm"
@@ -46,12 +54,6 @@ TORCH_CPU_INDEX = "https://download.pytorch.org/whl/cpu"
 
 def version() -> str:
     return tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
-
-
-def host_arch() -> str:
-    """This machine's architecture as OCI names it (amd64, arm64)."""
-    machine = os.uname().machine
-    return next((arch for arch, uname in ARCHES.items() if uname == machine), machine)
 
 
 def check_arch(arch: str) -> str:
@@ -192,7 +194,7 @@ def build(name: str, log=print, arch: str | None = None) -> str:
     if spec.base == "debian":
         args += ["--build-arg", f"TORCH_INDEX_URL={index}"]
     if arch != host_arch():
-        args += ["--platform", f"linux/{arch}"]
+        args += ["--platform", f"linux/{arch}", *emulation_volumes(arch)]
     for volume in volumes:
         args += ["--volume", volume]
     if HOST_CA.exists():
