@@ -10,6 +10,8 @@ from pathlib import Path
 
 import click
 
+from fleet.extras import needs_extra
+
 _COMPACT = (",", ":")
 
 
@@ -38,6 +40,7 @@ def generate(n: int, seed: int) -> None:
 @click.option("--epochs", type=click.IntRange(min=1), default=8, show_default=True)
 @click.option("--bid-recall", type=click.FloatRange(0.5, 1.0), default=0.95, show_default=True,
               help="the threshold keeps at least this share of bids (chosen on validation)")
+@needs_extra("torch")
 def train(out: Path, rows: int, seed: int, epochs: int, bid_recall: float) -> None:
     """Train on synthetic logs; write model.pt, metadata.json, evaluation.json and reliability.png."""
     from adfilter.train import TrainConfig
@@ -55,6 +58,7 @@ def train(out: Path, rows: int, seed: int, epochs: int, bid_recall: float) -> No
 @click.option("--threshold", type=click.FloatRange(0.0, 1.0), default=None,
               help="filtered = likelihood < threshold; default: the model's trained threshold")
 @click.option("--batch-size", type=click.IntRange(min=1), default=512, show_default=True)
+@needs_extra("torch")
 def score(model_dir: Path, threshold: float | None, batch_size: int) -> None:
     """Score bid requests (JSON lines on stdin): one JSON verdict per line on stdout, same order."""
     import torch
@@ -75,6 +79,7 @@ def score(model_dir: Path, threshold: float | None, batch_size: int) -> None:
               required=True)
 @click.option("--n", "n", type=click.IntRange(min=100), default=20_000, show_default=True)
 @click.option("--seed", type=int, default=7, show_default=True)
+@needs_extra("torch")
 def bench(model_dir: Path, n: int, seed: int) -> None:
     """Measure featurisation µs/request and offline scorer requests/s on this machine."""
     from adfilter.benchmark import run_benchmark
@@ -87,6 +92,7 @@ def bench(model_dir: Path, n: int, seed: int) -> None:
 @click.option("--n", "n", type=click.IntRange(min=100), default=5000, show_default=True)
 @click.option("--seed", type=int, default=7, show_default=True)
 @click.option("--concurrency", type=click.IntRange(min=1), default=16, show_default=True)
+@needs_extra("torch")
 def bench_triton(url: str, n: int, seed: int, concurrency: int) -> None:
     """Measure requests/s and latency of a running `adfilter` Triton model."""
     from adfilter.benchmark import run_triton_benchmark
@@ -103,6 +109,7 @@ def bench_triton(url: str, n: int, seed: int, concurrency: int) -> None:
 @click.option("--max-batch-size", type=click.IntRange(min=1), default=256, show_default=True)
 @click.option("--queue-delay-us", type=click.IntRange(min=0), default=300, show_default=True)
 @click.option("--instances", type=click.IntRange(min=1), default=1, show_default=True)
+@needs_extra("torch")
 def build_triton(model_dir: Path, repository: Path, threshold: float | None, max_batch_size: int,
                  queue_delay_us: int, instances: int) -> None:
     """Write the Triton Python-backend model `adfilter` (raw JSON in, likelihood out)."""

@@ -110,7 +110,8 @@ def measure(servers: int, packs: int, workers: int, load_ms: float, workdir: Pat
         populate(sessions, fleet.ports, packs)
         settings = Settings(api_token="bench", reconcile_workers=workers, stub_probe_interval_s=1e-6,
                             server_dead_after_s=60)
-        builder = SimpleNamespace(registry=SimpleNamespace(s3=None), pack_settings=PackSettings())
+        builder = SimpleNamespace(registry=SimpleNamespace(s3=None), pack_settings=PackSettings(),
+                                  ensure_index=lambda: False)
         reconciler = Reconciler(sessions, settings, builder)  # type: ignore[arg-type]
         published: list[str] = []
         reconciler.publish = lambda s3, settings, server, assigned: published.append(server)

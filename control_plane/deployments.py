@@ -13,12 +13,18 @@ from control_plane.targets.base import DeploymentSpec, TargetError
 log = logging.getLogger(__name__)
 
 
-def make_target(name: str, settings: Settings):
-    """The deployment target by name; cloud targets import their SDK clients only when asked for."""
+def make_target(name: str, settings: Settings, control_plane_replicas: int | None = None):
+    """The deployment target by name; cloud targets import their SDK clients only when asked for.
+    `control_plane_replicas` (EKS) overrides FLEET_EKS_CONTROL_PLANE_REPLICAS."""
     if name == "eks":
-        from control_plane.targets.eks import EksTarget
+        from dataclasses import replace
 
-        return EksTarget()
+        from control_plane.targets.eks import EksSettings, EksTarget
+
+        settings_eks = EksSettings.from_env()
+        if control_plane_replicas is not None:
+            settings_eks = replace(settings_eks, control_plane_replicas=control_plane_replicas)
+        return EksTarget(settings_eks)
     if name == "ecs":
         import os
 
@@ -31,7 +37,8 @@ def make_target(name: str, settings: Settings):
                               "triton-fleet/server-cpu and triton-fleet/loadtest images (docs/ecs.md)")
         # A control plane that discovers the tasks places packs on them: each task syncs only its share.
         scope = "assigned" if DiscoverySettings.from_env().target == "ecs" else "whole"
-        return EcsTarget(EcsConfig(image_registry=registry, region=os.environ.get("AWS_REGION"), sync_scope=scope))
+        return EcsTarget(EcsConfig(image_registry=registry, region=os.environ.get("AWS_REGION"), sync_scope=scope,
+                                   results_bucket=os.environ.get("FLEET_ECS_RESULTS_BUCKET") or None))
     return None  # local: servers are started by `fleet up` and registered through /servers
 
 

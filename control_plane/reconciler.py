@@ -5,6 +5,8 @@ Two threads. The health thread checks every server on its own cadence, concurren
 delays failure detection; a server that stops answering for `server_dead_after_s` loses its placements
 and the next tick places those packs elsewhere. The reconcile thread runs `tick()`:
 
+0. until it succeeded once: publish an empty repository index where the prefix has none, so servers
+   deployed before any registration sync an empty repository and become ready;
 1. probe loaded packs' stubs (a Python-backend stub that died still reads "ready" in Triton), reload those
    that fail;
 2. build and publish packs whose membership changed, with their generation and residency budget in their
@@ -35,6 +37,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 import requests
+from botocore.exceptions import BotoCoreError, ClientError
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, aliased, sessionmaker
 
@@ -119,6 +122,7 @@ class Reconciler:
         self._disk_lock = threading.Lock()
         self._last_disk_read = float("-inf")
         self._last_forget = float("-inf")
+        self._repository_ready = False
 
     @property
     def http(self) -> requests.Session:
@@ -178,6 +182,7 @@ class Reconciler:
             self._stop.wait(self.settings.health_interval_s)
 
     def tick(self) -> None:
+        self.ensure_repository()
         self.discover_servers()
         self.probe_packs()
         self.build_changed_packs()
@@ -188,6 +193,18 @@ class Reconciler:
         self.retire_replicas()
         self.read_disk_tiers()
         self.forget_departed_servers()
+
+    def ensure_repository(self) -> None:
+        """Until it succeeded once: an empty repository index where there is none, so servers deployed
+        before any model is registered sync an empty repository and become Ready (docs/eks.md, step 7).
+        An S3 failure is logged and retried next tick; the rest of the tick still runs."""
+        if self._repository_ready:
+            return
+        try:
+            self.builder.ensure_index()
+            self._repository_ready = True
+        except (ClientError, BotoCoreError) as error:
+            log.error("cannot publish the empty repository index to %s: %s", self.builder.location, error)
 
     def discover_servers(self) -> None:
         """Register Triton pods (EKS) or tasks (ECS) that appeared and deregister those that left, every

@@ -26,9 +26,18 @@ from control_plane.staging import TRANSFER, StagedArtifact, check_size, inspect_
 from control_plane.validation import ArtifactRejected, ArtifactValidator, ValidatorUnavailable
 from model_repository.formats import SUFFIX, ArtifactFormat
 from model_repository.manifest import ModelEntry, TensorSpec
+from model_repository.s3_sync import S3Location
 from model_repository.triton_config import pack_kind
 
-ARTIFACTS_PREFIX = "artifacts"
+# Below the repository prefix, beside the index: the roles of k8s/iam (and the ECS task role) reach only
+# s3://BUCKET/PREFIX/*, so everything the control plane writes lives there. `fleet sync` downloads what the
+# index names, never these; Triton never sees them (its repository is the synced local folder).
+ARTIFACTS_FOLDER = ".fleet/artifacts"
+
+
+def artifacts_prefix(settings: Settings) -> str:
+    """The key prefix (ending in "/") under which the registry stores artifacts, in settings.bucket."""
+    return S3Location.parse(settings.repository_uri).key(ARTIFACTS_FOLDER) + "/"
 
 
 @dataclass(frozen=True)
@@ -69,7 +78,7 @@ class Registry:
     # Artifacts move between S3 and local files only, by boto3's managed (multipart) transfer: the web
     # process never holds a whole one in memory (see control_plane/staging.py).
     def artifact_key(self, name: str, sha256: str, fmt: ArtifactFormat = "torchscript") -> str:
-        return f"{ARTIFACTS_PREFIX}/{name}/{sha256}{SUFFIX[fmt]}"
+        return f"{artifacts_prefix(self.settings)}{name}/{sha256}{SUFFIX[fmt]}"
 
     def download_artifact(self, key: str, target: Path) -> None:
         """Copy a registered artifact from S3 to `target` (written next to it, then renamed)."""
@@ -93,8 +102,15 @@ class Registry:
         try:
             head = self.s3.head_object(Bucket=bucket, Key=key)
         except ClientError as error:
-            if error.response["Error"]["Code"] in ("404", "NoSuchKey", "NotFound"):
+            code = error.response["Error"]["Code"]
+            if code in ("404", "NoSuchKey", "NotFound"):
                 raise ApiError(400, "s3_object_missing", f"'{uri}' does not exist") from None
+            if code in ("403", "AccessDenied", "Forbidden"):
+                location = S3Location.parse(self.settings.repository_uri)
+                raise ApiError(400, "s3_object_not_readable",
+                               f"the control plane may not read '{uri}' (S3 answered {code}): its role reads only "
+                               f"{location}/ (k8s/iam/repository-write-policy.json); copy the artifact below "
+                               f"{location}/uploads/ and register it from there. Nothing was registered") from None
             raise ApiError(503, "object_store_unavailable", f"cannot read '{uri}': {error}") from None
         except BotoCoreError as error:
             raise ApiError(503, "object_store_unavailable", f"cannot read '{uri}': {error}") from None

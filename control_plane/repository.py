@@ -3,7 +3,7 @@
 Why: at real size (thousands of 40-450 MB models) a local copy of every artifact would need terabytes on
 the control plane, and every replica of it would hold its own. A pack is a handful of small files written
 from memory (config per family, the pack runtime, members.json) plus its members, which S3 copies
-server-side from the content-addressed `artifacts/...` objects the registry stored (a managed copy, so
+server-side from the content-addressed `PREFIX/.fleet/artifacts/...` objects the registry stored (a managed copy, so
 objects over 5 GB are copied in parts). No artifact byte passes through this process.
 
 Safe with several writers: the repository index (`.fleet/index.json`) is merged per pack with a
@@ -80,6 +80,25 @@ class RepositoryBuilder:
                 return {}, None
             raise
         return json.loads(response["Body"].read())["files"], response["ETag"]
+
+    def ensure_index(self) -> bool:
+        """Publish an empty index when the prefix has none; True if this call wrote it.
+
+        Why: servers sync what the index names and wait, retrying, while there is none (`fleet sync`: "no
+        repository index"). Without this a first deploy onto an empty prefix could never become Ready
+        before the first model is registered. The write is conditional (If-None-Match), so it never
+        replaces an index that `fleet upload` or another replica wrote, whatever the order."""
+        try:
+            self.s3.put_object(Bucket=self.location.bucket, Key=self.location.key(INDEX_KEY),
+                               Body=json.dumps({"format": 1, "files": {}}, sort_keys=True).encode(),
+                               ContentType="application/json", IfNoneMatch="*")
+        except ClientError as error:
+            if error.response["Error"]["Code"] in ("PreconditionFailed", "412", "ConditionalRequestConflict"):
+                return False
+            raise
+        log.info("published an empty repository index at %s/%s (no model registered yet)", self.location,
+                 INDEX_KEY)
+        return True
 
     @retry(retry=retry_if_exception_type(IndexConflict), stop=stop_after_attempt(8),
            wait=wait_random_exponential(multiplier=0.05, max=1), reraise=True)

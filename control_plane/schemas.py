@@ -89,7 +89,7 @@ class Signature(BaseModel):
 class RegisterFromS3(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str = Field(pattern=NAME_PATTERN)
-    s3_uri: str = Field(pattern=r"^s3://", examples=["s3://fleet-models/uploads/my-model.pt2"],
+    s3_uri: str = Field(pattern=r"^s3://", examples=["s3://fleet-models/repository/uploads/my-model.pt2"],
                         description="a TorchScript (.pt) or torch.export (.pt2) archive in the bucket")
     signature: Signature
     family: Family = "cpu"

@@ -6,6 +6,8 @@ import signal
 
 import click
 
+from fleet.extras import needs_extra
+
 
 @click.group(name="control-plane")
 def control_plane() -> None:
@@ -16,6 +18,7 @@ def control_plane() -> None:
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", type=int, default=8080, show_default=True)
 @click.option("--threads", type=int, default=8, show_default=True)
+@needs_extra("torch")  # upload validation loads artifacts with torch (control_plane/validation.py)
 def serve(host: str, port: int, threads: int) -> None:
     """Serve the API; settings come from FLEET_* variables (see control_plane/settings.py)."""
     from waitress.server import create_server

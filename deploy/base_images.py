@@ -6,6 +6,7 @@ Source: Triton's issue tracker (#5895, #8262) and NGC release notes, as recorded
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 
@@ -28,3 +29,29 @@ def dockerfile_arg(dockerfile: Path, name: str) -> str:
     if not match:
         raise KeyError(f"{dockerfile} declares no ARG {name} with a default")
     return match.group(1)
+
+
+@dataclass(frozen=True)
+class NeuronRelease:
+    """One AWS Neuron SDK release's PyTorch/XLA pins for Inf2, as its documentation states them."""
+
+    sdk: str
+    torch_neuronx: str
+    neuronx_cc: str
+    runtime_lib: str  # aws-neuronx-runtime-lib (apt), without the build suffix
+    torch: str  # the PyTorch version the torch-neuronx line is built for (its first three numbers)
+    pythons: tuple[tuple[int, int], ...]
+    instances: tuple[str, ...]
+
+
+# Sources (read 2026-12-07): the Neuron SDK's release manifest (github.com/aws-neuron/aws-neuron-sdk,
+# src/helperscripts/n2-manifest.json, entries 2.31.0 and 2.31.1); the "Update to the Neuron 2.31 versions"
+# page (awsdocs-neuron.readthedocs-hosted.com/en/latest/archive/frameworks/torch/torch-neuronx/setup/
+# pytorch-update-u24.html); AWS's inf2 image pytorch-inference-neuronx:2.9.0-neuronx-py312-sdk2.31.1-ubuntu24.04
+# (github.com/aws-neuron/deep-learning-containers, pytorch/inference/2.9.0/Dockerfile.neuronx). Neuron 2.32
+# ships no torch-neuronx; Neuron 2.33's torch-neuronx 2.13/2.14 is the native backend for Trn2/Trn3 only.
+NEURON_RELEASES = {
+    "2.31.1": NeuronRelease(sdk="2.31.1", torch_neuronx="2.9.0.2.15.32035", neuronx_cc="2.26.6360.0",
+                            runtime_lib="2.33.10.0", torch="2.9.0", pythons=((3, 11), (3, 12), (3, 13)),
+                            instances=("trn1", "inf2", "trn2", "trn3")),
+}

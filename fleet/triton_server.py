@@ -39,8 +39,9 @@ def triton_home() -> Path:
     try:
         import pytriton
     except ImportError as error:
-        raise TritonServerError("nvidia-pytriton is not installed: run `make install` (it ships "
-                                "the tritonserver binary)") from error
+        raise TritonServerError("tritonserver is not installed here (the nvidia-pytriton wheel, Linux with glibc "
+                                ">= 2.35): install triton-fleet[server] (`pip install 'triton-fleet[server]'`; "
+                                "`make install` in a checkout)") from error
     return Path(pytriton.__file__).parent / "tritonserver"
 
 

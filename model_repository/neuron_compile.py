@@ -6,12 +6,20 @@ loaded, a torch.export program through its `.module()` (an nn.Module that torch_
 the result is always a TorchScript file (`members/<id>.inf2.pt`), which is what torch_neuronx saves.
 This step needs the Neuron SDK (torch-neuronx), which exists only for Inf2/Trn1 hosts and their build
 images; elsewhere it stops with a clear message instead of producing artifacts that could not run.
+
+Which torch does what (docs/eks.md, "Inferentia2: which torch saves, which loads"): the source artifact was
+saved by the project's torch (2.13); this step loads it with the torch of the image it runs in (the inf2
+image: the torch torch-neuronx pins, older), traces it, and saves the compiled TorchScript with that same
+torch, which is also the one that serves it. A member its torch cannot load is reported, left without an
+inf2 artifact, and the others go on. Re-running skips members already compiled from the same source bytes
+at the same batch size.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -60,31 +68,74 @@ def load_member(path: Path, fmt: str) -> torch.nn.Module:
     return torch.jit.load(str(path)).eval()
 
 
+@dataclass
+class CompileReport:
+    """What one `fleet compile` did, member by member."""
+
+    torch_version: str
+    compiled: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)  # already compiled from the same source and batch
+    failed: dict[str, str] = field(default_factory=dict)  # member id -> why, in one line
+
+
+def _first_line(error: BaseException) -> str:
+    lines = [line for line in str(error).splitlines() if line.strip()]
+    return f"{type(error).__name__}: {lines[0] if lines else ''}"[:300]
+
+
 def compile_repository(repository: Path, static_batch: int = 8,
-                       on_progress: Callable[[int], None] | None = None) -> int:
-    """Trace every member of every pack under `repository`; returns how many were compiled."""
-    torch_neuronx = require_torch_neuronx()
-    compiled = 0
+                       on_progress: Callable[[int], None] | None = None,
+                       trace: Callable[[torch.nn.Module, tuple[torch.Tensor, ...]], torch.nn.Module] | None = None,
+                       ) -> CompileReport:
+    """Trace every member of every pack under `repository` for inf2; members.json records each artifact.
+
+    `trace` defaults to torch_neuronx.trace (a test passes a stand-in; nothing else should).
+    """
+    if trace is None:
+        trace = require_torch_neuronx().trace
+    report = CompileReport(torch_version=torch.__version__)
     for members_file in sorted(Path(repository).glob("*/1/members.json")):
         version_dir = members_file.parent
         document = json.loads(members_file.read_text())
+        changed = False
         for ident, entry in document["members"].items():
             fmt = entry.get("format", "torchscript")
+            previous = entry.get("artifacts", {}).get("inf2")
+            if (previous and previous.get("source_sha256") == entry["sha256"]
+                    and previous.get("static_batch") == static_batch and (version_dir / previous["path"]).exists()):
+                report.skipped.append(ident)
+                continue
             model = ModelEntry(id=ident, architecture=document["architecture"], file=entry["file"], format=fmt,
                                sha256=entry["sha256"], bytes=entry["bytes"], parameters=0,
                                inputs=[TensorSpec(**i) for i in entry["inputs"]],
                                outputs=[TensorSpec(**o) for o in entry["outputs"]])
-            module = load_member(version_dir / entry["file"], fmt)
-            traced = torch_neuronx.trace(module, example_tensors(model, static_batch))
-            relative = f"members/{ident}.inf2.pt"
-            torch.jit.save(traced, str(version_dir / relative))
-            data = (version_dir / relative).read_bytes()
-            entry.setdefault("artifacts", {})["inf2"] = {
-                "path": relative, "sha256": hashlib.sha256(data).hexdigest(), "static_batch": static_batch}
-            compiled += 1
+            try:
+                module = load_member(version_dir / entry["file"], fmt)
+            except Exception as error:  # noqa: BLE001 - any load failure is this member's, reported, not fatal
+                report.failed[ident] = (f"torch {torch.__version__} here cannot load its {fmt} artifact "
+                                        f"({_first_line(error)}); re-export it with this torch, or a torch no newer "
+                                        "than needed, and register it again")
+            else:
+                try:
+                    traced = trace(module, example_tensors(model, static_batch))
+                    relative = f"members/{ident}.inf2.pt"
+                    torch.jit.save(traced, str(version_dir / relative))
+                except Exception as error:  # noqa: BLE001
+                    report.failed[ident] = f"tracing for Neuron failed: {_first_line(error)}"
+                else:
+                    data = (version_dir / relative).read_bytes()
+                    entry.setdefault("artifacts", {})["inf2"] = {
+                        "path": relative, "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data),
+                        "static_batch": static_batch, "source_sha256": entry["sha256"],
+                        "torch": torch.__version__}
+                    report.compiled.append(ident)
+                    changed = True
+            if ident in report.failed and entry.get("artifacts", {}).pop("inf2", None) is not None:
+                changed = True  # never leave a stale compiled artifact beside a source it was not made from
             if on_progress:
                 on_progress(1)
-        tmp = members_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps(document, indent=1, sort_keys=True) + "\n")
-        tmp.replace(members_file)
-    return compiled
+        if changed:
+            tmp = members_file.with_suffix(".tmp")
+            tmp.write_text(json.dumps(document, indent=1, sort_keys=True) + "\n")
+            tmp.replace(members_file)
+    return report

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from fleet.resources import project_path
 from model_repository.formats import SUFFIX
 from model_repository.manifest import Manifest, ModelEntry
 from model_repository.triton_config import (
@@ -25,7 +26,8 @@ from model_repository.triton_config import (
     pack_outputs_for,
 )
 
-PACK_RUNTIME = Path(__file__).resolve().parents[1] / "triton" / "backends" / "pack" / "model.py"
+# Copied into every pack as its model.py; fleet/resources.py finds it in a checkout or a wheel install.
+PACK_RUNTIME = project_path("triton/backends/pack/model.py")
 MEMBERS_FILE = "members.json"
 VERSION = "1"
 

@@ -2,7 +2,8 @@
 
 The GPU and inf2 images build on NGC Triton; the tests cannot run them, so they check the pinned tag's
 documented Python against pyproject's requires-python, the torch pin against the one that saves the
-artifacts, and that no server image declares an ENTRYPOINT (ECS Command would be appended to it).
+artifacts (inf2: against the Neuron release it documents), and that no server image declares an ENTRYPOINT
+(ECS Command would be appended to it).
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import pytest
 from packaging.specifiers import SpecifierSet
 
 from deploy import images
-from deploy.base_images import dockerfile_arg, ngc_python
+from deploy.base_images import NEURON_RELEASES, dockerfile_arg, ngc_python
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKER = ROOT / "triton" / "docker"
@@ -24,7 +25,8 @@ DOCKERFILES = sorted(DOCKER.glob("Dockerfile.*")) + [ROOT / "control_plane" / "D
 
 
 def _torch_pin() -> str:
-    pin = next(d for d in PYPROJECT["project"]["dependencies"] if d.startswith("torch=="))
+    """The torch that saves the artifacts: pyproject's [torch] extra (the default install has no torch)."""
+    pin = next(d for d in PYPROJECT["project"]["optional-dependencies"]["torch"] if d.startswith("torch=="))
     return pin.removeprefix("torch==")
 
 
@@ -54,7 +56,9 @@ def test_gpu_and_base_images_install_the_torch_that_saves_the_artifacts():
 @pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.parent.name + "/" + p.name)
 def test_no_image_installs_an_old_torch_or_numpy_2(dockerfile: Path):
     text = dockerfile.read_text()
-    assert not re.search(r"torch==2\.[0-9]\.", text), "an old torch cannot load torch 2.13 artifacts"
+    if dockerfile.name != "Dockerfile.inf2":  # inf2 runs the torch torch-neuronx pins: the tests below
+        assert not re.search(r"torch==2\.[0-9]\.", text), "an old torch may not load torch 2.13 artifacts"
+        assert "ARG TORCH_VERSION=" not in text or dockerfile_arg(dockerfile, "TORCH_VERSION") == _torch_pin()
     for line in text.splitlines():
         if "pip install" in line and "numpy" in line:
             assert '"numpy<2"' in line
@@ -96,6 +100,49 @@ def test_arm64_and_amd64_images_have_tags_of_their_own():
         spec.tag_for("riscv64")
 
 
-def test_the_server_image_pins_the_tritonserver_wheel_that_has_an_aarch64_build():
-    pin = next(d for d in PYPROJECT["project"]["dependencies"] if d.startswith("nvidia-pytriton=="))
-    assert f'"{pin}"' in (DOCKER / "Dockerfile.cpu").read_text()  # 0.7.0: manylinux_2_35 x86_64 and aarch64
+
+def test_inf2_pins_one_documented_neuron_release_for_inf2():
+    dockerfile = DOCKER / "Dockerfile.inf2"
+    release = NEURON_RELEASES[dockerfile_arg(dockerfile, "NEURON_SDK")]
+    assert "inf2" in release.instances
+    assert dockerfile_arg(dockerfile, "TORCH_NEURONX_VERSION") == release.torch_neuronx
+    assert dockerfile_arg(dockerfile, "NEURONX_CC_VERSION") == release.neuronx_cc
+    assert dockerfile_arg(dockerfile, "NEURONX_RUNTIME_LIB_VERSION").split("-")[0] == release.runtime_lib
+    # torch-neuronx X.Y.Z.<neuron version> is built for torch X.Y.Z, the torch the image installs and asserts
+    assert release.torch_neuronx.startswith(release.torch + ".")
+    assert dockerfile_arg(dockerfile, "TORCH_VERSION") == release.torch
+    tag = dockerfile_arg(dockerfile, "TRITON_IMAGE").rsplit(":", 1)[1]
+    assert ngc_python(tag) in release.pythons, "the NGC base's Python has no torch-neuronx wheel"
+
+
+def test_inf2_installs_exactly_its_pins_and_fleet_without_the_projects_torch():
+    text = (DOCKER / "Dockerfile.inf2").read_text()
+    for arg in ("TORCH_VERSION", "TORCH_NEURONX_VERSION", "NEURONX_CC_VERSION"):
+        assert f"=${{{arg}}}" in text
+    assert "pip install --no-deps /opt/triton-fleet" in text  # its dependencies would bring torch 2.13
+    assert "torch-neuronx neuronx-cc" not in text  # no unpinned install left
+
+
+def test_every_image_that_installs_the_project_builds_the_pack_runtime_into_it():
+    # setup.py puts triton/backends into the wheel as data; without the folder in the build context the
+    # control plane could not build packs (fleet/resources.py).
+    for dockerfile in DOCKERFILES:
+        text = dockerfile.read_text()
+        if "pip install --no-deps /opt/triton-fleet" in text:
+            assert "COPY triton/backends /opt/triton-fleet/triton/backends" in text, dockerfile
+            assert re.search(r"^COPY .*setup\.py.* /opt/triton-fleet/$", text, re.MULTILINE), dockerfile
+
+
+def test_the_gpu_image_states_and_checks_the_cuda_of_its_torch():
+    dockerfile = DOCKER / "Dockerfile.gpu"
+    cuda = dockerfile_arg(dockerfile, "TORCH_CUDA")
+    text = dockerfile.read_text()
+    assert "torch.version.cuda == '${TORCH_CUDA}'" in text  # the build fails if the comment went stale
+    assert f"is a CUDA {cuda}" in text and "CUDA 12.8 build" not in text
+    assert "whl/cu128" not in text
+
+
+def test_the_cpu_server_image_carries_the_tritonserver_of_the_server_extra():
+    pin = next(d for d in PYPROJECT["project"]["optional-dependencies"]["server"] if d.startswith("nvidia-pytriton"))
+    assert f'"{pin}"' in (DOCKER / "Dockerfile.cpu").read_text()
+    assert not any(d.startswith(("torch", "nvidia-pytriton")) for d in PYPROJECT["project"]["dependencies"])

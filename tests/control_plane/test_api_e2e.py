@@ -11,6 +11,8 @@ import torch
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
+from control_plane.registry import artifacts_prefix
+from control_plane.settings import Settings
 from fleet.waiting import wait_for
 from model_repository.generator import example_inputs
 from model_repository.manifest import Manifest
@@ -53,7 +55,8 @@ def infer(model: dict, entry, x: np.ndarray) -> np.ndarray:
 
 
 def artifacts_in_s3(stack, name) -> list[str]:
-    listing = stack["seaweed"].client().list_objects_v2(Bucket="models", Prefix=f"artifacts/{name}/")
+    folder = artifacts_prefix(Settings(repository_uri=stack["cp"].env["FLEET_REPOSITORY_URI"]))
+    listing = stack["seaweed"].client().list_objects_v2(Bucket="models", Prefix=f"{folder}{name}/")
     return [o["Key"] for o in listing.get("Contents", [])]
 
 

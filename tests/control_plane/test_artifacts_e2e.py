@@ -18,6 +18,8 @@ import pytest
 import requests
 import torch
 
+from control_plane.registry import artifacts_prefix
+from control_plane.settings import Settings
 from fleet.triton_server import TritonServer, free_port
 from fleet.waiting import wait_for
 from model_repository.formats import SUFFIX
@@ -58,8 +60,10 @@ def post(cp, name: str, path: Path, signature: dict, family: str = "cpu") -> req
 
 
 def s3_objects(cp, name: str) -> list[str]:
-    listing = cp.seaweed.client().list_objects_v2(Bucket="models", Prefix=f"artifacts/{name}/")
-    return [o["Key"] for o in listing.get("Contents", [])]
+    """The model's artifacts in S3, relative to the registry's folder under the repository prefix."""
+    folder = artifacts_prefix(Settings(repository_uri=cp.env["FLEET_REPOSITORY_URI"]))
+    listing = cp.seaweed.client().list_objects_v2(Bucket="models", Prefix=f"{folder}{name}/")
+    return [o["Key"].removeprefix(folder) for o in listing.get("Contents", [])]
 
 
 def assert_nothing_left(cp, name: str) -> None:
@@ -84,7 +88,7 @@ def test_a_pt2_model_registers_with_its_format_and_a_torchscript_version_follows
     body = created.json()
     assert body["format"] == "torch_export"
     assert body["sha256"] == hashlib.sha256(pt2.read_bytes()).hexdigest() and body["bytes"] == pt2.stat().st_size
-    assert s3_objects(cp, "export-model") == [f"artifacts/export-model/{body['sha256']}.pt2"]
+    assert s3_objects(cp, "export-model") == [f"export-model/{body['sha256']}.pt2"]
     assert post(cp, "export-model", pt2, build.linear_signature()).status_code == 200, "same content: no-op"
 
     script = build.linear(tmp_path / "m.pt", seed=2)
@@ -273,7 +277,8 @@ def test_a_100_mb_upload_streams_through_the_web_process(cp, tmp_path):
         while chunk := source.read(2**20):
             digest.update(chunk)
     assert response.json()["sha256"] == digest.hexdigest()
-    head = cp.seaweed.client().head_object(Bucket="models", Key=s3_objects(cp, "big-model")[0])
+    folder = artifacts_prefix(Settings(repository_uri=cp.env["FLEET_REPOSITORY_URI"]))
+    head = cp.seaweed.client().head_object(Bucket="models", Key=folder + s3_objects(cp, "big-model")[0])
     assert head["ContentLength"] == size and head["Metadata"]["sha256"] == digest.hexdigest()
 
 

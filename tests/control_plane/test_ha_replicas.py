@@ -26,6 +26,8 @@ import tritonclient.grpc as grpcclient
 from sqlalchemy import text
 
 from control_plane.db import make_engine
+from control_plane.registry import artifacts_prefix
+from control_plane.settings import Settings
 from fleet.postgres import EmbeddedPostgres
 from fleet.seaweedfs import SeaweedS3
 from fleet.triton_server import TritonServer, free_port
@@ -217,9 +219,10 @@ def test_200_concurrent_registrations_over_two_replicas_land_exactly_once_in_pac
     assert all(generation >= members for _, generation, members in generations), \
         "every join bumped its pack's generation (no lost update between replicas)"
     for name in [n for n in codes if n.startswith("clash-")]:
+        folder = artifacts_prefix(Settings(repository_uri=replicas.planes[0].env["FLEET_REPOSITORY_URI"]))
         keys = [o["Key"] for o in replicas.s3.client().list_objects_v2(
-            Bucket=BUCKET, Prefix=f"artifacts/{name}/").get("Contents", [])]
-        assert keys == [f"artifacts/{name}/{winners[name]}.pt"], (name, keys)
+            Bucket=BUCKET, Prefix=f"{folder}{name}/").get("Contents", [])]
+        assert keys == [f"{folder}{name}/{winners[name]}.pt"], (name, keys)
 
 
 def test_the_leader_killed_while_hundreds_of_models_register_loses_nothing_and_all_become_servable(
@@ -405,3 +408,25 @@ def test_seaweedfs_down_mid_registration_is_a_clear_error_and_nothing_is_half_re
         {n for n, r in answers.items() if r.status_code == 201}
     assert_nothing_half_registered(replicas)
     print(f"\nSeaweedFS stopped mid-registration: {dict(codes)}")
+
+
+def test_a_follower_answers_the_load_test_catalogue_exactly_as_the_leader(make_replicas, generated_models: Path):
+    """The EKS locust Jobs read the catalogue through the control-plane Service, which may pick either
+    replica: on one PostgreSQL a follower's answer (registry, placements, health) is the leader's."""
+    from loadtest.catalogue import load_catalogue
+
+    replicas = make_replicas(count=2, tritons=1, stub_probe_interval_s=0)
+    leader = wait_for(lambda: replicas.leaders() or None, 15)[0]
+    follower = 1 - leader
+    entries = [e for e in Manifest.read(generated_models).models if e.architecture == "mlp"][:3]
+    for k, entry in enumerate(entries):
+        response = register(replicas, entry.id, entry, (generated_models / entry.file).read_bytes(), prefer=k % 2)
+        assert response.status_code == 201, response.text
+
+    def servable() -> bool:
+        listed = replicas.call("GET", "/models", prefer=follower, params={"status": "servable", "per_page": 1})
+        return listed.json()["total"] == len(entries)
+    wait_for(servable, 300, interval_s=1)
+    catalogues = [load_catalogue(replicas.planes[k].url, 100, TOKEN) for k in (leader, follower)]
+    assert catalogues[0] == catalogues[1]
+    assert sorted(model.id for model in catalogues[1]) == sorted(e.id for e in entries)

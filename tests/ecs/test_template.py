@@ -366,3 +366,20 @@ def test_a_control_plane_that_discovers_ecs_tasks_deploys_them_to_sync_only_thei
     target = make_target("ecs", Settings(api_token="t"))
     sent = stack_parameters(target.config, DeploymentSpec(repository_uri="s3://models/fleet", replicas={"cpu": 2}))
     assert sent["SyncScope"] == scope
+
+
+@pytest.mark.parametrize(("results", "expected"), [("my-results", "my-results"), (None, "models")])
+def test_a_control_plane_deploys_with_the_results_bucket_docs_ecs_md_names(monkeypatch, results, expected):
+    """docs/ecs.md step 3 (and step 6's `aws s3 cp s3://my-results/...`): FLEET_ECS_RESULTS_BUCKET, else the
+    repository's bucket, becomes the stack's ResultsBucket, the only bucket the locust tasks may write."""
+    from control_plane.deployments import make_target
+    from control_plane.settings import Settings
+
+    monkeypatch.setenv("FLEET_ECS_IMAGE_REGISTRY", "123456789012.dkr.ecr.us-east-1.amazonaws.com")
+    if results is None:
+        monkeypatch.delenv("FLEET_ECS_RESULTS_BUCKET", raising=False)
+    else:
+        monkeypatch.setenv("FLEET_ECS_RESULTS_BUCKET", results)
+    target = make_target("ecs", Settings(api_token="t"))
+    sent = stack_parameters(target.config, DeploymentSpec(repository_uri="s3://models/fleet", replicas={"cpu": 2}))
+    assert sent["ResultsBucket"] == expected

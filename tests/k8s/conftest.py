@@ -389,11 +389,13 @@ def rendered_all(tmp_path_factory: pytest.TempPathFactory, all_manifests: list[d
 
 @pytest.fixture
 def make_target(api_client: client.ApiClient, rendered_all: Path) -> Callable[..., EksTarget]:
-    """An EksTarget on the emulator with fast polling; keyword arguments override EksSettings."""
+    """An EksTarget on the emulator with fast polling; keyword arguments override EksSettings. One
+    control-plane replica (a trial on SQLite) unless a test asks for the manifests' count (None)."""
     def make(**overrides: Any) -> EksTarget:
         settings = dict(manifests=rendered_all, registry="123456789012.dkr.ecr.us-east-1.amazonaws.com",
                         roles=Roles(REPOSITORY_ROLE, CONTROL_PLANE_ROLE), rollout_timeout_s=10.0,
-                        unschedulable_grace_s=0.0, poll_s=0.02, loadtest_overhead_s=10.0)
+                        unschedulable_grace_s=0.0, poll_s=0.02, loadtest_overhead_s=10.0,
+                        control_plane_replicas=1)
         settings.update(overrides)
         return EksTarget(EksSettings(**settings), api_client=api_client)
     return make

@@ -111,3 +111,35 @@ def test_server_groups_hold_the_replicas_the_runbook_and_the_hpa_ask_for(all_man
         assert group["maxSize"] * per_node >= hpa["spec"]["maxReplicas"], sts["metadata"]["name"]
     graviton = node_groups()["graviton"]
     assert graviton["desiredCapacity"] >= 2  # docs/eks.md starts two CPU servers
+
+
+def _device_requests(sts: Manifest) -> dict[str, str]:
+    triton = next(c for c in sts["spec"]["template"]["spec"]["containers"] if c["name"] == "triton")
+    return {k: str(v) for k, v in triton["resources"]["limits"].items() if "/" in k}
+
+
+def test_accelerator_groups_tell_the_autoscaler_their_devices_so_they_scale_up_from_zero(
+        all_manifests: list[Manifest]) -> None:
+    """At 0 nodes the Cluster Autoscaler knows a group's extended resources only from its node-template
+    tags: a pending pod that needs aws.amazon.com/neuron would otherwise never scale inf2 up."""
+    groups = {group["instanceType"]: group for group in node_groups().values()}
+    checked = set()
+    for sts in (o for o in all_manifests if o["kind"] == "StatefulSet" and o["metadata"]["name"].startswith("triton-")):
+        group = groups[sts["spec"]["template"]["spec"]["nodeSelector"]["node.kubernetes.io/instance-type"]]
+        assert group["minSize"] == 0 or not _device_requests(sts), group["name"]
+        assert group.get("propagateASGTags") is True, group["name"]
+        for resource, count in _device_requests(sts).items():
+            assert group["tags"][f"k8s.io/cluster-autoscaler/node-template/resources/{resource}"] == count
+            checked.add(resource)
+    assert checked == {"nvidia.com/gpu", "aws.amazon.com/neuron"}
+
+
+def test_the_nvidia_device_plugin_runs_only_on_the_gpu_group() -> None:
+    """eksctl's DaemonSet has no nodeSelector (it crash-loops on CPU and Inferentia nodes); the runbook pins
+    it to the label only the g4dn group carries, which NVIDIA's chart also selects by default."""
+    labelled = [name for name, group in node_groups().items()
+                if group.get("labels", {}).get("nvidia.com/gpu.present") == "true"]
+    assert labelled == ["g4dn"]
+    runbook = (K8S_ROOT.parent / "docs" / "eks.md").read_text()
+    assert ("kubectl -n kube-system patch daemonset nvidia-device-plugin-daemonset --type merge \\\n"
+            """    -p '{"spec":{"template":{"spec":{"nodeSelector":{"nvidia.com/gpu.present":"true"}}}}}'""") in runbook

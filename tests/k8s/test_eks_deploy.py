@@ -175,3 +175,71 @@ def test_settings_come_from_the_environment_when_not_given(monkeypatch: pytest.M
     assert (settings.namespace, settings.registry, settings.autoscaling) == ("fleet-b", FROM_ECR, False)
     assert settings.roles.repository_read == "arn:aws:iam::123456789012:role/read"
     assert settings.roles.control_plane is None  # unset: the manifests' value stays
+
+
+# ---- the control plane's database -------------------------------------------------------------
+def database_secret(sim, url: str) -> None:
+    sim.core.create_namespaced_secret("triton-fleet", {"metadata": {"name": "fleet-database"},
+                                                       "stringData": {"url": url}})
+
+
+def control_plane_pdb(sim) -> client.V1PodDisruptionBudget:
+    return client.PolicyV1Api(sim.core.api_client).read_namespaced_pod_disruption_budget("control-plane",
+                                                                                         "triton-fleet")
+
+
+@pytest.mark.parametrize("url", [None, "sqlite:////data/fleet.db"])
+def test_the_manifests_two_control_planes_are_refused_on_sqlite_before_anything_is_applied(make_target, sim,
+                                                                                          emulator, url):
+    emulator.serve_custom_metrics()
+    if url:
+        database_secret(sim, url)
+    with pytest.raises(TargetError) as refused:
+        make_target(control_plane_replicas=None).deploy(SPEC)
+    message = str(refused.value)
+    assert "refusing to run 2 control-plane replicas" in message
+    assert ("no fleet-database Secret" if url is None else "url is sqlite://...") in message
+    assert "postgresql+psycopg://" in message and "docs/eks.md, step 5b" in message
+    assert "FLEET_EKS_CONTROL_PLANE_REPLICAS=1" in message and "--control-plane-replicas 1" in message
+    assert not sim.statefulsets()
+    with pytest.raises(client.ApiException):  # nothing was applied
+        sim.core.read_namespaced_config_map("fleet-repository", "triton-fleet")
+
+
+def test_two_control_planes_deploy_on_postgresql_with_their_disruption_budget(make_target, sim, emulator,
+                                                                              background):
+    emulator.serve_custom_metrics()
+    database_secret(sim, "postgresql+psycopg://fleet:secret@triton-fleet.abc.us-east-1.rds.amazonaws.com/fleet")
+    background.run(lambda: roll_out_everything(sim))
+    make_target(control_plane_replicas=None).deploy(SPEC)
+    control_plane = next(s for s in sim.statefulsets() if s.metadata.name == "control-plane")
+    assert control_plane.spec.replicas == 2
+    assert control_plane_pdb(sim).spec.min_available == 1
+
+
+def test_one_control_plane_on_sqlite_is_a_trial_that_deploy_sets_up_and_says_so(make_target, sim, emulator,
+                                                                              background):
+    emulator.serve_custom_metrics()
+    background.run(lambda: roll_out_everything(sim))
+    messages: list[str] = []
+    make_target(control_plane_replicas=1).deploy(SPEC, messages.append)
+    control_plane = next(s for s in sim.statefulsets() if s.metadata.name == "control-plane")
+    assert control_plane.spec.replicas == 1
+    secret = sim.core.read_namespaced_secret("fleet-database", "triton-fleet")
+    url = secret.string_data["url"] if secret.string_data else base64.b64decode(secret.data["url"]).decode()
+    assert url == "sqlite:////data/fleet.db"
+    pdb = control_plane_pdb(sim).spec
+    assert pdb.min_available is None and pdb.max_unavailable == 1, "one replica must not block node drains"
+    assert any("one replica on SQLite" in m and "step 5b" in m for m in messages), messages
+
+
+def test_the_control_plane_replica_count_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch):
+    from control_plane.deployments import make_target as target_named
+    from control_plane.settings import Settings
+
+    monkeypatch.setenv("FLEET_EKS_CONTROL_PLANE_REPLICAS", "1")
+    assert EksTarget().settings.control_plane_replicas == 1
+    assert target_named("eks", Settings(), control_plane_replicas=3).settings.control_plane_replicas == 3
+    monkeypatch.setenv("FLEET_EKS_CONTROL_PLANE_REPLICAS", "two")
+    with pytest.raises(TargetError, match="FLEET_EKS_CONTROL_PLANE_REPLICAS='two' is not a whole number"):
+        EksTarget()

@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 
+from control_plane.targets.eks.database import DATABASE_KEY, DATABASE_SECRET
 from control_plane.targets.eks.locust import STATS_BEGIN, STATS_END
 from control_plane.targets.eks.manifests import ROLE_ARN_ANNOTATION
 from control_plane.targets.eks.target import CLUSTER_SCOPED, SECRETS
@@ -181,6 +182,12 @@ def test_only_the_control_plane_reaches_tritons_repository_api(all_manifests: li
     assert selects(http_peers[0]["podSelector"]["matchLabels"], control_plane)
     assert not selects(http_peers[0]["podSelector"]["matchLabels"], locust_worker)
     assert peers(8001) == [None]  # inference clients from anywhere
+    # metrics: the control plane and the locust master (a run's per-server counts, LOCUST_SERVER_METRICS)
+    locust_master = find(all_manifests, "Job", "locust-master")["spec"]["template"]["metadata"]["labels"]
+    metrics_peers = [peer for rule in peers(8002) for peer in rule or []]
+    for labels in (control_plane, locust_master):
+        assert any(selects(p.get("podSelector", {}).get("matchLabels", {}), labels) for p in metrics_peers
+                   if "podSelector" in p), labels
 
 
 def test_locust_master_prints_the_stats_block_the_target_reads(all_manifests: list[Manifest]) -> None:
@@ -226,7 +233,8 @@ def test_the_target_creates_every_secret_the_pods_read(all_manifests: list[Manif
                 ref = env.get("valueFrom", {}).get("secretKeyRef")
                 if ref:
                     referenced.add((ref["name"], ref["key"]))
-    assert referenced == {(name, key) for name, (key, _) in SECRETS.items()}
+    # fleet-database: created for a one-replica SQLite trial, else it must exist (docs/eks.md step 5b)
+    assert referenced == {(name, key) for name, (key, _) in SECRETS.items()} | {(DATABASE_SECRET, DATABASE_KEY)}
 
 
 def test_teardown_knows_every_cluster_scoped_kind(all_manifests: list[Manifest]) -> None:

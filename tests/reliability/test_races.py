@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 from tritonclient.utils import InferenceServerException
 
+from control_plane.registry import artifacts_prefix
+from control_plane.settings import Settings
 from fleet.waiting import wait_for
 from model_repository.generator import example_inputs
 from model_repository.manifest import Manifest
@@ -27,8 +29,9 @@ def audit(stack, action: str) -> collections.Counter:
 
 
 def artifacts(stack, name: str) -> list[str]:
-    listing = stack["s3"].client().list_objects_v2(Bucket=BUCKET, Prefix=f"artifacts/{name}/")
-    return [o["Key"] for o in listing.get("Contents", [])]
+    folder = artifacts_prefix(Settings(repository_uri=stack["cp"].env["FLEET_REPOSITORY_URI"]))
+    listing = stack["s3"].client().list_objects_v2(Bucket=BUCKET, Prefix=f"{folder}{name}/")
+    return [o["Key"].removeprefix(folder) for o in listing.get("Contents", [])]
 
 
 def test_fifty_concurrent_registrations_register_every_model_exactly_once(stack, generated_models):
@@ -64,7 +67,7 @@ def test_fifty_concurrent_registrations_register_every_model_exactly_once(stack,
     for name in by_name:
         assert len(api(stack).get(url(stack, f"/models/{name}/versions")).json()["items"]) == 1
         # The losing artifact of a clash is removed again: one object per registered model.
-        assert artifacts(stack, name) == [f"artifacts/{name}/{winners[name]}.pt"], name
+        assert artifacts(stack, name) == [f"{name}/{winners[name]}.pt"], name
     packs = collections.Counter(m["pack"] for m in listed["items"])
     sizes = dict(sql(stack, "SELECT pack, count(*) FROM models GROUP BY pack"))
     assert max(sizes[p] for p in packs) <= PACK_SIZE, sizes

@@ -13,8 +13,10 @@ from typing import Any
 
 import yaml
 
+from fleet.resources import project_path
+
 TEMPLATE_BODY_LIMIT = 51_200  # bytes CloudFormation accepts in TemplateBody
-DEFAULT_TEMPLATE = Path(__file__).resolve().parents[3] / "ecs" / "templates" / "adfilter-fleet.yaml"
+DEFAULT_TEMPLATE = project_path("ecs/templates/adfilter-fleet.yaml")  # checkout or wheel (fleet/resources.py)
 
 
 class _CfnLoader(yaml.SafeLoader):

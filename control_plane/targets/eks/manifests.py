@@ -20,8 +20,9 @@ from typing import Any
 import yaml
 
 from control_plane.targets.base import ComputeFamily, DeploymentSpec, LoadTestSpec, TargetError
+from fleet.resources import project_path
 
-K8S_ROOT = Path(__file__).resolve().parents[3] / "k8s"
+K8S_ROOT = project_path("k8s")  # the checkout's, or the wheel's copy (fleet/resources.py)
 ALL_OVERLAY = K8S_ROOT / "overlays" / "all"
 
 FAMILY_LABEL = "triton-fleet.io/family"

@@ -34,6 +34,14 @@ from control_plane.targets.base import (
     TargetName,
 )
 from control_plane.targets.eks.client import Cluster, api_error, load_api_client
+from control_plane.targets.eks.database import (
+    DATABASE_KEY,
+    DATABASE_SECRET,
+    SQLITE_TRIAL_URL,
+    refusal,
+    secret_url,
+    set_control_plane_replicas,
+)
 from control_plane.targets.eks.locust import result_from_log
 from control_plane.targets.eks.manifests import (
     ALL_OVERLAY,
@@ -68,11 +76,12 @@ def _random_secret() -> str:
     return secrets.token_urlsafe(32)
 
 
-# Secret name -> (key, how to make a value when the Secret is missing).
+# Secret name -> (key, how to make a value when the Secret is missing). The database's Secret is made
+# only for a one-replica trial on SQLite (control_plane/targets/eks/database.py); with more replicas it
+# must exist already, holding the PostgreSQL URL (docs/eks.md, step 5b).
 SECRETS = {
     "triton-admin-key": ("key", _random_secret),
     "fleet-api-token": ("token", _random_secret),
-    "fleet-database": ("url", lambda: "sqlite:////data/fleet.db"),
 }
 
 
@@ -95,6 +104,8 @@ class EksSettings:
     unschedulable_grace_s: float = 180.0
     # Added to a load test's duration: image pulls, node start, waiting for workers, writing stats.
     loadtest_overhead_s: float = 900.0
+    # Control-plane replicas; None keeps the manifests' count (2, on PostgreSQL). 1 may run on SQLite.
+    control_plane_replicas: int | None = None
     poll_s: float = 5.0
 
     @classmethod
@@ -111,6 +122,7 @@ class EksSettings:
                         env.get("FLEET_EKS_CONTROL_PLANE_ROLE_ARN") or None),
             autoscaling=env.get("FLEET_EKS_AUTOSCALING", "true").lower() not in ("0", "false", "no"),
             kube_context=env.get("FLEET_EKS_CONTEXT") or None,
+            control_plane_replicas=_optional_int(env, "FLEET_EKS_CONTROL_PLANE_REPLICAS"),
         )
 
 
@@ -136,6 +148,11 @@ class EksTarget:
         report = progress or _quiet
         s = self.settings
         objects = deployment_objects(render(s.manifests), spec, s.namespace, s.roles, s.registry, s.autoscaling)
+        control_planes = set_control_plane_replicas(objects, s.control_plane_replicas)
+        database = self._database_url()
+        problem = refusal(control_planes, database, s.namespace)
+        if problem:
+            raise TargetError(problem)
         if any(obj["kind"] == "HorizontalPodAutoscaler" for obj in objects) \
                 and not self.cluster.serves_group(CUSTOM_METRICS_GROUP):
             raise TargetError(
@@ -148,7 +165,11 @@ class EksTarget:
         for obj in objects:
             if obj["kind"] == "Namespace":
                 self.cluster.apply(obj)
-        self._ensure_secrets(report)
+        self._ensure_secrets(report, {DATABASE_SECRET: (DATABASE_KEY, lambda: SQLITE_TRIAL_URL)} if database is None
+                             else {})
+        if database is None:
+            report(f"the control plane runs one replica on SQLite on its volume (a trial): for several replicas "
+                   f"put a PostgreSQL URL in the {DATABASE_SECRET} Secret (docs/eks.md, step 5b)")
         for obj in sorted((o for o in objects if o["kind"] != "Namespace"),
                           key=lambda o: o["kind"] != "NetworkPolicy"):
             self.cluster.apply(obj)
@@ -157,10 +178,19 @@ class EksTarget:
         wait_for_statefulsets(self.cluster, statefulsets, self._waiting(s.rollout_timeout_s), report)
         report(f"deployed: {', '.join(statefulsets)} rolled out")
 
-    def _ensure_secrets(self, report: Progress) -> None:
+    def _database_url(self) -> str | None:
+        """The control plane's database URL from its Secret, None when there is no Secret yet."""
+        try:
+            return secret_url(self.cluster.core.read_namespaced_secret(DATABASE_SECRET, self.settings.namespace))
+        except ApiException as error:
+            if error.status == 404:
+                return None
+            raise api_error(error, f"read Secret {DATABASE_SECRET}") from None
+
+    def _ensure_secrets(self, report: Progress, extra: Mapping[str, tuple] | None = None) -> None:
         """Create the Secrets the pods read if they are missing; never overwrite existing ones."""
         core = self.cluster.core
-        for name, (key, make) in SECRETS.items():
+        for name, (key, make) in {**SECRETS, **(extra or {})}.items():
             try:
                 core.read_namespaced_secret(name, self.settings.namespace)
                 continue
@@ -286,6 +316,16 @@ class EksTarget:
                 self.cluster.delete(api_version, kind, name)
                 report(f"deleted {kind} {name}")
         report("teardown complete")
+
+
+def _optional_int(env: Mapping[str, str], name: str) -> int | None:
+    value = env.get(name)
+    if not value:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise TargetError(f"{name}={value!r} is not a whole number of replicas") from None
 
 
 def _ready(pod: V1Pod) -> bool:
