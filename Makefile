@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 # namespace package named `triton`, which torch mistakes for OpenAI Triton (torch._dynamo breaks).
 export PYTHONSAFEPATH := 1
 
-.PHONY: demo test test-fast bench lint clean down images rehearse-eks rehearse-ecs
+.PHONY: demo test test-fast test-arm64 bench lint clean down images rehearse-eks rehearse-ecs
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -29,12 +29,19 @@ demo: $(STAMP)
 down: $(STAMP)
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/fleet down
 
+# The arm64 tests (Graviton images under qemu emulation) have their own target: see test-arm64.
 test: $(STAMP)
-	PATH=$(abspath $(BIN)):$$PATH $(BIN)/pytest $(PYTEST_ARGS)
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/pytest -m 'not arm64' $(PYTEST_ARGS)
 
 # Skips the slow end-to-end tests that start real servers.
 test-fast: $(STAMP)
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/pytest -m 'not slow' $(PYTEST_ARGS)
+
+# The Graviton (arm64) images, built under qemu-user emulation (installs qemu-user-static and binfmt-support
+# with apt-get and mounts binfmt_misc when missing and root), and the test that the arm64 server image answers
+# a pack. Apart from `make test` because emulation is slow: a cold build takes tens of minutes (README).
+test-arm64: $(STAMP)
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/pytest -m arm64 $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/fleet bench
@@ -42,8 +49,10 @@ bench: $(STAMP)
 # Container images that can be built here (podman + runc; installs podman, runc and debootstrap with apt-get
 # when missing and root): one Debian bookworm + torch base, then server-cpu, control-plane and loadtest.
 # Reruns reuse podman's layer cache. The container tests (tests/containers) build them the same way.
+# ARCH=arm64: the Graviton images under qemu emulation, tagged <version>-arm64 beside the amd64 ones.
+ARCH ?=
 images: $(STAMP)
-	$(BIN)/python -m deploy.images
+	$(BIN)/python -m deploy.images $(if $(ARCH),--arch $(ARCH))
 
 # Every runbook step that can run on this machine, in order (docs/eks.md, docs/ecs.md).
 rehearse-eks: $(STAMP)

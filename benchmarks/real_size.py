@@ -37,6 +37,7 @@ from fleet.triton_server import TritonServer
 from model_repository.contract import request_parameters
 from model_repository.generator import example_inputs
 from model_repository.manifest import Manifest, ModelEntry
+from model_repository.packing import install_runtime
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNTIME = ROOT / "triton" / "backends" / "pack" / "model.py"
@@ -93,7 +94,7 @@ def write_pack(repository: Path, name: str, members: list[tuple[Path, ModelEntry
     input of the pack (IN_<dtype>_<dims>), so bert, resnet and tiny members can share one stub."""
     version = repository / name / "1"
     (version / "members").mkdir(parents=True)
-    shutil.copyfile(RUNTIME, version / "model.py")
+    install_runtime(version)
     document, inputs = {}, {}
     for folder, entry in members:
         target = version / "members" / Path(entry.file).name

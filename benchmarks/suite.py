@@ -7,6 +7,8 @@ Sections, in the order they run (each module says why it measures what it does):
 * ``peers`` (``benchmarks.peers``): packs vs the classic FastAPI server, and vs a no-op Triton floor;
 * ``loadgen`` (``benchmarks.loadgen``): locust vs the raw asyncio driver on the peers' packs server;
 * ``adfilter`` (``benchmarks.adfilter_bench``): raw OpenRTB JSON -> decision at saturation;
+* ``families`` (``benchmarks.families``, only with ``--only families``: it generates 13 BERT-base models, ~11 GiB
+  with their splits): architecture families vs the whole-artifact path, its own docs/benchmarks-families.md;
 * ``gpu`` (``benchmarks.gpu``, only with ``--gpu``): packs on CUDA vs raw batched torch vs FastAPI on GPU.
 
 Writes ``OUT/bench.json`` (plus a timestamped copy), and with docs ``docs/benchmarks.md`` and
@@ -25,10 +27,12 @@ from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
-from benchmarks import data_plane, report
+from benchmarks import data_plane, families, report
 from benchmarks.adfilter_bench import AdfilterConfig, phase_adfilter
 from benchmarks.common import _display, _say, environment, package_versions
 from benchmarks.data_plane_config import BenchConfig
+from benchmarks.families import FamiliesConfig
+from benchmarks.families_report import goals as families_goals
 from benchmarks.gpu import GpuConfig, cuda_unavailable_reason, run_gpu
 from benchmarks.loadgen import LoadgenConfig, phase_loadgen
 from benchmarks.peers import PeersConfig, measure, serving, zipf_share_of_top
@@ -39,8 +43,9 @@ DEFAULT_OUT = REPO_ROOT / "results" / "bench"
 DEFAULT_DOCS = REPO_ROOT / "docs" / "benchmarks.md"
 PLOT_NAME = "bench-peers.png"
 JSON_NAME = "bench.json"
-SECTIONS = ("data_plane", "peers", "loadgen", "adfilter", "gpu")
-CPU_SECTIONS = SECTIONS[:-1]
+SECTIONS = ("data_plane", "peers", "loadgen", "adfilter", "families", "gpu")
+CPU_SECTIONS = ("data_plane", "peers", "loadgen", "adfilter")  # the default; families and gpu on request
+FAMILIES_DOCS = REPO_ROOT / "docs" / "benchmarks-families.md"
 
 
 @dataclass(frozen=True)
@@ -53,6 +58,7 @@ class SuiteConfig:
     loadgen: LoadgenConfig = field(default_factory=LoadgenConfig)
     adfilter: AdfilterConfig = field(default_factory=AdfilterConfig)
     gpu: GpuConfig = field(default_factory=GpuConfig)
+    families: FamiliesConfig = field(default_factory=lambda: families.FULL)
 
 
 # Full: the issue's sizes (1,000 models everywhere); data_plane's FULL, minus one servable repeat and with
@@ -74,6 +80,7 @@ QUICK = SuiteConfig(
                       sweep_seconds=1.5),
     loadgen=LoadgenConfig(users=16, seconds=5, rounds=1),
     adfilter=AdfilterConfig(train_rows=20_000, train_epochs=2, requests=3000, concurrency=(4, 16, 64), rounds=1),
+    families=families.QUICK,
 )
 
 
@@ -97,7 +104,9 @@ def run(config: SuiteConfig = FULL, out: Path = DEFAULT_OUT, docs: Path | None =
     needed = max([config.peers.models] + ([max(config.data_plane.memory_models, config.data_plane.servable_models,
                                                 config.data_plane.zipf_models)]
                                           if "data_plane" in config.sections else []))
-    models_dir = ensure_models(work, needed, config.seed, progress)
+    # the tiny models the peers, data-plane, load-generator and GPU sections share (families brings its own)
+    uses_models = {"data_plane", "peers", "loadgen", "gpu"} & set(config.sections)
+    models_dir = ensure_models(work, needed, config.seed, progress) if uses_models else None
 
     if "data_plane" in config.sections:
         _say("== data plane: density, load time, cold start (benchmarks.data_plane) ==", progress)
@@ -127,6 +136,12 @@ def run(config: SuiteConfig = FULL, out: Path = DEFAULT_OUT, docs: Path | None =
         begun = time.perf_counter()
         results["adfilter"] = phase_adfilter(work, config.adfilter, progress)
         sections["adfilter"] = time.perf_counter() - begun
+    if "families" in config.sections:
+        _say("== architecture families vs the whole-artifact path (benchmarks.families) ==", progress)
+        begun = time.perf_counter()
+        results["families"] = families.run(replace(config.families, seed=config.seed), out / "families",
+                                           FAMILIES_DOCS if docs is not None else None)
+        sections["families"] = time.perf_counter() - begun
     if "gpu" in config.sections:
         _say("== GPU: packs on CUDA vs raw batched torch vs FastAPI on GPU ==", progress)
         begun = time.perf_counter()
@@ -336,7 +351,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--gpu", action="store_true",
                         help="run the GPU variant only (needs CUDA; exits 0 with a message where there is none)")
     parser.add_argument("--only", default=None,
-                        help=f"comma-separated sections to run, of {','.join(CPU_SECTIONS)} (default: all)")
+                        help=f"comma-separated sections to run, of {','.join(SECTIONS[:-1])} (default: "
+                             f"{','.join(CPU_SECTIONS)}; families only when named: it generates ~11 GiB of models)")
     parser.add_argument("--out", type=Path, default=None, help=f"results folder (default {_display(DEFAULT_OUT)})")
     parser.add_argument("--docs", type=Path, default=None, help=f"report to write (default {_display(DEFAULT_DOCS)})")
     parser.add_argument("--no-docs", action="store_true", help="write only the JSON")
@@ -373,6 +389,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"fleet bench --gpu: skipped, {reason}. Run it on a machine with an NVIDIA GPU "
                   "(see docs/benchmarks.md, section 7).")
             return 0
+    if config.sections == ("families",):  # its own report, docs/benchmarks-families.md
+        out = args.out or DEFAULT_OUT / "families"
+        results = families.run(config.families, out, None if args.no_docs else FAMILIES_DOCS)
+        for goal, met, figures in families_goals(results):
+            print(f"{'met' if met else 'n/a' if met is None else 'NOT MET':8} {goal}: {figures}")
+        print(f"\nJSON: {_display(out / 'families.json')}" + ("" if args.no_docs else f"; report: "
+                                                               f"{_display(FAMILIES_DOCS)}"))
+        return 0
     out = args.out or (DEFAULT_OUT / "gpu" if args.gpu else DEFAULT_OUT)
     docs = None if args.no_docs else (args.docs or (DEFAULT_DOCS.with_name("benchmarks-gpu.md") if args.gpu
                                                     else DEFAULT_DOCS))

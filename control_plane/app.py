@@ -13,6 +13,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import sessionmaker
 from werkzeug.exceptions import HTTPException
 
+from control_plane.api import architectures as architectures_api
 from control_plane.api import fleet as fleet_api
 from control_plane.api import loadtests as loadtests_api
 from control_plane.api import models as models_api
@@ -97,7 +98,7 @@ def create_app(settings: Settings | None = None, start_reconciler: bool = True) 
     app.config["VALIDATION_ERROR_STATUS_CODE"] = 422
     app.security_schemes = {"BearerAuth": {"type": "http", "scheme": "bearer"}}
     app.extensions["fleet"] = state
-    for blueprint in (models_api.bp, fleet_api.bp, loadtests_api.bp):
+    for blueprint in (models_api.bp, fleet_api.bp, loadtests_api.bp, architectures_api.bp):
         app.register_blueprint(blueprint)
     install_observability(app)  # /metrics, the status page at /, JSON logs with request ids
 

@@ -17,6 +17,7 @@ from sqlalchemy import (
     create_engine,
     event,
     false,
+    true,
 )
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
@@ -53,6 +54,29 @@ class ModelVersion(Base):
     # torch_export (torch.export.save, a .pt2 ExportedProgram).
     format: Mapped[str] = mapped_column(String(32), default="torchscript", server_default="torchscript")
     pack_kind: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    # Architecture families (model_repository/families.py): the architecture this version's program belongs
+    # to and its weights file in S3; or, when the artifact could not be split, why (whole-artifact path).
+    architecture: Mapped[str | None] = mapped_column(ForeignKey("architectures.id"), nullable=True, index=True)
+    weights_key: Mapped[str | None] = mapped_column(String(512), nullable=True)
+    weights_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    weights_bytes: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    split_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # False for a member registered as a weights file against an architecture: it has no whole artifact.
+    whole_artifact: Mapped[bool] = mapped_column(Boolean, default=True, server_default=true())
+
+
+class Architecture(Base):
+    """A program shared by every member of one architecture, stored once in S3 (content-addressed)."""
+
+    __tablename__ = "architectures"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)  # families.architecture_id
+    format: Mapped[str] = mapped_column(String(32))
+    program_key: Mapped[str] = mapped_column(String(512))
+    program_sha256: Mapped[str] = mapped_column(String(64))
+    program_bytes: Mapped[int] = mapped_column(BigInteger)
+    parameter_bytes: Mapped[int] = mapped_column(BigInteger)  # one member's weights (its tensor table's bytes)
+    tensors: Mapped[list] = mapped_column(JSON)  # the tensor table: name, kind, dtype, shape, requires_grad
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 

@@ -34,6 +34,12 @@ MEMBER_COST_FACTOR = 2.0
 # pages (measured 0.1-4 MB by the pack runtime, which charges what a load really adds).
 MEMBER_MIN_COST_BYTES = 2**20
 
+# A family member (architecture families, docs/data-plane.md) maps its weights file instead of loading a
+# program: measured, the stub grew by ~1.0x the weights per resident member (BERT-mini, BERT-base:
+# docs/benchmarks-families.md); its architecture's program is charged once per pack.
+WEIGHTS_COST_FACTOR = 1.05
+PROGRAM_COST_BYTES = 32 * 2**20  # a loaded program (TorchScript 6 MiB, torch.export 23 MiB for BERT-mini)
+
 # A pack whose members together are this small keeps them all resident: cheaper than any eviction, and a
 # pack of a thousand tiny models with no traffic measured yet would otherwise reload members on every call.
 RESIDENT_FLOOR_BYTES = 64 * 2**20
@@ -88,7 +94,15 @@ class Plan:
         return {(p, s) for p, servers in current.items() for s in servers} - new
 
 
-def working_set_bytes(member_bytes: Iterable[int], hot_member_bytes: Iterable[int] = (),
+@dataclass(frozen=True)
+class MemberSize:
+    """A member as a pack holds it: a whole artifact (architecture None) or a family member's weights."""
+
+    bytes: int  # the artifact's bytes, or the weights file's for a family member
+    architecture: str | None = None
+
+
+def working_set_bytes(member_bytes: Iterable[int | MemberSize], hot_member_bytes: Iterable[int | MemberSize] = (),
                       stub_base: int = STUB_BASE_BYTES, cost_factor: float = MEMBER_COST_FACTOR) -> int:
     """What one replica of a pack costs: the stub plus the members that traffic keeps resident.
 
@@ -96,18 +110,26 @@ def working_set_bytes(member_bytes: Iterable[int], hot_member_bytes: Iterable[in
     must at least hold that one to answer it), or all members when their costs total under
     RESIDENT_FLOOR_BYTES.
     Not the sum of all members: a pack of 100 rarely-called large models is served by its LRU.
+    Family members count their weights only; each architecture's program is charged once.
     """
-    costs = [member_cost(b, cost_factor) for b in member_bytes]
+    sizes = list(member_bytes)
+    costs = [member_cost(b, cost_factor) for b in sizes]
     if not costs:
         return 0
     hot, total = sum(member_cost(b, cost_factor) for b in hot_member_bytes), sum(costs)
     resident = min(max(hot, max(costs), min(total, RESIDENT_FLOOR_BYTES)), total)
-    return stub_base + resident
+    programs = {b.architecture for b in sizes if isinstance(b, MemberSize) and b.architecture}
+    return stub_base + resident + PROGRAM_COST_BYTES * len(programs)
 
 
-def member_cost(artifact_bytes: int, cost_factor: float = MEMBER_COST_FACTOR) -> int:
-    """What a resident member adds to its stub's memory, estimated from its artifact's bytes."""
-    return max(int(cost_factor * artifact_bytes), MEMBER_MIN_COST_BYTES)
+def member_cost(size: int | MemberSize, cost_factor: float = MEMBER_COST_FACTOR) -> int:
+    """What a resident member adds to its stub's memory, estimated from its artifact's (or, for a family
+    member, its weights') bytes."""
+    if isinstance(size, MemberSize):
+        if size.architecture:
+            return max(int(WEIGHTS_COST_FACTOR * size.bytes), MEMBER_MIN_COST_BYTES)
+        size = size.bytes
+    return max(int(cost_factor * size), MEMBER_MIN_COST_BYTES)
 
 
 def residency_budget(reserved_bytes: int) -> int:
@@ -234,20 +256,32 @@ class PackFill:
     name: str
     member_bytes: int  # sum of its members' artifact bytes
     members: int
+    same_architecture: int = 0  # its members of the new member's architecture (0: none, or not split)
 
 
 def choose_pack(candidates: Iterable[PackFill], member_bytes: int, pack_max_bytes: int,
-                pack_max_members: int = 1000) -> str | None:
+                pack_max_members: int = 1000, family_pack_max_bytes: int | None = None) -> str | None:
     """The pack a new member joins, or None to open a new pack.
 
     Packs are sized by bytes: a member joins the first pack (by name) whose members' bytes plus its own
     stay within `pack_max_bytes` (and under `pack_max_members`, which bounds a pack's members.json and
     its stub's start time). A member larger than `pack_max_bytes` gets a pack of its own. Call it with
     the candidate packs of the member's kind and family, locked for update.
+
+    Packs group members of one architecture: a member whose architecture a pack already holds joins the
+    pack with most such members while it stays within `family_pack_max_bytes` (larger than
+    `pack_max_bytes`: such a member loads by mapping its weights, without deserialising code, so big
+    members of one architecture can share a stub), before any other pack is considered.
     """
+    candidates = sorted(candidates, key=lambda p: p.name)
+    if family_pack_max_bytes is not None:
+        kin = sorted((p for p in candidates if p.same_architecture > 0), key=lambda p: (-p.same_architecture, p.name))
+        for pack in kin:
+            if pack.members < pack_max_members and pack.member_bytes + member_bytes <= family_pack_max_bytes:
+                return pack.name
     if member_bytes > pack_max_bytes:
         return None
-    for pack in sorted(candidates, key=lambda p: p.name):
+    for pack in candidates:
         if pack.members < pack_max_members and pack.member_bytes + member_bytes <= pack_max_bytes:
             return pack.name
     return None

@@ -24,10 +24,19 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_random_exponential
 
-from control_plane.db import Model, ModelVersion, Pack
+from control_plane.db import Architecture, Model, ModelVersion, Pack
 from control_plane.registry import Registry, entry_for
 from model_repository.formats import SUFFIX
-from model_repository.packing import MEMBERS_FILE, PACK_RUNTIME, VERSION, PackPlan, members_document
+from model_repository.packing import (
+    MEMBERS_FILE,
+    VERSION,
+    PackPlan,
+    add_families,
+    family_member_file,
+    members_document,
+    program_file,
+    runtime_files,
+)
 from model_repository.s3_sync import INDEX_KEY, S3Location
 from model_repository.triton_config import FAMILIES, PackSettings, pack_config, pack_inputs_for, pack_outputs_for
 
@@ -43,23 +52,27 @@ class RepositoryBuildError(RuntimeError):
 
 
 def pack_files(plan: PackPlan, settings: PackSettings, file_of, generation: int,
-               formats: dict[str, str]) -> dict[str, bytes]:
+               formats: dict[str, str], families: dict | None = None) -> dict[str, bytes]:
     """The small files of one pack, in memory: relative path -> content (the same layout as
-    `model_repository.packing.write_triton_model` writes to disk)."""
+    `model_repository.packing.write_triton_model` writes to disk). `families` adds the family layout
+    (model_repository.packing.add_families): members that are weights files, and their architectures."""
     document = members_document(plan, file_of)
     document["generation"] = generation
     for member, fmt in formats.items():
         document["members"][member]["format"] = fmt
+    if families:
+        add_families(document, families["members"], families["architectures"])
     first = plan.members[0]
     configs = {f: pack_config(plan.name, pack_inputs_for(first), pack_outputs_for(first), f, settings)
                for f in FAMILIES}
-    return {
+    files = {
         "config.pbtxt": configs["cpu"].encode(),
         "configs/gpu.pbtxt": configs["gpu"].encode(),
         "configs/inf2.pbtxt": configs["inf2"].encode(),
-        f"{VERSION}/model.py": PACK_RUNTIME.read_bytes(),
         f"{VERSION}/{MEMBERS_FILE}": (json.dumps(document, indent=1, sort_keys=True) + "\n").encode(),
     }
+    files.update({f"{VERSION}/{name}": body for name, body in runtime_files().items()})
+    return files
 
 
 class RepositoryBuilder:
@@ -139,22 +152,51 @@ class RepositoryBuilder:
             if not rows:
                 self._publish_pack(pack.name, {}, {}, [])
                 return 0
-            files = {}
+            settings = settings or self.pack_settings
+            files, copies = {}, []
             formats = {model.name: (version.format or "torchscript") for model, version in rows}
-            entries = [entry_for(model, version).model_copy(
-                update={"file": f"members/{model.name}{SUFFIX[formats[model.name]]}"}) for model, version in rows]
-            small = pack_files(PackPlan(pack.name, "custom", tuple(entries)), settings or self.pack_settings,
-                               lambda m: m.file, pack.generation, formats)
+            # Members that were split (and every member registered as weights alone) travel as their weights
+            # file, their architectures' programs once each; the others, or all with families off, whole.
+            split = {model.name: version for model, version in rows if version.architecture and version.weights_key
+                     and (settings.families or not version.whole_artifact)}
+            architectures = self._architectures(session, {v.architecture for v in split.values()})
+            entries = [entry_for(model, version).model_copy(update={"file": (
+                family_member_file(model.name) if model.name in split
+                else f"members/{model.name}{SUFFIX[formats[model.name]]}")}) for model, version in rows]
+            families = None
+            if split:
+                families = {"members": {name: {"architecture": v.architecture, "sha256": v.weights_sha256,
+                                               "bytes": v.weights_bytes} for name, v in split.items()},
+                            "architectures": {a.id: {"format": a.format, "tensors": a.tensors,
+                                                     "program": {"path": program_file(a.id, a.format),
+                                                                 "sha256": a.program_sha256,
+                                                                 "bytes": a.program_bytes}}
+                                              for a in architectures.values()}}
+                for a in architectures.values():
+                    relative = f"{VERSION}/{program_file(a.id, a.format)}"
+                    files[relative] = {"sha256": a.program_sha256, "size": a.program_bytes}
+                    copies.append((a.program_key, relative, a.program_sha256))
+            small = pack_files(PackPlan(pack.name, "custom", tuple(entries)), settings,
+                               lambda m: m.file, pack.generation, formats, families)
             for relative, body in small.items():
                 files[relative] = {"sha256": hashlib.sha256(body).hexdigest(), "size": len(body)}
-            copies = []
-            for entry, (_model, version) in zip(entries, rows, strict=True):
-                files[f"{VERSION}/{entry.file}"] = {"sha256": version.sha256, "size": version.bytes}
-                copies.append((version.s3_key, f"{VERSION}/{entry.file}", version.sha256))
+            for entry, (model, version) in zip(entries, rows, strict=True):
+                if model.name in split:
+                    files[f"{VERSION}/{entry.file}"] = {"sha256": version.weights_sha256, "size": version.weights_bytes}
+                    copies.append((version.weights_key, f"{VERSION}/{entry.file}", version.weights_sha256))
+                else:
+                    files[f"{VERSION}/{entry.file}"] = {"sha256": version.sha256, "size": version.bytes}
+                    copies.append((version.s3_key, f"{VERSION}/{entry.file}", version.sha256))
             self._publish_pack(pack.name, files, small, copies)
         except (ClientError, BotoCoreError) as error:
             raise RepositoryBuildError(f"cannot write pack {pack.name} to {self.location}: {error}") from None
         return len(entries)
+
+    @staticmethod
+    def _architectures(session: Session, ids: set[str]) -> dict[str, Architecture]:
+        if not ids:
+            return {}
+        return {a.id: a for a in session.scalars(select(Architecture).where(Architecture.id.in_(sorted(ids))))}
 
     def _publish_pack(self, pack: str, files: dict[str, dict], small: dict[str, bytes],
                       copies: list[tuple[str, str, str]]) -> None:

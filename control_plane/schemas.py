@@ -110,6 +110,13 @@ class Endpoint(BaseModel):
     http_url: str
 
 
+class ArchitectureRef(BaseModel):
+    id: str = Field(description="content address of the program and its tensor table (weights excluded)")
+    format: ArtifactFormat
+    parameter_bytes: int = Field(description="one member's weights: the bytes of its tensor table")
+    members: int = Field(description="registered models whose current version has this architecture")
+
+
 class ModelOut(BaseModel):
     name: str
     version: int
@@ -123,7 +130,34 @@ class ModelOut(BaseModel):
     signature: Signature
     endpoints: list[Endpoint] = Field(description="where to send KServe v2 gRPC requests")
     request_parameters: dict[str, str] = Field(description="parameters to put on each inference request")
+    architecture: ArchitectureRef | None = Field(None, description="the architecture family it belongs to: its "
+                                                 "program is stored and loaded once for all members, the member is "
+                                                 "its weights; null when the artifact is served whole")
+    whole_artifact_reason: str | None = Field(None, description="why the artifact is served whole (not split into "
+                                              "program and weights); null when it was split")
     created_at: datetime
+
+
+class ArchitectureOut(BaseModel):
+    id: str
+    format: ArtifactFormat
+    program_sha256: str
+    program_bytes: int = Field(description="the program's file: code, graph and constants, no weights")
+    parameter_bytes: int = Field(description="one member's weights")
+    tensors: int = Field(description="parameters and buffers in its tensor table")
+    members: int
+    packs: list[str] = Field(description="packs holding members of this architecture")
+    created_at: datetime
+
+
+class ArchitectureDetail(ArchitectureOut):
+    table: list[dict] = Field(description="the tensor table a member's weights must match: name, kind, dtype, "
+                                          "shape, requires_grad")
+    member_names: list[str] = Field(description="up to 1,000 member names")
+
+
+class ArchitectureList(BaseModel):
+    items: list[ArchitectureOut]
 
 
 class ModelPage(BaseModel):

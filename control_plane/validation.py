@@ -173,13 +173,23 @@ class ArtifactValidator:
         return server
 
     # ---- validation ----------------------------------------------------------------------------
-    def validate(self, path: Path, fmt: str, signature: dict, artifact_bytes: int | None = None) -> None:
-        """Load the artifact at `path` in a fresh sandboxed process and call it; raises ArtifactRejected."""
+    def validate(self, path: Path, fmt: str, signature: dict, artifact_bytes: int | None = None,
+                 split_dir: Path | None = None, program: dict | None = None) -> dict | None:
+        """Load the artifact at `path` in a fresh sandboxed process and call it; raises ArtifactRejected.
+
+        With `split_dir`, the same process also splits the artifact into its architecture's program and its
+        weights there (model_repository/families.py) and the split's outcome is returned. With `program`
+        ({"path", "spec"}), `path` is a weights file, checked by binding it to that program and calling it.
+        """
         size = artifact_bytes if artifact_bytes is not None else Path(path).stat().st_size
         memory = self.limits.memory_for(size)
         job = {"path": str(Path(path).resolve()), "format": fmt, "signature": signature,
                "memory_bytes": memory, "cpu_s": self.limits.cpu_s, "timeout_s": self.limits.timeout_s,
                "log": str(self.scratch / f"job-{uuid.uuid4().hex}.log")}
+        if split_dir is not None:
+            job["split_dir"] = str(Path(split_dir).resolve())
+        if program is not None:
+            job["program"] = {"path": str(Path(program["path"]).resolve()), "spec": program["spec"]}
         server = self._take()
         verdict = server.ask(job, self.limits.timeout_s + 30)
         if verdict is None:  # the fork server itself failed: replace it; the artifact gets the blame
@@ -191,6 +201,8 @@ class ArtifactValidator:
             self._idle.put(server)
         if not verdict["ok"]:
             raise ArtifactRejected(self._explain(verdict, memory))
+        return verdict.get("split")
+
     def _explain(self, verdict: dict, memory: int) -> str:
         kind, reason = verdict.get("kind"), verdict.get("reason", "")
         if kind == "timeout":

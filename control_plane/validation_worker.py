@@ -25,7 +25,10 @@ import select
 import signal
 import sys
 import time
+from pathlib import Path
 
+from model_repository import families
+from model_repository.families import runtime_module
 from model_repository.formats import HOW_TO_PRODUCE, INTEGER_DTYPES, TORCH_DTYPES
 
 
@@ -83,13 +86,28 @@ def _out_of_memory(error: BaseException) -> bool:
         or "out of memory" in text
 
 
-def check(torch, path: str, fmt: str, signature: dict) -> dict:
-    """Load the artifact from its file and call it with inputs of the declared signature."""
+def _load(torch, job: dict):
+    """(callable module, what a split starts from): the artifact loaded from its file, or, for a weights
+    file registered against an architecture (job["program"]), that program bound to the weights."""
+    path, fmt = job["path"], job["format"]
+    program = job.get("program")
+    if program is not None:
+        programs = runtime_module("pack_programs")
+        loaded = programs.load_program("check", Path(program["path"]), fmt, program["spec"])
+        return loaded.member(Path(path)), None
+    if fmt == "torch_export":
+        exported = torch.export.load(path)
+        return exported.module(), exported
+    module = torch.jit.load(path, map_location="cpu")
+    return module, module
+
+
+def check(torch, path: str, fmt: str, signature: dict, job: dict | None = None) -> dict:
+    """Load the artifact from its file and call it with inputs of the declared signature; with
+    job["split_dir"], split it into program and weights there (model_repository/families.py)."""
+    job = job or {"path": path, "format": fmt}
     try:
-        if fmt == "torch_export":
-            module = torch.export.load(path).module()
-        else:
-            module = torch.jit.load(path, map_location="cpu")
+        module, source = _load(torch, job)
     except Exception as error:  # noqa: BLE001  every loader failure is the artifact's
         if _out_of_memory(error):
             return {"ok": False, "kind": "memory", "reason": _memory_line(error)}
@@ -98,13 +116,17 @@ def check(torch, path: str, fmt: str, signature: dict) -> dict:
                     "reason": "the archive holds a pickle that names code or objects other than tensors and plain "
                               "data; such pickles can run code, so the validator refuses them without running "
                               f"them. Re-save the model from plain tensors. {HOW_TO_PRODUCE}"}
+        if job.get("program") is not None:
+            return {"ok": False, "kind": "load", "reason": f"the weights do not load into their architecture's "
+                                                           f"program ({_first_line(error)})"}
         what = "torch.export program (.pt2)" if fmt == "torch_export" else "TorchScript archive"
         return {"ok": False, "kind": "load",
                 "reason": f"the artifact looks like a {what} but does not load ({_first_line(error)}); "
                           f"{HOW_TO_PRODUCE}"}
+    inputs = [_example(torch, s, 2) for s in signature["inputs"]]
     try:
         with torch.inference_mode():
-            outputs = module(*[_example(torch, s, 2) for s in signature["inputs"]])
+            outputs = module(*inputs)
     except Exception as error:  # noqa: BLE001
         if _out_of_memory(error):
             return {"ok": False, "kind": "memory", "reason": _memory_line(error)}
@@ -132,7 +154,31 @@ def check(torch, path: str, fmt: str, signature: dict) -> dict:
             return {"ok": False, "kind": "signature",
                     "reason": f"{spec['name']} has shape {list(out.shape)} for a batch of 2, the signature "
                               f"declares {spec['shape']}"}
-    return {"ok": True}
+    verdict: dict = {"ok": True}
+    if job.get("split_dir") and source is not None:
+        verdict["split"] = _split(torch, source, fmt, Path(job["split_dir"]), inputs, tuple(outputs))
+    elif job.get("split_dir") and job.get("program") is not None:  # weights registered for an architecture
+        spec = job["program"]["spec"]
+        runtime_module("pack_weights").write_weights(
+            Path(job["split_dir"]) / "weights.safetensors", [(e["name"], module.tensors[e["name"]]) for e in spec])
+        verdict["split"] = {"ok": True, "weights": "weights.safetensors", "program": "", "reason": "", "spec": []}
+    return verdict
+
+
+def _split(torch, source, fmt: str, out: Path, inputs: list, outputs: tuple) -> dict:
+    """Split what was just loaded and checked; a failure here costs the split, never the registration."""
+    try:
+        if fmt == "torch_export":
+            split = families.split_export(torch, source, out)
+        else:
+            split = families.split_torchscript(torch, source, out)
+        if split.ok:
+            split = families.verify(torch, split, out, fmt, inputs, outputs)
+    except Exception as error:  # noqa: BLE001
+        if _out_of_memory(error):
+            raise
+        split = families.Split(False, f"splitting failed ({_first_line(error)}); it is served whole")
+    return split.to_json()
 
 
 def _run_child(torch, job: dict, verdict_fd: int) -> None:
@@ -145,7 +191,7 @@ def _run_child(torch, job: dict, verdict_fd: int) -> None:
         resource.setrlimit(resource.RLIMIT_AS, (job["memory_bytes"], job["memory_bytes"]))
         resource.setrlimit(resource.RLIMIT_CPU, (job["cpu_s"], job["cpu_s"] + 5))
         try:
-            verdict = check(torch, job["path"], job["format"], job["signature"])
+            verdict = check(torch, job["path"], job["format"], job["signature"], job)
         except MemoryError as error:
             verdict = {"ok": False, "kind": "memory", "reason": _memory_line(error)}
         os.write(verdict_fd, json.dumps(verdict).encode())
@@ -229,6 +275,8 @@ def main() -> None:
     torch.set_num_threads(1)  # before any fork: no intra-op thread pool exists to be copied half-alive
     harden_unpickling(torch)
     warm_up(torch)
+    runtime_module("pack_programs")  # the splitter's and the weights check's code, imported before any fork
+    import safetensors.torch  # noqa: F401
     verdict_out.write("ready\n")
     verdict_out.flush()
     for line in sys.stdin:

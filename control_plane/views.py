@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
 
-from control_plane.db import Model, ModelVersion, Pack, Placement, Server
+from control_plane.db import Architecture, Model, ModelVersion, Pack, Placement, Server
 from control_plane.pending import PendingReason, pending_reason, serves, serves_generation
 from model_repository.contract import request_parameters
 
@@ -90,7 +90,21 @@ def model_reason(model: Model, facts: PackFacts) -> PendingReason:
                           facts.placements.get(model.pack or "", []), facts.servers)
 
 
-def model_out(model: Model, version: ModelVersion, facts: PackFacts) -> dict:
+def architecture_refs(session: Session, ids: Iterable[str | None]) -> dict[str, dict]:
+    """id -> {id, format, parameter_bytes, members} for the named architectures (two queries for a page)."""
+    names = sorted({i for i in ids if i})
+    if not names:
+        return {}
+    counts = dict(session.execute(
+        select(ModelVersion.architecture, func.count())
+        .join(Model, (Model.name == ModelVersion.model) & (Model.current_version == ModelVersion.version))
+        .where(ModelVersion.architecture.in_(names)).group_by(ModelVersion.architecture)).all())
+    return {a.id: {"id": a.id, "format": a.format, "parameter_bytes": a.parameter_bytes, "members": counts.get(a.id, 0)}
+            for a in session.scalars(select(Architecture).where(Architecture.id.in_(names)))}
+
+
+def model_out(model: Model, version: ModelVersion, facts: PackFacts,
+              architectures: dict[str, dict] | None = None) -> dict:
     status, servers = model_status(model, facts.served)
     reason = model_reason(model, facts).text if status == "pending" else None
     return {
@@ -100,8 +114,25 @@ def model_out(model: Model, version: ModelVersion, facts: PackFacts) -> dict:
         "signature": version.signature,
         "endpoints": [{"server": s.name, "grpc_url": s.grpc_url, "http_url": s.http_url} for s in servers],
         "request_parameters": request_parameters(model.name),
+        "architecture": (architectures or {}).get(version.architecture or ""),
+        "whole_artifact_reason": None if version.architecture else version.split_reason,
         "created_at": model.created_at,
     }
+
+
+def architecture_out(session: Session, architecture: Architecture, detail: bool = False) -> dict:
+    members = select(Model.name, Model.pack).join(
+        ModelVersion, (Model.name == ModelVersion.model) & (Model.current_version == ModelVersion.version)
+    ).where(ModelVersion.architecture == architecture.id).order_by(Model.name)
+    rows = session.execute(members).all()
+    out = {"id": architecture.id, "format": architecture.format, "program_sha256": architecture.program_sha256,
+           "program_bytes": architecture.program_bytes, "parameter_bytes": architecture.parameter_bytes,
+           "tensors": len(architecture.tensors), "members": len(rows),
+           "packs": sorted({pack for _, pack in rows if pack}), "created_at": architecture.created_at}
+    if detail:
+        out["table"] = architecture.tensors
+        out["member_names"] = [name for name, _ in rows[:1000]]
+    return out
 
 
 def server_out(session: Session, server: Server) -> dict:

@@ -125,6 +125,40 @@ def ensure_emulation(arch: str = "arm64", install: bool = True) -> None:
                                 "`update-binfmts --enable qemu-aarch64` (package binfmt-support)")
 
 
+# A Graviton3-like (Neoverse V1) /proc/cpuinfo entry. qemu 7.2 (Debian bookworm) passes the host's x86
+# /proc/cpuinfo through to emulated programs; torch's cpuinfo library finds no ARM processor in it and
+# dereferences NULL while `import torch` loads torch._C (SIGSEGV, seen with torch 2.13.0 aarch64 here).
+# Emulated builds and containers get this file over /proc/cpuinfo instead; a real arm64 host needs none.
+_ARM64_CPUINFO = """processor\t: {n}
+BogoMIPS\t: 2100.00
+Features\t: fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics fphp asimdhp cpuid asimdrdm jscvt fcma lrcpc \
+dcpop sha3 sm3 sm4 asimddp sha512 sve asimdfhm dit uscat ilrcpc flagm ssbs paca pacg dcpodp svei8mm svebf16 i8mm bf16 \
+dgh rng
+CPU implementer\t: 0x41
+CPU architecture: 8
+CPU variant\t: 0x1
+CPU part\t: 0xd40
+CPU revision\t: 1
+"""
+
+
+def host_arch() -> str:
+    """This machine's architecture as OCI names it (amd64, arm64)."""
+    return {"x86_64": "amd64", "aarch64": "arm64"}.get(os.uname().machine, os.uname().machine)
+
+
+def emulation_volumes(arch: str) -> list[str]:
+    """`--volume` arguments that an emulated `arch` container or build needs (none for the host's own)."""
+    if arch == host_arch() or arch not in ("arm64", "aarch64"):
+        return []
+    path = Path.home() / ".cache" / "triton-fleet" / "cpuinfo-arm64"
+    text = "\n".join(_ARM64_CPUINFO.format(n=n) for n in range(os.cpu_count() or 1))
+    if not path.exists() or path.read_text() != text:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    return ["--volume", f"{path}:/proc/cpuinfo:ro"]
+
+
 def podman(*args: str, check: bool = True, timeout: float | None = None) -> subprocess.CompletedProcess:
     done = subprocess.run([*base_command(), *args], capture_output=True, text=True, timeout=timeout)
     if check and done.returncode != 0:
@@ -134,6 +168,10 @@ def podman(*args: str, check: bool = True, timeout: float | None = None) -> subp
 
 def image_exists(name: str) -> bool:
     return podman("image", "exists", name, check=False).returncode == 0
+
+
+def image_architecture(image: str) -> str:
+    return podman("image", "inspect", "--format", "{{.Architecture}}", image).stdout.strip()
 
 
 @dataclass

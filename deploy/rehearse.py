@@ -24,19 +24,29 @@ class Step:
     runbook_step: str
     what: str
     run: Callable[[], None]
+    arm64: bool = False  # Graviton images under qemu emulation: slow, so only with --arm64
 
 
-def _pytest(*paths: str, marker: str | None = None) -> Callable[[], None]:
-    def run() -> None:
-        args = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *paths]
-        if marker:
-            args += ["-m", marker]
+@dataclass(frozen=True)
+class _Pytest:
+    """A step that runs test files (the spec of a runbook step) in a fresh pytest process."""
+
+    paths: tuple[str, ...]
+    marker: str | None = None
+
+    def __call__(self) -> None:
+        args = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *self.paths]
+        if self.marker:
+            args += ["-m", self.marker]
         done = subprocess.run(args, cwd=ROOT, capture_output=True, text=True)
         tail = (done.stdout + done.stderr).strip().splitlines()[-1:] or [""]
         if done.returncode != 0:
             raise RuntimeError((done.stdout + done.stderr)[-3000:])
         click.echo(f"    {tail[0]}")
-    return run
+
+
+def _pytest(*paths: str, marker: str | None = None) -> Callable[[], None]:
+    return _Pytest(paths, marker)
 
 
 def _cfn_lint() -> None:
@@ -59,6 +69,25 @@ def _images() -> None:
     build_all(log=lambda line: click.echo(f"    {line}"))
 
 
+def _arm64_images() -> None:
+    from deploy.images import build_all
+    from deploy.podman import ensure_emulation, ensure_tools
+
+    ensure_tools()
+    ensure_emulation("arm64")
+    build_all(log=lambda line: click.echo(f"    {line}"), arch="arm64")
+
+
+def _arm64_steps(runbook_step: str) -> list[Step]:
+    return [
+        Step(runbook_step, "build the Graviton (arm64) base, server-cpu, control-plane and loadtest images "
+             "under qemu emulation", _arm64_images, arm64=True),
+        Step(runbook_step, "the arm64 images run: the server answers a pack member as torch on the host does "
+             "(KServe v2), the control plane answers /healthz, locust loads the locustfile",
+             _pytest("tests/containers/test_arm64_images.py"), arm64=True),
+    ]
+
+
 def _render_all() -> None:
     from control_plane.targets.eks.manifests import K8S_ROOT, render
 
@@ -70,6 +99,7 @@ def _render_all() -> None:
 STEPS: dict[str, list[Step]] = {
     "ecs": [
         Step("1. Images", "build the base, server-cpu, control-plane and loadtest images (podman)", _images),
+        *_arm64_steps("1. Images"),
         Step("2, 5. Buckets, syncs, load-test results", "the task roles' S3 requests under the template's own "
              "IAM policies (moto enforcing them): both sync scopes, sync status, the locust master's upload; "
              "any action removed fails", _pytest("tests/ecs/test_iam_roles.py")),
@@ -94,6 +124,7 @@ STEPS: dict[str, list[Step]] = {
              "with step 7b's loop, packs, assignments, status, deletes; any action removed fails",
              _pytest("tests/k8s/test_iam_roles.py", "tests/control_plane/test_empty_repository.py")),
         Step("6. Images", "build the base, server-cpu, control-plane and loadtest images (podman)", _images),
+        *_arm64_steps("6. Images"),
         Step("7. Manifests", "render every overlay with kubectl kustomize", _render_all),
         Step("7. Manifests", "kubernetes-validate --strict, policies",
              _pytest("tests/k8s/test_manifests_validate.py", "tests/k8s/test_manifests_policy.py")),
@@ -121,14 +152,17 @@ NOT_HERE = {
         "4. real ECS scheduling, ENIs, NLB health checks and target registration",
         "5. locust generator tasks on ECS against the NLB; real NLB flow spreading",
         "7. real stack deletion (capacity provider, ASG with protected instances)",
-        "service quotas, prices and the Graviton instances themselves",
+        "service quotas, prices and the Graviton instances themselves (the arm64 images are built and one "
+        "answers under qemu emulation here, with --arm64: correctness, not Graviton speed)",
     ],
     "eks": [
         "2. eksctl create cluster (no API server or EC2 here)",
         "2b-4. Cluster Autoscaler, device plugins, Prometheus adapter (helm charts from the internet)",
         "5. the S3 bucket and IRSA roles on AWS (the policies are enforced by moto here, not by AWS IAM)",
         "5b. the RDS database (its commands were not run; the control plane ran on PostgreSQL locally)",
-        "6. push the images to ECR (arm64 and amd64 with buildx)",
+        "6. push the images to ECR (arm64 and amd64 with buildx; the arm64 images are built here under "
+        "qemu emulation with --arm64, but from PyPI's CUDA torch: PyTorch's CPU index is out of reach)",
+        "c7g nodes themselves: Graviton speed (emulation here is correctness only)",
         "7-8. scheduling on real nodes, HPA scaling, EBS volumes, port-forward to the control plane",
         "8. the locust Job on the cluster against the Triton Service",
         "G4dn and Inf2 servers (NGC and Neuron images cannot be pulled or run here)",
@@ -141,12 +175,14 @@ NOT_HERE = {
 @click.argument("target", type=click.Choice(["eks", "ecs"]))
 @click.option("--skip-images", is_flag=True, help="Do not build images (the container steps then build "
               "what they need themselves).")
-def rehearse(target: str, skip_images: bool) -> None:
+@click.option("--arm64", is_flag=True, help="Also build the Graviton (arm64) images under qemu emulation and "
+              "have the arm64 server answer a pack (slow: tens of minutes cold, minutes cached).")
+def rehearse(target: str, skip_images: bool, arm64: bool) -> None:
     """Run every EKS/ECS runbook step that can run here, in order, and list the ones that cannot."""
     results: list[tuple[Step, str, float]] = []
     for step in STEPS[target]:
-        if skip_images and step.run is _images:
-            results.append((step, "skipped", 0.0))
+        if (skip_images and step.run is _images) or (step.arm64 and not arm64):
+            results.append((step, "skipped" if not step.arm64 else "opt-in", 0.0))
             continue
         click.echo(f"[{step.runbook_step}] {step.what}")
         started = time.monotonic()
@@ -160,6 +196,8 @@ def rehearse(target: str, skip_images: bool) -> None:
     click.echo(f"\nRehearsal of docs/{target}.md on this machine:")
     for step, outcome, seconds in results:
         click.echo(f"  {outcome:8} {seconds:6.0f}s  [{step.runbook_step}] {step.what}")
+    if not arm64:
+        click.echo("  (the arm64 steps are opt-in: `fleet rehearse " + target + " --arm64`)")
     click.echo("Not run here (needs AWS):")
     for line in NOT_HERE[target]:
         click.echo(f"  - {line}")

@@ -377,17 +377,21 @@ def signature_of(entry) -> dict:
 
 
 def register(control_plane_url: str, name: str, artifact: str | os.PathLike | bytes, signature: Mapping | str, *,
-             token: str | None = None, family: str | None = None, filename: str | None = None,
-             http: requests.Session | None = None, timeout_s: float = 120.0) -> requests.Response:
+             token: str | None = None, family: str | None = None, architecture: str | None = None,
+             filename: str | None = None, http: requests.Session | None = None,
+             timeout_s: float = 120.0) -> requests.Response:
     """Register a model by uploading its artifact (`POST /api/v1/models`: TorchScript .pt or torch.export
     .pt2) with its signature (`signature_of`); returns the response (201 new, 200 the same content again,
-    4xx with the reason). The file streams from disk; `token` defaults to FLEET_API_TOKEN."""
+    4xx with the reason). The file streams from disk; `token` defaults to FLEET_API_TOKEN. `family`: the
+    compute family (cpu, gpu, inf2); `architecture`: the architecture it declares (docs/control-plane.md)."""
     token = token if token is not None else ClientSettings.from_env().api_token
     session = http or requests.Session()
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     form = {"name": name, "signature": signature if isinstance(signature, str) else json.dumps(signature)}
     if family:
         form["family"] = family
+    if architecture:
+        form["architecture"] = architecture
     try:
         if isinstance(artifact, bytes):
             return session.post(f"{control_plane_url.rstrip('/')}/api/v1/models", data=form, headers=headers,

@@ -143,8 +143,10 @@ def print_summary(summary: dict) -> None:
     click.echo(f"bytes served         {summary['served_bytes'] / 2**20:,.1f} MiB in all; largest model "
                f"{largest['name']} {largest['bytes'] / 2**20:,.1f} MiB")
     for row in summary["real_size"]:
+        family = (f"; architecture {row['architecture'][:12]} ({row['family_members']} members)"
+                  if row.get("architecture") else "; served whole")
         click.echo(f"real-size model      {row['name']} ({row['bytes'] / 2**20:,.1f} MiB): first answer "
-                   f"{row['first_s']:.2f} s (cold load), then {row['warm_ms']:.0f} ms (warm)")
+                   f"{row['first_s']:.2f} s (cold load), then {row['warm_ms']:.0f} ms (warm){family}")
     if test["status"] == "succeeded" and test["results"]["aggregated"]:
         agg = test["results"]["aggregated"]
         click.echo(f"load test            {agg['requests']} requests to {test['results']['models_hit']} models, "

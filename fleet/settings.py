@@ -98,6 +98,14 @@ class ControlPlaneSettings(EnvGroup):
     pack_size: int = Field(1000, description="most members one pack holds (bounds members.json and stub start)")
     pack_max_bytes: int = Field(256 * 2**20, description="a pack's members' artifact bytes stay within this; a "
                                 "larger member gets a pack of its own")
+    family_pack_max_bytes: int = Field(4 * 2**30, description="a member whose architecture a pack already holds "
+                                       "joins it while the pack's bytes stay within this (members of one "
+                                       "architecture load by mapping their weights: docs/data-plane.md)")
+    split_architectures: bool = Field(True, description="split each artifact at registration into its "
+                                      "architecture's program (stored once) and its weights (docs/control-plane.md)")
+    split_min_bytes: int = Field(2**20, ge=0, description="artifacts smaller than this are not split (whole-"
+                                 "artifact path): splitting added ~80 ms to a tiny model's ~150 ms validation and its "
+                                 "load gains nothing (docs/benchmarks-families.md); 0 splits every artifact")
     replicas_min: int = Field(2, ge=1, description="replicas per pack, where that many servers of its family exist")
     replicas_max: int = Field(4, ge=1, description="most replicas a hot pack gets")
     hot_rps_per_replica: float = Field(200.0, gt=0, description="a pack above this rate per replica gets one more")
@@ -291,6 +299,8 @@ class DevelopmentSettings(EnvGroup):
     update_screenshot: bool = Field(False, description="tests/observability rewrites docs/img/status-page.png")
     real_size_cache: Path = Field(Path.home() / ".cache" / "triton-fleet" / "real-size",
                                   description="where benchmarks/real_size.py keeps its generated real-size models")
+    families_cache: Path = Field(Path.home() / ".cache" / "triton-fleet" / "families",
+                                 description="where benchmarks/families.py keeps its generated model families")
 
     @field_validator("test_databases", mode="before")
     @classmethod

@@ -212,14 +212,3 @@ class TritonServer:
 
     def metrics(self) -> str:
         return self.admin.metrics_text()
-
-
-def start_servers(root: Path, names, admin_key: str | None = None) -> dict[str, TritonServer]:
-    """One started tritonserver per name, each on its own empty repository (root/NAME/repository): the
-    small local fleets of the e2e tests and the fleet benchmark."""
-    servers = {}
-    for name in names:
-        repo = root / name / "repository"
-        repo.mkdir(parents=True)
-        servers[name] = TritonServer(repo, admin_key=admin_key).start()
-    return servers

@@ -42,6 +42,7 @@ class _Job:
     kind: profiles.Kind = "tiny"
     fmt: ArtifactFormat = "torchscript"
     dtype: str = "FP32"
+    family_of: int | None = None  # fine-tunes: the layout (sizes) of model `family_of`, weights of its own
 
 
 def model_id(architecture: str, index: int) -> str:
@@ -49,10 +50,16 @@ def model_id(architecture: str, index: int) -> str:
     return f"{architecture}-{index:05d}"
 
 
-def _build(index: int, seed: int) -> tuple[torch.nn.Module, Architecture, list[TensorSpec], list[TensorSpec]]:
+def _build(index: int, seed: int, family_of: int | None = None
+           ) -> tuple[torch.nn.Module, Architecture, list[TensorSpec], list[TensorSpec]]:
+    """Model `index`: sizes and weights from (seed, index); with `family_of`, the sizes (and so the
+    architecture) of model `family_of` and weights of its own, as fine-tunes of one base would have."""
     rng = np.random.default_rng([seed, index])
     g = torch.Generator().manual_seed(int(rng.integers(0, 2**62)))
-    arch = ARCHITECTURES[index % len(ARCHITECTURES)]
+    if family_of is not None:
+        rng = np.random.default_rng([seed, family_of])
+        rng.integers(0, 2**62)  # the draw that seeds model `family_of`'s weights: its sizes come after it
+    arch = ARCHITECTURES[(index if family_of is None else family_of) % len(ARCHITECTURES)]
     classes = int(rng.choice([1, 2, 4, 8, 10]))
     out = [TensorSpec(name="OUTPUT__0", dtype="FP32", shape=[-1, classes])]
     if arch == "mlp":
@@ -99,11 +106,11 @@ def _in_dtype(dtype: str, module: torch.nn.Module, example: torch.Tensor, inputs
 def _generate_one(job: _Job) -> ModelEntry:
     torch.set_num_threads(1)
     if job.kind == "tiny":
-        module, arch, inputs, outputs = _build(job.index, job.seed)
+        module, arch, inputs, outputs = _build(job.index, job.seed, job.family_of)
         ident = model_id(arch, job.index)
         example = _tiny_example(inputs)
     else:
-        module, arch, inputs, outputs, example = profiles.build_real(job.kind, job.index, job.seed)
+        module, arch, inputs, outputs, example = profiles.build_real(job.kind, job.index, job.seed, job.family_of)
         ident = model_id(job.kind, job.index)
     if job.dtype != "FP32":
         module, example, inputs, outputs = _in_dtype(job.dtype, module, example, inputs, outputs)
@@ -147,8 +154,12 @@ def example_inputs(entry: ModelEntry, batch: int, seed: int = 0) -> list[np.ndar
 
 def generate(count: int, out: Path, seed: int = 0, workers: int | None = None,
              on_progress: Callable[[int], None] | None = None, start: int = 0, profile: str = "tiny",
-             fmt: ArtifactFormat = "torchscript", check_disk_space: bool = True, dtype: str = "FP32") -> Manifest:
+             fmt: ArtifactFormat = "torchscript", check_disk_space: bool = True, dtype: str = "FP32",
+             family: bool = False) -> Manifest:
     """Generate models [start, start+count) of `profile` into `out` and write `out/manifest.json`.
+
+    With `family`, all of them are fine-tunes of one base: the layout of model `start` (one architecture
+    for a single-kind profile), each with weights of its own (architecture families, docs/data-plane.md).
 
     Refuses (profiles.NotEnoughDisk) before writing anything when the disk lacks the space.
     """
@@ -161,7 +172,7 @@ def generate(count: int, out: Path, seed: int = 0, workers: int | None = None,
     if check_disk_space:
         profiles.check_disk(out, profiles.disk_needed(profile, count, start))
     (out / MODELS_DIR).mkdir(parents=True, exist_ok=True)
-    jobs = [_Job(i, seed, str(out), kind, fmt, dtype)
+    jobs = [_Job(i, seed, str(out), kind, fmt, dtype, start if family else None)
             for i, kind in zip(range(start, start + count), kinds, strict=True)]
     workers = _workers_for(kinds, workers)
     entries: list[ModelEntry] = []

@@ -61,8 +61,30 @@ def example_tensors(entry: ModelEntry, batch: int, seed: int = 0) -> tuple[torch
     return tuple(tensors)
 
 
-def load_member(path: Path, fmt: str) -> torch.nn.Module:
-    """A member artifact as a module in eval mode, whichever format it was saved in."""
+def load_member(path: Path, fmt: str, architecture: dict | None = None, version_dir: Path | None = None
+                ) -> torch.nn.Module:
+    """A member artifact as a module in eval mode, whichever format it was saved in. A family member (its
+    weights file at `path`, `architecture` its entry in members.json) is rebuilt from its architecture's
+    program and its weights: Neuron compiles each member into an artifact of its own (weights included)."""
+    if architecture is not None:
+        from model_repository.families import runtime_module
+
+        tensors = runtime_module("pack_weights").map_weights(path, architecture["tensors"])
+        program = Path(version_dir) / architecture["program"]["path"]
+        if fmt == "torch_export":
+            module = torch.export.load(str(program)).module()
+            for name, tensor in tensors.items():  # parameters and buffers, persistent or not
+                owner, _, leaf = name.rpartition(".")
+                parent = module.get_submodule(owner) if owner else module
+                if leaf in parent._parameters:
+                    parent._parameters[leaf] = tensor
+                else:
+                    parent._buffers[leaf] = tensor.detach()
+            return module
+        programs = runtime_module("pack_programs")
+        loaded = programs.load_program("compile", program, fmt, architecture["tensors"])
+        bound = programs._bound_script(loaded.module._c, loaded.plan, tensors)
+        return torch.jit._recursive.wrap_cpp_module(bound).eval()
     if fmt == "torch_export":
         return torch.export.load(str(path)).module()
     return torch.jit.load(str(path)).eval()
@@ -105,12 +127,14 @@ def compile_repository(repository: Path, static_batch: int = 8,
                     and previous.get("static_batch") == static_batch and (version_dir / previous["path"]).exists()):
                 report.skipped.append(ident)
                 continue
-            model = ModelEntry(id=ident, architecture=document["architecture"], file=entry["file"], format=fmt,
+            model = ModelEntry(id=ident, architecture=document.get("architecture", "custom"), file=entry["file"],
+                               format=fmt,
                                sha256=entry["sha256"], bytes=entry["bytes"], parameters=0,
                                inputs=[TensorSpec(**i) for i in entry["inputs"]],
                                outputs=[TensorSpec(**o) for o in entry["outputs"]])
             try:
-                module = load_member(version_dir / entry["file"], fmt)
+                architecture = document.get("architectures", {}).get(entry.get("architecture", ""))
+                module = load_member(version_dir / entry["file"], fmt, architecture, version_dir)
             except Exception as error:  # noqa: BLE001 - any load failure is this member's, reported, not fatal
                 report.failed[ident] = (f"torch {torch.__version__} here cannot load its {fmt} artifact "
                                         f"({_first_line(error)}); re-export it with this torch, or a torch no newer "

@@ -28,8 +28,44 @@ from model_repository.triton_config import (
 
 # Copied into every pack as its model.py; model_repository/resources.py finds it in a checkout or a wheel install.
 PACK_RUNTIME = project_path("triton/backends/pack/model.py")
+# The pack runtime is model.py and its sibling modules; the stub puts the version folder on sys.path, so
+# model.py imports them by name (verified with tritonserver 2.51). Every pack carries all of them.
+RUNTIME_FILES = ("model.py", "pack_weights.py", "pack_programs.py", "pack_stacked.py")
 MEMBERS_FILE = "members.json"
 VERSION = "1"
+
+
+def runtime_files() -> dict[str, bytes]:
+    """The pack runtime's files by name, as every pack's version folder holds them."""
+    return {name: (PACK_RUNTIME.parent / name).read_bytes() for name in RUNTIME_FILES}
+
+
+def install_runtime(version_dir: Path) -> None:
+    """Copy the pack runtime (model.py and its modules) into a pack's version folder."""
+    for name, body in runtime_files().items():
+        (Path(version_dir) / name).write_bytes(body)
+
+
+def family_member_file(member: str) -> str:
+    """Where a split member's weights lie inside a pack's version folder."""
+    return f"members/{member}.safetensors"
+
+
+def program_file(architecture: str, fmt: str) -> str:
+    """Where an architecture's program lies inside a pack's version folder (once per pack)."""
+    return f"programs/{architecture}{SUFFIX[fmt]}"
+
+
+def add_families(document: dict, members: dict[str, dict], architectures: dict[str, dict]) -> dict:
+    """Turn members of `document` into family members: each travels as its weights file (its entry's
+    file, sha256 and bytes are the weights file's) and names its architecture, whose program and tensor
+    table `document["architectures"]` holds once (see docs/data-plane.md, members.json)."""
+    for member, facts in members.items():
+        entry = document["members"][member]
+        entry.update(file=family_member_file(member), sha256=facts["sha256"], bytes=facts["bytes"],
+                     architecture=facts["architecture"], format=architectures[facts["architecture"]]["format"])
+    document["architectures"] = architectures
+    return document
 
 
 @dataclass(frozen=True)
@@ -91,8 +127,28 @@ def members_document(plan: PackPlan, file_of: Callable[[ModelEntry], str]) -> di
     }
 
 
-def write_triton_model(plan: PackPlan, source_dir: Path, repository: Path, settings: PackSettings) -> Path:
-    """Write one Triton model directory (config per family, runtime, members) under `repository`."""
+def split_members(manifest_dir: Path, entries: Iterable[ModelEntry]) -> dict[str, object]:
+    """Each generated member split into its architecture's program and its weights (in this process: the
+    generator's models are trusted), cached under `manifest_dir/.splits/<sha256>`; member id -> LocalSplit."""
+    import torch
+
+    from model_repository.families import split_file
+    from model_repository.generator import example_inputs
+
+    splits = {}
+    for entry in entries:
+        inputs = [torch.from_numpy(a) for a in example_inputs(entry, batch=2)]
+        splits[entry.id] = split_file(Path(manifest_dir) / entry.file, entry.format, inputs,
+                                      Path(manifest_dir) / ".splits" / entry.sha256)
+    return splits
+
+
+def write_triton_model(plan: PackPlan, source_dir: Path, repository: Path, settings: PackSettings,
+                       splits: dict[str, object] | None = None) -> Path:
+    """Write one Triton model directory (config per family, runtime, members) under `repository`.
+
+    With `splits` (model_repository.families.LocalSplit per member id), a pack's split members travel as
+    their weights files and one program per architecture (the family layout); the others whole."""
     model_dir = Path(repository) / plan.name
     version_dir = model_dir / VERSION
     version_dir.mkdir(parents=True, exist_ok=True)
@@ -104,13 +160,30 @@ def write_triton_model(plan: PackPlan, source_dir: Path, repository: Path, setti
         document = members_document(plan, lambda m: artifact)
         configs = {f: dedicated_config(plan.name, entry, f, settings) for f in FAMILIES}
     else:
+        split = {m.id: splits[m.id] for m in plan.members if splits and m.id in splits and splits[m.id].split.ok}
         for entry in plan.members:
-            _place_file(Path(source_dir) / entry.file, version_dir / member_file(entry))
+            if entry.id in split:
+                _place_file(split[entry.id].weights, version_dir / family_member_file(entry.id))
+            else:
+                _place_file(Path(source_dir) / entry.file, version_dir / member_file(entry))
         document = members_document(plan, member_file)
+        architectures = {}
+        for done in split.values():
+            if done.architecture not in architectures:
+                relative = program_file(done.architecture, done.split_format)
+                _place_file(done.program, version_dir / relative)
+                architectures[done.architecture] = {
+                    "format": done.split_format, "tensors": done.split.spec,
+                    "program": {"path": relative, "sha256": done.program_sha256,
+                                "bytes": done.program.stat().st_size}}
+        if split:
+            add_families(document, {ident: {"architecture": done.architecture, "sha256": done.weights_sha256,
+                                            "bytes": done.weights_bytes} for ident, done in split.items()},
+                         architectures)
         first = plan.members[0]
         inputs, outputs = pack_inputs_for(first), pack_outputs_for(first)
         configs = {f: pack_config(plan.name, inputs, outputs, f, settings) for f in FAMILIES}
-    shutil.copyfile(PACK_RUNTIME, version_dir / "model.py")
+    install_runtime(version_dir)
     (version_dir / MEMBERS_FILE).write_text(json.dumps(document, indent=1, sort_keys=True) + "\n")
     (model_dir / "config.pbtxt").write_text(configs["cpu"])
     for family in ("gpu", "inf2"):
@@ -120,13 +193,15 @@ def write_triton_model(plan: PackPlan, source_dir: Path, repository: Path, setti
 
 def build_repository(manifest_dir: Path, repository: Path, pack_size: int = 100, dedicated: bool = False,
                      settings: PackSettings | None = None,
-                     on_progress: Callable[[int], None] | None = None) -> list[PackPlan]:
-    """Lay out a whole repository from a manifest directory; returns the plans written."""
+                     on_progress: Callable[[int], None] | None = None, families: bool = False) -> list[PackPlan]:
+    """Lay out a whole repository from a manifest directory; returns the plans written. With `families`,
+    members are split into programs and weights (split_members) and packs use the family layout."""
     manifest = Manifest.read(manifest_dir)
     plans = plan_dedicated(manifest.models) if dedicated else plan_packs(manifest.models, pack_size)
+    splits = split_members(manifest_dir, manifest.models) if families and not dedicated else None
     Path(repository).mkdir(parents=True, exist_ok=True)
     for plan in plans:
-        write_triton_model(plan, Path(manifest_dir), Path(repository), settings or PackSettings())
+        write_triton_model(plan, Path(manifest_dir), Path(repository), settings or PackSettings(), splits)
         if on_progress:
             on_progress(len(plan.members))
     return plans

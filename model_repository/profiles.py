@@ -126,26 +126,32 @@ def seed_for(seed: int, index: int) -> np.random.Generator:
     return np.random.default_rng([seed, index])
 
 
-def build_real(kind: Kind, index: int, seed: int) -> tuple[torch.nn.Module, str, list, list, torch.Tensor]:
+def build_real(kind: Kind, index: int, seed: int, family_of: int | None = None
+               ) -> tuple[torch.nn.Module, str, list, list, torch.Tensor]:
     """Build a real-size model with seeded weights: (module, architecture, inputs, outputs, example).
 
     Depends only on (kind, index, seed): every random draw comes from generators seeded here, never from
-    torch's global generator, and the default dtype is pinned to FP32 while building.
+    torch's global generator, and the default dtype is pinned to FP32 while building. With `family_of`, its
+    layout (the class count) is model `family_of`'s: fine-tunes of one base, one architecture.
     """
     previous = torch.get_default_dtype()
     torch.set_default_dtype(torch.float32)  # FP32 whatever the process set; FP16/BF16 come from a cast
     try:
-        return _build_real(kind, index, seed)
+        return _build_real(kind, index, seed, family_of)
     finally:
         torch.set_default_dtype(previous)
 
 
-def _build_real(kind: Kind, index: int, seed: int) -> tuple[torch.nn.Module, str, list, list, torch.Tensor]:
+def _build_real(kind: Kind, index: int, seed: int, family_of: int | None = None
+                ) -> tuple[torch.nn.Module, str, list, list, torch.Tensor]:
     from model_repository.architectures import BertClassifier, ResNet50, fill_parameters
     from model_repository.manifest import TensorSpec
 
     rng = seed_for(seed, index)
     g = torch.Generator().manual_seed(int(rng.integers(0, 2**62)))
+    if family_of is not None:
+        rng = seed_for(seed, family_of)
+        rng.integers(0, 2**62)  # model `family_of`'s weight seed: its layout draws come after it
     if kind in BERT_SHAPES:
         shape = BERT_SHAPES[kind]
         classes = int(rng.choice([2, 3, 4, 8]))

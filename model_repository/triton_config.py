@@ -58,6 +58,13 @@ class PackSettings:
     max_waiting_per_member: int = 64
     max_waiting: int = 256
     verify_sha256: str = "never"
+    # Architecture families (docs/data-plane.md): split members travel as weights files plus one program per
+    # architecture (False: every member as its whole artifact, today's baseline path), and batches across
+    # members of one architecture run as one forward when at least `stack_members` (0: never) with weights
+    # of at most `stack_max_member_bytes` are in one batch. Defaults from docs/benchmarks-families.md.
+    families: bool = True
+    stack_members: int = 12
+    stack_max_member_bytes: int = 2**20
     generation: int | None = None  # the pack's generation; the control plane reads it back after a load
 
 
@@ -94,6 +101,8 @@ def _common(config: pb.ModelConfig, family: Family, settings: PackSettings) -> N
         "max_waiting_per_member": str(settings.max_waiting_per_member),
         "max_waiting": str(settings.max_waiting),
         "verify_sha256": settings.verify_sha256,
+        "stack_members": str(settings.stack_members),
+        "stack_max_member_bytes": str(settings.stack_max_member_bytes),
     }
     if settings.generation is not None:
         params["generation"] = str(settings.generation)

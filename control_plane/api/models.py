@@ -30,7 +30,7 @@ from control_plane.schemas import (
     VersionOut,
 )
 from control_plane.staging import HashingTempFile, StagedArtifact, copy_to_staging
-from control_plane.views import model_out, pack_facts, status_column
+from control_plane.views import architecture_refs, model_out, pack_facts, status_column
 from model_repository.formats import HOW_TO_PRODUCE
 
 bp = APIBlueprint("models", __name__, url_prefix="/api/v1/models", tag="models")
@@ -41,7 +41,12 @@ class UploadForm(MSchema):
                   metadata={"description": "lower-case letters, digits, '.', '_' and '-'; no path separators"})
     signature = String(required=True, metadata={"description": 'JSON: {"inputs": [...], "outputs": [...]}'})
     family = String(load_default="cpu", metadata={"description": "cpu | gpu | inf2"})
-    artifact = File(required=True, metadata={"description": "the model: " + HOW_TO_PRODUCE})
+    artifact = File(required=True, metadata={"description": "the model: " + HOW_TO_PRODUCE + "; or, with "
+                                                            "'architecture', its weights as a safetensors file"})
+    architecture = String(load_default=None, metadata={
+        "description": "register the model as weights only: the id of a registered architecture "
+                       "(GET /api/v1/architectures) whose tensor table the uploaded safetensors file matches "
+                       "exactly (names, shapes, dtypes); anything else is refused with what differs"})
 
 
 class VersionForm(MSchema):
@@ -70,9 +75,9 @@ def _state():
 
 
 @contextmanager
-def _staged(upload) -> Iterator[StagedArtifact]:
-    """The uploaded file as a staged artifact. The app's request class already streamed it to a hashed
-    temp file (control_plane/uploads.py); any other stream is copied to one in chunks."""
+def _staged(upload, weights: bool = False) -> Iterator[StagedArtifact]:
+    """The uploaded file as a staged artifact (or weights file). The app's request class already streamed it
+    to a hashed temp file (control_plane/uploads.py); any other stream is copied to one in chunks."""
     state = _state()
     stream = upload.stream
     own = not isinstance(stream, HashingTempFile)
@@ -80,7 +85,8 @@ def _staged(upload) -> Iterator[StagedArtifact]:
         stream = copy_to_staging(stream, state.settings.staging_dir)
     try:
         stream.flush()
-        yield state.registry.stage(Path(stream.name), stream.sha256.hexdigest(), stream.size)
+        stage = state.registry.stage_weights if weights else state.registry.stage
+        yield stage(Path(stream.name), stream.sha256.hexdigest(), stream.size)
     finally:
         if own:
             stream.close()
@@ -101,7 +107,8 @@ def _render(name: str) -> dict:
         if model is None:
             raise not_found("model", name)
         version = session.get(ModelVersion, (name, model.current_version))
-        return model_out(model, version, pack_facts(session, [model.pack]))
+        return model_out(model, version, pack_facts(session, [model.pack]),
+                         architecture_refs(session, [version.architecture]))
 
 
 @bp.post("")
@@ -112,8 +119,12 @@ def _render(name: str) -> dict:
 def register(form):
     state = _state()
     signature, family = _signature(form["signature"]), _family(form.get("family", "cpu"))
-    with _staged(form["artifact"]) as artifact:
-        registered = state.registry.register(form["name"], artifact, signature, family)
+    architecture = form.get("architecture")
+    with _staged(form["artifact"], weights=bool(architecture)) as artifact:
+        if architecture:
+            registered = state.registry.register_weights(form["name"], artifact, architecture, signature, family)
+        else:
+            registered = state.registry.register(form["name"], artifact, signature, family)
     state.reconciler.nudge()
     return _render(form["name"]), 201 if registered.created else 200
 
@@ -161,7 +172,8 @@ def list_models(query: ModelListQuery):
         rows = session.execute(filtered(select(Model, ModelVersion)).order_by(Model.name)
                                .offset((query.page - 1) * query.per_page).limit(query.per_page)).all()
         facts = pack_facts(session, (model.pack for model, _ in rows))
-        items = [model_out(m, v, facts) for m, v in rows]
+        architectures = architecture_refs(session, (v.architecture for _, v in rows))
+        items = [model_out(m, v, facts, architectures) for m, v in rows]
         return {"items": items, "page": query.page, "per_page": query.per_page, "total": total}
 
 

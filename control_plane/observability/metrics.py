@@ -136,6 +136,18 @@ class FleetCollector(Collector):
             replicas.add_metric([pack.name], pack.replicas)
         yield replicas
         yield GaugeMetricFamily("fleet_packs", "Packs in the registry", value=len(snap.packs))
+        yield GaugeMetricFamily("fleet_architectures", "Architecture families (one program each, shared by its "
+                                "members)", value=snap.architecture_count)
+        paths = GaugeMetricFamily("fleet_models_by_path", "Registered models by how they are served: family "
+                                  "(program plus weights) or whole (artifact)", labels=["path"])
+        for path in ("family", "whole"):
+            paths.add_metric([path], snap.models_by_path.get(path, 0))
+        yield paths
+        family_members = GaugeMetricFamily("fleet_architecture_members", "Members of an architecture (the 50 "
+                                           "largest families)", labels=["architecture", "format"])
+        for a in snap.architectures:
+            family_members.add_metric([a.id[:16], a.format], a.members)
+        yield family_members
         servers = GaugeMetricFamily("fleet_servers", "Registered Triton servers by health", labels=["health"])
         servers.add_metric(["healthy"], sum(s.healthy for s in snap.servers))
         servers.add_metric(["unhealthy"], sum(not s.healthy for s in snap.servers))

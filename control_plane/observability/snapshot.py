@@ -13,13 +13,14 @@ from typing import Any
 
 from sqlalchemy import select
 
-from control_plane.db import LoadTest, Model, Pack, Placement, Server
+from control_plane.db import Architecture, LoadTest, Model, ModelVersion, Pack, Placement, Server
 from control_plane.pending import CATEGORIES, PendingReason, pending_reason, serves, serves_generation
 
 log = logging.getLogger(__name__)
 _CHECKS = concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="observability-check")
 S3_TIMEOUT_S = 2.0
 PENDING_LISTED = 200
+ARCHITECTURES_LISTED = 50  # on the page and as labelled gauges: bounded, whatever the registry holds
 PENDING_REASONS = CATEGORIES  # fleet_models_pending{reason=...}: control_plane/pending.py words and counts them
 SERVER_FIELDS = {"name", "family", "http_url", "grpc_url", "capacity_bytes", "healthy", "last_seen", "last_error",
                  "placed_packs", "repository_path"}
@@ -58,6 +59,16 @@ class PackView:
 
 
 @dataclass
+class ArchitectureView:
+    id: str
+    format: str
+    members: int
+    parameter_bytes: int
+    program_bytes: int
+    packs: int
+
+
+@dataclass
 class PendingModel:
     name: str
     pack: str | None
@@ -76,6 +87,9 @@ class Snapshot:
     placements_by_state: dict[str, int] = field(default_factory=dict)
     loadtests_by_status: dict[str, int] = field(default_factory=dict)
     latest_loadtests: list[dict] = field(default_factory=list)
+    architectures: list[ArchitectureView] = field(default_factory=list)  # most members first
+    architecture_count: int = 0
+    models_by_path: dict[str, int] = field(default_factory=dict)  # family (split) | whole (artifact)
 
 
 def _read_registry(state, snap: Snapshot) -> None:
@@ -130,11 +144,32 @@ def _read_registry(state, snap: Snapshot) -> None:
                 sum(p.reserved_bytes or 0 for p in placements if p.server == server.name),
                 server.last_error, server.last_seen,
                 sorted(on_server), {k: v for k, v in out.items() if k not in SERVER_FIELDS}))
+        _read_architectures(session, snap)
         snap.loadtests_by_status = dict(Counter(session.scalars(select(LoadTest.status))))
         for test in session.scalars(select(LoadTest).order_by(LoadTest.id.desc()).limit(5)):
             snap.latest_loadtests.append({"id": test.id, "target": test.target, "status": test.status,
                                           "spec": test.spec, "results": test.results, "error": test.error,
                                           "created_at": test.created_at, "finished_at": test.finished_at})
+
+
+def _read_architectures(session, snap: Snapshot) -> None:
+    """Architecture families: members and packs per architecture (current versions), split vs whole."""
+    current = (Model.name == ModelVersion.model) & (Model.current_version == ModelVersion.version)
+    rows = session.execute(select(ModelVersion.architecture, Model.pack).join(Model, current)).all()
+    members: Counter[str] = Counter()
+    packs: dict[str, set] = {}
+    for architecture, pack in rows:
+        if architecture:
+            members[architecture] += 1
+            packs.setdefault(architecture, set()).add(pack)
+    snap.models_by_path = {"family": sum(members.values()), "whole": len(rows) - sum(members.values())}
+    known = {a.id: a for a in session.scalars(select(Architecture))}
+    snap.architecture_count = len(known)
+    for ident, count in members.most_common(ARCHITECTURES_LISTED):
+        a = known.get(ident)
+        if a is not None:
+            snap.architectures.append(ArchitectureView(ident, a.format, count, a.parameter_bytes, a.program_bytes,
+                                                       len(packs[ident] - {None})))
 
 
 def _check_s3(state) -> str | None:

@@ -55,7 +55,7 @@ class PackBuilds:
             stale = list(session.scalars(select(Pack).where(Pack.generation > Pack.built_generation)))
             if not stale:
                 return
-            working = working_sets(member_bytes(session), self.traffic)
+            working = working_sets(member_bytes(session, self.builder.pack_settings.families), self.traffic)
             built = {}
             for pack in stale:
                 # The pack's own config carries its generation (read back after each load) and a residency

@@ -74,9 +74,10 @@ class Reconciler:
         self.empty_index = EmptyIndex(builder) if builder is not None else None
         self.builds = PackBuilds(sessions, builder, self.traffic) if builder is not None else None
         self.readings = TrafficReadings(sessions, self.admin, self.workers, self.traffic)
-        self.placements = Placements(sessions, policy_of(settings), self.traffic)
+        families = builder is not None and builder.pack_settings.families  # packs built with families
+        self.placements = Placements(sessions, policy_of(settings), self.traffic, families)
         self.loads = Loads(sessions, settings, s3, self.admin, self.workers, on_disk_status=self.disk_tier.report)
-        self.retirements = Retirements(sessions, self.admin, self.workers)
+        self.retirements = Retirements(sessions, self.admin, self.workers, families)
         self.departures = Departures(sessions, settings, s3, on_forgotten=self.assignments.forget)
         self.managers = [m for m in (self.empty_index, self.discovery, self.probe, self.builds, self.readings,
                                      self.placements, self.assignments, self.loads, self.retirements,

@@ -22,14 +22,15 @@ def policy_of(settings: Settings) -> PlacementPolicy:
 class Placements:
     name = "placement"
 
-    def __init__(self, sessions: sessionmaker, policy: PlacementPolicy, traffic: TrafficMeter) -> None:
-        self.sessions, self.policy, self.traffic = sessions, policy, traffic
+    def __init__(self, sessions: sessionmaker, policy: PlacementPolicy, traffic: TrafficMeter,
+                 families: bool = False) -> None:
+        self.sessions, self.policy, self.traffic, self.families = sessions, policy, traffic, families
 
     def update(self) -> None:
         """Record the planned assignment: new placements pending, surplus ones retiring (still served)."""
         with self.sessions.begin() as session:
             servers = list(session.scalars(select(Server)))
-            members = member_bytes(session)
+            members = member_bytes(session, self.families)
             working = working_sets(members, self.traffic)
             rates = self.traffic.rates()
             packs = {p.name: p for p in session.scalars(select(Pack))}

@@ -15,8 +15,8 @@ from control_plane.reconcile.workers import AdminClients, Workers
 class Retirements:
     name = "retirement"
 
-    def __init__(self, sessions: sessionmaker, admin: AdminClients, workers: Workers) -> None:
-        self.sessions, self.admin, self.workers = sessions, admin, workers
+    def __init__(self, sessions: sessionmaker, admin: AdminClients, workers: Workers, families: bool = False) -> None:
+        self.sessions, self.admin, self.workers, self.families = sessions, admin, workers, families
 
     def update(self) -> None:
         with self.sessions() as session:
@@ -26,7 +26,7 @@ class Retirements:
             if not retiring:
                 return
             packs = {r.pack for r in retiring}
-            members = member_bytes(session)
+            members = member_bytes(session, self.families)
             targets: dict[str, list[bool]] = defaultdict(list)
             rows = session.execute(select(Placement.pack, Placement.state, Placement.loaded_generation,
                                           Pack.built_generation).join(Pack, Pack.name == Placement.pack)

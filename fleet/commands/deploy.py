@@ -56,7 +56,8 @@ def deploy(target: str, repository: str, replicas: str, image_tag: str, region: 
               help="Only the GPU variant (packs on CUDA vs raw batched torch vs FastAPI on GPU); without "
                    "CUDA it says why and exits 0.")
 @click.option("--only", default=None, metavar="SECTIONS",
-              help="Comma-separated sections: data_plane, peers, loadgen, adfilter (default: all).")
+              help="Comma-separated sections: data_plane, peers, loadgen, adfilter (the default: all four), families "
+                   "(only when named: architecture families vs whole artifacts, docs/benchmarks-families.md).")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Results folder (default results/bench, git-ignored).")
 @click.option("--docs", type=click.Path(dir_okay=False, path_type=Path), default=None,

@@ -10,6 +10,7 @@ from pathlib import Path
 import click
 
 from fleet.commands import PROFILE_NAMES, progress
+from fleet.demo_models import REAL_SIZE_PHASE
 from fleet.extras import needs_extra
 from fleet.settings import ClientSettings, ControlPlaneSettings
 
@@ -63,8 +64,9 @@ def serve(repository: Path, family: str, load: tuple[str, ...], http_port: int, 
 @click.option("--users", type=click.IntRange(1), default=16, show_default=True)
 @click.option("--profile", type=click.Choice(PROFILE_NAMES), default="tiny", show_default=True,
               help="Profile of the bulk of the models (see `fleet generate --help`).")
-@click.option("--real-size", default="bert-mini,resnet50,bert-small", show_default=True,
-              help="Real-size phase: one model of each listed kind, counted in --models ('' for none).")
+@click.option("--real-size", default=",".join(REAL_SIZE_PHASE), show_default=True,
+              help="Real-size phase: one model of each listed kind, counted in --models ('' for none); a kind "
+                   "listed several times in a row gives fine-tunes of one architecture (a family).")
 @click.option("--control-planes", type=click.IntRange(1, 16), default=1, show_default=True,
               help="Control-plane replicas; more than one run on an embedded PostgreSQL with one leader.")
 @click.option("--servers", type=click.IntRange(1), default=2, show_default=True, help="Local tritonservers.")

@@ -25,8 +25,11 @@ from fleet.extras import needs_extra
               show_default=True, help="TorchScript (.pt) or a torch.export ExportedProgram (.pt2).")
 @click.option("--dtype", type=click.Choice(["FP32", "FP16", "BF16"]), default="FP32", show_default=True,
               help="Weights, floating-point inputs and outputs in this type (token ids stay INT64).")
+@click.option("--family", is_flag=True, help="Fine-tunes of one base: every model has the first one's layout "
+              "(one architecture per kind) and weights of its own.")
 @needs_extra("torch")
-def generate(count: int, out: Path, seed: int, workers: int | None, profile: str, fmt: str, dtype: str) -> None:
+def generate(count: int, out: Path, seed: int, workers: int | None, profile: str, fmt: str, dtype: str,
+             family: bool) -> None:
     """Write N unique models of a profile (tiny MLP/CNN/text, BERT- or ResNet-shaped) and OUT/manifest.json."""
     from collections import Counter
 
@@ -42,7 +45,7 @@ def generate(count: int, out: Path, seed: int, workers: int | None, profile: str
         raise click.ClickException(str(error)) from None
     with progress(count, "model", "generate") as bar:
         manifest = run(count, out, seed=seed, workers=workers, on_progress=bar.update, profile=profile, fmt=fmt,
-                       check_disk_space=False, dtype=dtype)
+                       check_disk_space=False, dtype=dtype, family=family)
     kinds = Counter(m.id.rsplit("-", 1)[0] if m.architecture in ("bert", "resnet") else m.architecture
                     for m in manifest.models)
     total = sum(m.bytes for m in manifest.models)
@@ -61,8 +64,11 @@ def generate(count: int, out: Path, seed: int, workers: int | None, profile: str
               help="LRU budget per pack instance.")
 @click.option("--queue-delay-us", type=click.IntRange(0), default=500, show_default=True,
               help="Dynamic batching delay; 0 disables dynamic batching.")
+@click.option("--families/--whole", default=False, show_default=True,
+              help="Split each member into its architecture's program (once per pack) and its weights file, as "
+                   "the control plane does at registration; --whole keeps whole artifacts.")
 def pack(models_dir: Path, out: Path, pack_size: int, dedicated: bool, max_resident_mib: int,
-         queue_delay_us: int) -> None:
+         queue_delay_us: int, families: bool) -> None:
     """Lay out a Triton repository: packs (default) or dedicated models, configs for cpu/gpu/inf2."""
     from model_repository.manifest import Manifest
     from model_repository.packing import build_repository
@@ -73,7 +79,7 @@ def pack(models_dir: Path, out: Path, pack_size: int, dedicated: bool, max_resid
     total = len(Manifest.read(models_dir).models)
     with progress(total, "model", "pack") as bar:
         plans = build_repository(models_dir, out, pack_size=pack_size, dedicated=dedicated,
-                                 settings=settings, on_progress=bar.update)
+                                 settings=settings, on_progress=bar.update, families=families)
     click.echo(f"wrote {len(plans)} Triton models for {total} user models to {out}")
 
 

@@ -1,6 +1,7 @@
 """The container tests install what podman needs, and say exactly what is missing when they cannot."""
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -40,3 +41,15 @@ def test_ci_installs_nothing_the_fixture_does_not():
     ci = (ROOT / ".ci" / "run").read_text()
     assert re.search(r"^make test$", ci, re.MULTILINE)
     assert "apt-get" not in "\n".join(line for line in ci.splitlines() if not line.startswith("#"))
+
+
+def test_emulated_arm64_processes_see_an_arm_cpuinfo_and_native_ones_the_real_one():
+    """qemu 7.2 passes the host's x86 /proc/cpuinfo through; torch's cpuinfo then crashes `import torch`."""
+    assert podman.emulation_volumes(podman.host_arch()) == []
+    if podman.host_arch() == "arm64":
+        pytest.skip("a native arm64 host needs no stand-in")
+    flag, volume = podman.emulation_volumes("arm64")
+    source, target, mode = volume.split(":")
+    assert (flag, target, mode) == ("--volume", "/proc/cpuinfo", "ro")
+    text = Path(source).read_text()
+    assert text.count("CPU implementer\t: 0x41") == text.count("processor\t:") == (os.cpu_count() or 1)

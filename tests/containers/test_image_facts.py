@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from packaging.specifiers import SpecifierSet
 
+from deploy import images
 from deploy.base_images import NEURON_RELEASES, dockerfile_arg, ngc_python
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -73,6 +74,31 @@ def test_server_images_have_no_entrypoint(family: str):
 def test_every_build_context_ignores_venvs_state_and_results():
     ignored = set((ROOT / ".dockerignore").read_text().split())
     assert {".venv", ".fleet", ".git", "generated", "results"} <= ignored
+
+
+def test_the_base_takes_torch_from_the_cpu_index_unless_a_local_wheel_of_its_own_architecture_is_there():
+    # PyPI's torch 2.13.0 is a CUDA build on x86_64 and aarch64 alike (GBs of CUDA libraries); a local
+    # x86_64 wheel must not stop an arm64 build from using the CPU index.
+    base = DOCKER / "Dockerfile.base"
+    assert dockerfile_arg(base, "TORCH_INDEX_URL") == images.TORCH_CPU_INDEX
+    assert "torch-${TORCH_VERSION}*_$(uname -m).whl" in base.read_text()
+
+
+def test_a_local_torch_wheel_counts_only_for_its_architecture(tmp_path: Path):
+    (tmp_path / "torch-2.13.0+cpu-cp311-cp311-manylinux_2_28_x86_64.whl").touch()
+    assert images.has_local_torch("amd64", [str(tmp_path)])
+    assert not images.has_local_torch("arm64", [str(tmp_path)])
+
+
+def test_arm64_and_amd64_images_have_tags_of_their_own():
+    spec = images.SPECS["server-cpu"]
+    other = next(arch for arch in images.ARCHES if arch != images.host_arch())
+    assert spec.tag == spec.tag_for(images.host_arch()) == f"localhost/triton-fleet/server-cpu:{images.version()}"
+    assert spec.tag_for(other) == f"{spec.tag}-{other}"
+    assert images.debian_image(other) == f"{images.DEBIAN_IMAGE}-{other}"
+    with pytest.raises(ValueError, match="unknown architecture 'riscv64'"):
+        spec.tag_for("riscv64")
+
 
 
 def test_inf2_pins_one_documented_neuron_release_for_inf2():

@@ -5,8 +5,11 @@ import pytest
 
 from control_plane.placement import (
     MEMBER_MIN_COST_BYTES,
+    PROGRAM_COST_BYTES,
     RESIDENT_FLOOR_BYTES,
     STUB_BASE_BYTES,
+    WEIGHTS_COST_FACTOR,
+    MemberSize,
     PackFill,
     PackView,
     PlacementPolicy,
@@ -191,6 +194,29 @@ def test_plan_is_deterministic():
 ])
 def test_choose_pack_sizes_packs_by_bytes(fills, size, expected):
     assert choose_pack(fills, size, pack_max_bytes=100 * MB) == expected
+
+
+@pytest.mark.parametrize("fills, size, expected", [
+    # a member joins the pack holding most of its architecture, even past pack_max_bytes (family packs) ...
+    ([PackFill("k-0000", 10 * MB, 2), PackFill("k-0001", 300 * MB, 3, same_architecture=3)], 200 * MB, "k-0001"),
+    ([PackFill("k-0000", 50 * MB, 2, 1), PackFill("k-0001", 50 * MB, 5, 4)], 5 * MB, "k-0001"),
+    # ... within family_pack_max_bytes, then like any member: a pack with room, or a new one
+    ([PackFill("k-0000", 10 * MB, 2), PackFill("k-0001", 990 * MB, 3, 3)], 20 * MB, "k-0000"),
+    ([PackFill("k-0001", 990 * MB, 3, 3)], 200 * MB, None),
+    ([PackFill("k-0000", 10 * MB, 2)], 20 * MB, "k-0000"),  # no pack holds its architecture yet
+])
+def test_members_of_one_architecture_are_grouped_in_a_pack(fills, size, expected):
+    assert choose_pack(fills, size, pack_max_bytes=100 * MB, family_pack_max_bytes=1000 * MB) == expected
+
+
+def test_a_family_member_costs_its_weights_and_each_architecture_its_program_once():
+    family = [MemberSize(100 * MB, "arch-a")] * 3 + [MemberSize(100 * MB, "arch-b")]
+    # mapped weights cost ~1x (not 2x like a whole artifact); two programs are charged once each
+    assert working_set_bytes(family, family) == STUB_BASE_BYTES + 4 * int(
+        WEIGHTS_COST_FACTOR * 100 * MB) + 2 * PROGRAM_COST_BYTES
+    whole = [MemberSize(100 * MB)] * 4
+    assert working_set_bytes(whole, whole) == STUB_BASE_BYTES + 4 * 2 * 100 * MB
+    assert working_set_bytes(whole, whole) == working_set_bytes([100 * MB] * 4, [100 * MB] * 4)
 
 
 def test_member_larger_than_every_budget_is_refused_with_the_reason():

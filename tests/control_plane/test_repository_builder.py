@@ -13,6 +13,7 @@ from control_plane.registry import Registry
 from control_plane.repository import RepositoryBuilder
 from control_plane.settings import Settings
 from model_repository.manifest import Manifest
+from model_repository.packing import RUNTIME_FILES
 from model_repository.s3_sync import INDEX_KEY, S3Location, local_index, sync
 
 
@@ -71,7 +72,8 @@ def test_a_pack_is_built_in_s3_without_a_local_copy_and_a_server_syncs_it_whole(
         assert member["file"] == f"members/{entry.id}.pt" and member["format"] == "torchscript"
         assert (server / "pack-0" / "1" / member["file"]).read_bytes() == (generated_models / entry.file).read_bytes()
     assert {p.relative_to(server / "pack-0").as_posix() for p in (server / "pack-0").rglob("*") if p.is_file()} \
-        == {"config.pbtxt", "configs/gpu.pbtxt", "configs/inf2.pbtxt", "1/model.py", "1/members.json",
+        == {"config.pbtxt", "configs/gpu.pbtxt", "configs/inf2.pbtxt", *(f"1/{f}" for f in RUNTIME_FILES),
+            "1/members.json",
             *(f"1/members/{e.id}.pt" for e in registry.models[:3])}
 
 
@@ -104,7 +106,8 @@ def test_a_member_that_leaves_is_deleted_from_its_pack_only_after_the_index_drop
     assert build(registry, "pack-0") == {"pack-0": 2}
     files = index(registry)
     assert f"pack-0/1/members/{leaving}.pt" not in files
-    assert sum(path.startswith("pack-1/") for path in files) == 8, "another pack's entries are untouched"
+    # another pack's entries are untouched: 3 members, 3 configs, members.json and the runtime's files
+    assert sum(path.startswith("pack-1/") for path in files) == 7 + len(RUNTIME_FILES), "another pack's entries"
     location = S3Location.parse(registry.settings.repository_uri)
     keys = {o["Key"] for o in registry.s3.list_objects_v2(Bucket=location.bucket, Prefix=location.key("pack-0/"))
             .get("Contents", [])}

@@ -10,7 +10,6 @@ from __future__ import annotations
 import concurrent.futures
 import hashlib
 import json
-import shutil
 from pathlib import Path
 
 import ml_dtypes
@@ -24,6 +23,7 @@ from fleet.client import infer_at
 from fleet.triton_server import TritonServer
 from fleet.waiting import wait_for
 from model_repository.contract import PROBE_MEMBER, ErrorCode, error_code
+from model_repository.packing import install_runtime
 
 pytestmark = pytest.mark.slow
 RUNTIME = Path(__file__).resolve().parents[2] / "triton" / "backends" / "pack" / "model.py"
@@ -78,7 +78,7 @@ class PackBuilder:
     def __init__(self, repository: Path, name: str, **parameters: str) -> None:
         self.name, self.version = name, repository / name / "1"
         (self.version / "members").mkdir(parents=True)
-        shutil.copyfile(RUNTIME, self.version / "model.py")
+        install_runtime(self.version)
         self.parameters = {"family": "cpu", "torch_threads": "1", **parameters}
         self.members: dict[str, dict] = {}
         self.tensors: dict[str, tuple[str, str, bool]] = {}  # name -> (dtype, dims, is_input)

@@ -45,8 +45,15 @@ from pathlib import Path
 # triton/ folder shadows OpenAI's `triton` package, which torch.export imports ("module 'triton' has no
 # attribute 'language'"). Nothing here is meant to come from the server's working directory.
 sys.path[:] = [p for p in sys.path if p not in ("", ".", os.getcwd())]
+# The families runtime lives next to this file (pack_*.py); the stub already has this folder on sys.path, a
+# process that imports model.py by its path (tests, benchmarks/pack_runtime.py) may not.
+if os.path.dirname(os.path.abspath(__file__)) not in sys.path:
+    sys.path.append(os.path.dirname(os.path.abspath(__file__)))
 
 import numpy as np  # noqa: E402
+import pack_programs  # noqa: E402  the families runtime: siblings of this file in the version folder
+import pack_stacked  # noqa: E402
+import pack_weights  # noqa: E402
 import triton_python_backend_utils as pb_utils  # noqa: E402
 
 MEMBERS_FILE = "members.json"
@@ -86,6 +93,11 @@ class Knobs:
     max_device_bytes: int = 2 * 2**30
     # A stand-in device for the GPU tier ("cpu" in tests): honoured only when set explicitly.
     device_tier_device: str = ""
+    # Batches across members (pack_stacked.py): when a batch holds requests for at least `stack_members`
+    # members of one architecture (0: never), those whose weights are at most `stack_max_member_bytes` run
+    # as one forward over their stacked weights. Defaults measured on CPU (docs/benchmarks-families.md).
+    stack_members: int = 12
+    stack_max_member_bytes: int = 2**20
 
     @classmethod
     def from_params(cls, params: dict[str, str]) -> Knobs:
@@ -94,7 +106,7 @@ class Knobs:
                            ("max_waiting_per_member", int), ("max_waiting", int),
                            ("failure_backoff_s", float), ("failure_backoff_max_s", float),
                            ("verify_sha256", str), ("max_device_bytes", int),
-                           ("device_tier_device", str)):
+                           ("device_tier_device", str), ("stack_members", int), ("stack_max_member_bytes", int)):
             raw = params.get(name, "")
             if raw != "":
                 values[name] = kind(raw)
@@ -136,6 +148,21 @@ class Member:
     inputs: list[InputSpec]
     outputs: list[OutputSpec]
     static_batch: int | None = None  # Neuron artifacts run one compiled batch size
+    # Family members (docs/data-plane.md): `path` is the member's weights file and its program is its
+    # architecture's, loaded once per stub. None: a whole artifact.
+    architecture: str | None = None
+
+
+@dataclass(frozen=True)
+class ArchitectureEntry:
+    """An architecture as members.json declares it: its program file and its tensor table."""
+
+    id: str
+    path: Path
+    sha256: str
+    bytes: int | None
+    format: str
+    tensors: list
 
 
 @dataclass
@@ -186,6 +213,9 @@ class PackCounters:
     loads: int = 0
     load_seconds: float = 0.0
     shed: int = 0
+    stacked_forwards: int = 0  # forwards that ran several members of one architecture at once
+    stacked_members: int = 0  # members served by those forwards
+    stacked_fallbacks: int = 0  # stacked forwards that failed and ran one forward per member instead
 
 
 @dataclass
@@ -423,6 +453,14 @@ class DeviceTier:
             self.resident_bytes = 0
 
 
+def _parse_architectures(version_dir: Path) -> dict[str, ArchitectureEntry]:
+    document = json.loads((version_dir / MEMBERS_FILE).read_text())
+    return {ident: ArchitectureEntry(id=ident, path=version_dir / entry["program"]["path"],
+                                     sha256=entry["program"].get("sha256", ""), bytes=entry["program"].get("bytes"),
+                                     format=entry.get("format", "torchscript"), tensors=entry["tensors"])
+            for ident, entry in document.get("architectures", {}).items()}
+
+
 def _parse_members(version_dir: Path, family: str) -> dict[str, Member]:
     document = json.loads((version_dir / MEMBERS_FILE).read_text())
     members = {}
@@ -445,6 +483,7 @@ def _parse_members(version_dir: Path, family: str) -> dict[str, Member]:
             outputs=[OutputSpec(name=o["name"], dtype=_dtype(ident, o["dtype"]) if o.get("dtype") else None)
                      for o in entry["outputs"]],
             static_batch=artifact.get("static_batch") if artifact else None,
+            architecture=entry.get("architecture") if portable else None,
         )
     return members
 
@@ -500,6 +539,10 @@ class TritonPythonModel:
 
         self.tier = self._device_tier()
         self.members = _parse_members(version_dir, self.family)
+        self.architectures = _parse_architectures(version_dir)
+        self.programs = pack_programs.ProgramCache(rss_bytes)  # one per architecture, charged once
+        self.program_bytes = 0  # what the loaded programs are charged, inside the host budget
+        self.stack_failed: set[str] = set()  # architectures whose stacked forward failed once (logged once)
         if any(m.format == "torch_export" for m in self.members.values()):
             # torch.export.load imports ~100 MB of Python modules on first use: do it now, so that this
             # one-time growth is not charged to the first member that loads.
@@ -607,6 +650,17 @@ class TritonPythonModel:
             "load_seconds": family("fleet_pack_load_seconds_total", "Seconds spent loading members", counter),
             "shed": family("fleet_pack_shed_total",
                            "Requests refused UNAVAILABLE (load queue full or load timeout)", counter),
+            "stacked_forwards": family("fleet_pack_stacked_forwards_total",
+                                       "Forwards that ran several members of one architecture over stacked "
+                                       "weights", counter),
+            "stacked_members": family("fleet_pack_stacked_members_total",
+                                      "Members served by forwards over stacked weights", counter),
+            "stacked_fallbacks": family("fleet_pack_stacked_fallbacks_total",
+                                        "Stacked forwards that failed and ran one forward per member", counter),
+            "programs": family("fleet_pack_programs", "Architecture programs loaded in the stub (one each, "
+                               "shared by its members)", gauge),
+            "program_bytes": family("fleet_pack_program_bytes", "Bytes charged for the loaded programs (once "
+                                    "per architecture)", gauge),
         }
         labels = {"pack": self.pack}
         self.pack_metrics = {kind: fam.Metric(labels=labels) for kind, fam in self.pack_families.items()}
@@ -664,6 +718,7 @@ class TritonPythonModel:
                 PackCounters(), {}
             self.buffer.last_flush = now
             resident_bytes, resident_members = self.resident_bytes, len(self.resident)
+            programs, program_bytes = len(self.programs), self.program_bytes
             waiting = self.waiting_total
         with self.metrics_lock:  # execute() and the loader thread may both flush
             for member, counters in pending.items():
@@ -672,7 +727,8 @@ class TritonPythonModel:
                     value = getattr(counters, kind)
                     if value:
                         self._metric(kind, member).increment(value)
-            for kind in ("hits", "misses", "evictions", "loads", "load_seconds", "shed"):
+            for kind in ("hits", "misses", "evictions", "loads", "load_seconds", "shed", "stacked_forwards",
+                         "stacked_members", "stacked_fallbacks"):
                 value = getattr(pack, kind)
                 if value:
                     self.pack_metrics[kind].increment(value)
@@ -689,6 +745,8 @@ class TritonPythonModel:
             self.pack_metrics["resident_members"].set(resident_members)
             self.pack_metrics["waiting_requests"].set(waiting)
             self.pack_metrics["stub_rss_bytes"].set(rss_bytes())
+            self.pack_metrics["programs"].set(programs)
+            self.pack_metrics["program_bytes"].set(program_bytes)
 
     def _flush_tier(self, tier: str, counters: TierCounters, resident_bytes: int, resident_members: int,
                     set_gauges: bool = True) -> None:
@@ -701,7 +759,7 @@ class TritonPythonModel:
             self.tier_metrics[(tier, "resident_members")].set(resident_members)
 
     # ---- loading -------------------------------------------------------------------------------
-    def _check_file(self, member: Member) -> None:
+    def _check_file(self, member: Member, what: str = "") -> None:
         """A cheap integrity check before loading from the file's path.
 
         Why not sha256 on every load: the sync (model_repository/s3_sync.py) verifies every object's
@@ -712,14 +770,15 @@ class TritonPythonModel:
         and with ``verify_sha256=once`` the full hash is checked once per file identity (device, inode,
         mtime, size) for the life of the stub.
         """
+        what = what or ("weights file" if member.architecture else "artifact")
         try:
             stat = member.path.stat()
         except OSError as error:
-            raise RequestError(f"model '{member.id}': artifact {member.path.name} cannot be read "
+            raise RequestError(f"model '{member.id}': {what} {member.path.name} cannot be read "
                                f"({error.strerror}); re-sync the repository", "INTERNAL",
                                "artifact_invalid") from None
         if member.bytes is not None and stat.st_size != member.bytes:
-            raise RequestError(f"model '{member.id}': artifact {member.path.name} has {stat.st_size} bytes, "
+            raise RequestError(f"model '{member.id}': {what} {member.path.name} has {stat.st_size} bytes, "
                                f"{MEMBERS_FILE} says {member.bytes}; it is truncated or was replaced: "
                                "re-sync and reload the pack", "INTERNAL", "artifact_invalid")
         if self.knobs.verify_sha256 != "once" or not member.sha256:
@@ -732,7 +791,7 @@ class TritonPythonModel:
             for block in iter(lambda: handle.read(1 << 20), b""):
                 digest.update(block)
         if digest.hexdigest() != member.sha256:
-            raise RequestError(f"model '{member.id}': artifact {member.path.name} does not match its sha256 "
+            raise RequestError(f"model '{member.id}': {what} {member.path.name} does not match its sha256 "
                                f"in {MEMBERS_FILE}; it changed on disk since the sync or is corrupt: re-sync "
                                "and reload the pack", "INTERNAL", "artifact_invalid")
         self.verified.add(identity)
@@ -752,10 +811,12 @@ class TritonPythonModel:
             except OSError as error:
                 raise RequestError(f"model '{member.id}': artifact {member.path.name} cannot be read "
                                    f"({error.strerror}); re-sync the repository", "INTERNAL",
-                               "artifact_invalid") from None
+                                   "artifact_invalid") from None
         torch = self.torch
         # With a device tier the module loads into host RAM; the tier copies it to the device.
         device = "cpu" if self.tier is not None else self.device
+        if member.architecture is not None:
+            return self._load_family_member(member, device)
         try:
             if member.format == "torch_export":
                 module = torch.export.load(str(member.path)).module()
@@ -771,6 +832,37 @@ class TritonPythonModel:
                                "INTERNAL", "artifact_invalid") from None
         return module
 
+    def _load_family_member(self, member: Member, device: str):
+        """A family member: its architecture's program (loaded once per stub) bound to its weights file,
+        which is mapped, not read: no code is deserialised and the GIL is held for milliseconds."""
+        program = self._program(member)
+        try:
+            bound = program.member(member.path)
+        except pack_weights.WeightsError as error:
+            raise RequestError(f"model '{member.id}': {error}; re-sync the repository and reload the pack",
+                               "INTERNAL", "artifact_invalid") from None
+        return bound.to(device) if device != "cpu" else bound
+
+    def _program(self, member: Member):
+        """The program of the member's architecture, loaded and charged to the budget once."""
+        program = self.programs.get(member.architecture)
+        if program is not None:
+            return program
+        entry = self.architectures.get(member.architecture)
+        if entry is None:
+            raise RequestError(f"model '{member.id}': its architecture {member.architecture[:12]} is not in "
+                               f"{MEMBERS_FILE}; rebuild the pack", "INTERNAL", "artifact_invalid")
+        program_member = Member(id=member.id, path=entry.path, sha256=entry.sha256, bytes=entry.bytes,
+                                format=entry.format, inputs=[], outputs=[])
+        self._check_file(program_member, what=f"program of architecture {entry.id[:12]}")
+        try:
+            program = self.programs.load(entry.id, entry.path, entry.format, entry.tensors, entry.bytes)
+        except pack_programs.ProgramError as error:
+            raise RequestError(f"model '{member.id}': {error}", "INTERNAL", "artifact_invalid") from None
+        with self.lock:
+            self.program_bytes = self.programs.charged
+        return program
+
     def _over_budget(self, member: Member, needed: int, how: str) -> RequestError:
         mib = 2**20
         return RequestError(
@@ -783,12 +875,15 @@ class TritonPythonModel:
 
         Called BEFORE a load (so the stub's peak stays within the budget) and after it. Memory the stub
         holds beyond the empty stub and the members' charges (allocator fragmentation, caches) counts too,
-        so that the RSS, not only the accounting, follows the budget.
+        so that the RSS, not only the accounting, follows the budget. Programs (one per architecture) are
+        charged once; one that no resident member uses any more is evicted only when evicting members did
+        not make room (a program costs a code load to come back, a member only a mapping).
         """
-        unaccounted = max(0, rss_bytes() - self.baseline_rss - self.resident_bytes)
+        unaccounted = max(0, rss_bytes() - self.baseline_rss - self.resident_bytes - self.program_bytes)
         evicted = 0
         with self.lock:
-            while self.resident and self.resident_bytes + unaccounted + needed > self.max_resident_bytes:
+            while self.resident and self.resident_bytes + self.program_bytes + unaccounted + needed \
+                    > self.max_resident_bytes:
                 victim = next(iter(self.resident))
                 if victim == keep:
                     if len(self.resident) == 1:
@@ -802,6 +897,13 @@ class TritonPythonModel:
                 self.buffer.pack.evictions += 1
                 self._set_gauges(victim, resident_bytes=0)
                 evicted += 1
+            if self.resident_bytes + self.program_bytes + unaccounted + needed > self.max_resident_bytes:
+                used = {self.members[ident].architecture for ident in self.resident}
+                if keep is not None:
+                    used.add(self.members[keep].architecture)
+                freed = self.programs.evict_unused(used)
+                self.program_bytes -= freed
+                evicted += bool(freed)
         if evicted:
             self._release_memory()
 
@@ -823,9 +925,12 @@ class TritonPythonModel:
             raise self._over_budget(member, member.bytes, "its artifact's size")
         # Estimate before loading: a previous measurement, else the file size times what loads in this
         # stub have cost per file byte so far (tensors dominate a file; the program adds some).
-        estimate = self.known_cost.get(ident) or int((member.bytes or 0) * self.cost_per_file_byte)
+        estimate = self.known_cost.get(ident) or int((member.bytes or 0) * (
+            1.0 if member.architecture else self.cost_per_file_byte))  # a weights file maps 1:1
         self._make_room(estimate)
         started = time.perf_counter()
+        if member.architecture is not None and member.path is not None:
+            self._program(member)  # charged once, on its own: not part of this member's growth
         before = rss_bytes()
         module = self._load_module(member)
         growth = max(0, rss_bytes() - before)
@@ -833,7 +938,7 @@ class TritonPythonModel:
         parameter_bytes = len(module) if isinstance(module, bytes) else tensor_bytes(module)
         cost = max(growth, parameter_bytes)
         self.known_cost[ident] = cost
-        if member.bytes:
+        if member.bytes and member.architecture is None:
             ratio = min(3.0, max(1.0, cost / member.bytes))
             self.cost_per_file_byte = 0.8 * self.cost_per_file_byte + 0.2 * ratio
         with self.lock:
@@ -1116,8 +1221,11 @@ class TritonPythonModel:
                 modules[ident] = module
                 groups[ident].append((index, inputs))
         try:
-            for ident, items in groups.items():
-                self._run_forward(ident, modules[ident], items, responses)
+            stacks, alone = self._stack_plan(groups, modules)
+            for idents in stacks:
+                self._run_stacked(idents, modules, groups, responses)
+            for ident in alone:
+                self._run_forward(ident, modules[ident], groups[ident], responses)
         finally:
             if self.tier is not None:  # every request served from the device acquired its member once
                 for ident, items in groups.items():
@@ -1130,9 +1238,7 @@ class TritonPythonModel:
         member = self.members[ident]
         try:
             started = time.perf_counter()
-            batch = [_concat([arrays[i] for _, arrays in items], self.torch) if len(items) > 1 else items[0][1][i]
-                     for i in range(len(member.inputs))]
-            outputs = self._forward(module, batch, member.static_batch)
+            outputs = self._forward(module, self._batch(member, items), member.static_batch)
             self._check_outputs(member, outputs)
             elapsed_us = (time.perf_counter() - started) * 1e6
         except RequestError as error:
@@ -1142,6 +1248,15 @@ class TritonPythonModel:
             message = str(error).splitlines()[0][:300] if str(error) else type(error).__name__
             self._fail(ident, items, responses, RequestError(f"model '{ident}' failed: {message}", "INTERNAL"))
             return
+        self._respond(ident, items, outputs, responses, elapsed_us)
+
+    def _batch(self, member: Member, items: list[tuple[int, list]]) -> list:
+        return [_concat([arrays[i] for _, arrays in items], self.torch) if len(items) > 1 else items[0][1][i]
+                for i in range(len(member.inputs))]
+
+    def _respond(self, ident: str, items: list[tuple[int, list]], outputs: list, responses: list,
+                 elapsed_us: float) -> None:
+        member = self.members[ident]
         with self.lock:
             self.buffer.pending[ident].compute_us += elapsed_us
         offset = 0
@@ -1151,6 +1266,66 @@ class TritonPythonModel:
                 self._output_tensor(spec.name, out[offset:offset + rows])
                 for spec, out in zip(member.outputs, outputs, strict=False)])
             offset += rows
+
+    # ---- batches across members (pack_stacked.py) ------------------------------------------------
+    def _stack_plan(self, groups: dict[str, list], modules: dict[str, object]) -> tuple[list[list[str]], list[str]]:
+        """Which members of this batch run as one forward over stacked weights (lists of members of one
+        architecture with equal row counts), and which alone."""
+        minimum = self.knobs.stack_members
+        if minimum < 2 or len(groups) < minimum:
+            return [], list(groups)
+        candidates: dict[tuple, dict[str, int]] = defaultdict(dict)
+        alone = []
+        for ident, items in groups.items():
+            member, module = self.members[ident], modules[ident]
+            if isinstance(module, pack_programs.BoundMember) and member.static_batch is None \
+                    and module.weight_bytes <= self.knobs.stack_max_member_bytes:
+                rows = sum(arrays[0].shape[0] for _, arrays in items)
+                candidates[(member.architecture, module.device)][ident] = rows
+            else:
+                alone.append(ident)
+        stacks = []
+        for rows in candidates.values():
+            grouped, rest = pack_stacked.plan_groups(rows, minimum)
+            stacks += grouped
+            alone += rest
+        return stacks, alone
+
+    def _run_stacked(self, idents: list[str], modules: dict[str, object], groups: dict[str, list],
+                     responses: list) -> None:
+        """Members of one architecture as one forward; any failure falls back to one forward each."""
+        torch = self.torch
+        try:
+            started = time.perf_counter()
+            batches = []
+            for ident in idents:
+                tensors = [_aligned(a if isinstance(a, torch.Tensor) else torch.from_numpy(a))
+                           for a in self._batch(self.members[ident], groups[ident])]
+                batches.append([t.to(self.device) for t in tensors] if self.device != "cpu" else tensors)
+            with torch.inference_mode():
+                results = pack_stacked.forward([modules[ident] for ident in idents], batches)
+            outputs = {ident: [_to_host(r.detach(), torch) for r in result]
+                       for ident, result in zip(idents, results, strict=True)}
+            for ident in idents:
+                self._check_outputs(self.members[ident], outputs[ident])
+            elapsed_us = (time.perf_counter() - started) * 1e6 / len(idents)
+        except Exception as error:  # noqa: BLE001  e.g. an op without a batching rule: the members run alone
+            architecture = self.members[idents[0]].architecture
+            if architecture not in self.stack_failed:
+                self.stack_failed.add(architecture)
+                pb_utils.Logger.log_warn(f"pack {self.pack}: architecture {architecture[:12]} cannot run over "
+                                         f"stacked weights ({str(error).splitlines()[0][:200]}); its members run "
+                                         "one forward each")
+            with self.lock:
+                self.buffer.pack.stacked_fallbacks += 1
+            for ident in idents:
+                self._run_forward(ident, modules[ident], groups[ident], responses)
+            return
+        with self.lock:
+            self.buffer.pack.stacked_forwards += 1
+            self.buffer.pack.stacked_members += len(idents)
+        for ident in idents:
+            self._respond(ident, groups[ident], outputs[ident], responses, elapsed_us)
 
     def _fail(self, ident: str, items: list, responses: list, error: RequestError) -> None:
         for index, _ in items:
@@ -1191,7 +1366,7 @@ class TritonPythonModel:
                 if pad:
                     part = [_concat([a, a[-1:].repeat_interleave(pad, 0) if isinstance(a, torch.Tensor)
                                      else np.repeat(a[-1:], pad, axis=0)], torch) for a in part]
-                tensors = [a if isinstance(a, torch.Tensor) else torch.from_numpy(a) for a in part]
+                tensors = [_aligned(a if isinstance(a, torch.Tensor) else torch.from_numpy(a)) for a in part]
                 if self.device != "cpu":
                     tensors = [t.to(self.device) for t in tensors]
                 result = module(*tensors)
@@ -1227,6 +1402,13 @@ def _concat(parts: list, torch):
     if isinstance(parts[0], np.ndarray):
         return np.concatenate(parts)
     return torch.cat(parts)
+
+
+def _aligned(tensor):
+    """The tensor in 64-byte aligned memory (a copy only where it is not): a request's tensor lies in shared
+    memory at whatever offset the transport left it, and CPU kernels take another path for data that is not
+    16-byte aligned, so the same input gave outputs differing in the last bit (docs/data-plane.md)."""
+    return tensor if tensor.data_ptr() % 64 == 0 else tensor.clone()
 
 
 def _to_host(tensor, torch):
