@@ -18,7 +18,7 @@ from control_plane.settings import Settings
 from .conftest import SCOPED_TOKENS, stack_on, write_tokens_file
 
 pytestmark = pytest.mark.slow
-ARGUMENT_VALUES = {"name": "scope-probe", "loadtest_id": "1", "deployment_id": "1"}
+ARGUMENT_VALUES = {"name": "scope-probe", "loadtest_id": "1", "deployment_id": "1", "ident": "scope-probe"}
 
 
 def api_routes(tmp_path_factory) -> list[tuple[str, str, str]]:
